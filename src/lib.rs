@@ -5,7 +5,15 @@
 //! in-process through the same entry point.
 
 pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod journal;
+pub mod mapping;
+pub mod message;
 pub mod rate;
+pub mod reader;
+pub mod summary;
+pub mod validate;
 
 use std::process::ExitCode;
 
@@ -31,9 +39,6 @@ impl From<Exit> for ExitCode {
 /// Runs one command line to its end and says how it ended.
 pub fn run(cli: cli::Cli) -> Exit {
     match cli.command {
-        cli::Command::Validate(args) => {
-            eprintln!("validate {}: not built yet", args.input.display());
-            Exit::Usage
-        }
+        cli::Command::Validate(args) => commands::validate::run(args),
     }
 }

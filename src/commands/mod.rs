@@ -1,0 +1,3 @@
+//! One module per subcommand; each turns its arguments into work and says how it ended.
+
+pub mod validate;

@@ -1,0 +1,229 @@
+//! Turns raw flags and the optional `--config` TOML file into the checked options the rest of
+//! the program takes. Flags win over the file; a value that cannot work stops here, before any
+//! row is read (exit 2).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+
+use crate::cli::{MappingArgs, parse_pair};
+use crate::mapping::MappingOptions;
+use crate::validate::DateReader;
+
+/// The `--config` file: the same keys as the flags, in kebab-case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    #[serde(default)]
+    pub map: Pairs,
+    #[serde(default)]
+    pub set: Pairs,
+    pub delimiter: Option<String>,
+    pub list_sep: Option<String>,
+    pub date_format: Option<String>,
+    pub timezone: Option<String>,
+    pub key_column: Option<String>,
+    pub results: Option<PathBuf>,
+    pub base_url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub api_version: Option<String>,
+    pub rate: Option<String>,
+    pub concurrency: Option<usize>,
+    pub max_retries: Option<u32>,
+    pub timeout: Option<String>,
+    pub limit: Option<u64>,
+}
+
+/// `map` / `set` in the file: a table (`[map] message = "Body"`) or a list of `"FIELD=VALUE"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+pub enum Pairs {
+    #[default]
+    None,
+    Table(toml::Table),
+    List(Vec<String>),
+}
+
+impl Pairs {
+    fn into_vec(self, key: &str) -> Result<Vec<(String, String)>> {
+        match self {
+            Pairs::None => Ok(Vec::new()),
+            Pairs::List(items) => items
+                .iter()
+                .map(|s| parse_pair(s).map_err(|e| anyhow!("{key}: {e}")))
+                .collect(),
+            Pairs::Table(table) => table
+                .into_iter()
+                .map(|(k, v)| match v {
+                    toml::Value::String(s) => Ok((k, s)),
+                    other => Err(anyhow!("{key}.{k}: expected a string, found {other}")),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Reads the file, or an empty configuration when none was given.
+    pub fn load(path: Option<&Path>) -> Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow!("config file {}: {e}", path.display()))
+    }
+}
+
+/// The mapping options from flags over the file.
+pub fn mapping_options(args: &MappingArgs, file: &mut FileConfig) -> Result<(MappingOptions, u8)> {
+    let mut maps = std::mem::take(&mut file.map).into_vec("map")?;
+    maps.extend(args.map.iter().cloned());
+    let mut sets = std::mem::take(&mut file.set).into_vec("set")?;
+    sets.extend(args.set.iter().cloned());
+
+    let delimiter = match args.delimiter.as_deref().or(file.delimiter.as_deref()) {
+        None => b',',
+        Some(d) => single_char("--delimiter", d)?,
+    };
+    let list_sep = match args.list_sep.as_deref().or(file.list_sep.as_deref()) {
+        None => ';',
+        Some(d) => char::from(single_char("--list-sep", d)?),
+    };
+    let timezone_name = args.timezone.clone().or_else(|| file.timezone.clone());
+    let timezone = match &timezone_name {
+        None => None,
+        Some(name) => Some(TimeZone::get(name).map_err(|e| {
+            anyhow!("--timezone {name}: {e}; expected an IANA zone such as Europe/Berlin, America/New_York or UTC")
+        })?),
+    };
+    let format = args
+        .date_format
+        .clone()
+        .or_else(|| file.date_format.clone());
+    if let Some(f) = &format {
+        // A format with no conversion at all is a typo, not a format.
+        if !f.contains('%') {
+            bail!(
+                "--date-format '{f}' has no % conversion: expected strftime codes such as '%d/%m/%Y %H:%M'"
+            );
+        }
+    }
+    Ok((
+        MappingOptions {
+            maps,
+            sets,
+            list_sep,
+            dates: DateReader {
+                format,
+                timezone,
+                timezone_name,
+            },
+            key_column: args.key_column.clone().or_else(|| file.key_column.clone()),
+        },
+        delimiter,
+    ))
+}
+
+fn single_char(flag: &str, value: &str) -> Result<u8> {
+    match value {
+        "tab" | "\\t" | "\t" => return Ok(b'\t'),
+        _ => {}
+    }
+    match value.as_bytes() {
+        [b] if b.is_ascii() && *b != b'"' && *b != b'\n' && *b != b'\r' => Ok(*b),
+        _ => bail!("{flag} '{value}': expected one ASCII character such as , ; | or tab"),
+    }
+}
+
+/// `<INPUT stem><suffix>` beside the input.
+pub fn beside_input(input: &Path, suffix: &str) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".to_owned());
+    input.with_file_name(format!("{stem}{suffix}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let mut file: FileConfig = toml::from_str(
+            r#"
+            delimiter = ";"
+            timezone = "Europe/Berlin"
+            map = { message = "Body", type = "Kind" }
+            set = ["direction=inbound"]
+            "#,
+        )
+        .unwrap();
+        let args = MappingArgs {
+            delimiter: Some("tab".into()),
+            map: vec![("message".into(), "Text".into())],
+            ..Default::default()
+        };
+        let (opts, delimiter) = mapping_options(&args, &mut file).unwrap();
+        assert_eq!(delimiter, b'\t');
+        assert_eq!(opts.dates.timezone_name.as_deref(), Some("Europe/Berlin"));
+        // The flag's --map comes last, so it wins for `message`.
+        assert_eq!(
+            opts.maps.last().unwrap(),
+            &("message".to_owned(), "Text".to_owned())
+        );
+        assert!(opts.maps.contains(&("type".to_owned(), "Kind".to_owned())));
+        assert_eq!(
+            opts.sets,
+            vec![("direction".to_owned(), "inbound".to_owned())]
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let cases: &[(MappingArgs, &str)] = &[
+            (
+                MappingArgs {
+                    delimiter: Some(",,".into()),
+                    ..Default::default()
+                },
+                "one ASCII character",
+            ),
+            (
+                MappingArgs {
+                    timezone: Some("Mars/Olympus".into()),
+                    ..Default::default()
+                },
+                "IANA zone",
+            ),
+            (
+                MappingArgs {
+                    date_format: Some("dd/mm/yyyy".into()),
+                    ..Default::default()
+                },
+                "no % conversion",
+            ),
+        ];
+        for (args, text) in cases {
+            let err = mapping_options(args, &mut FileConfig::default()).unwrap_err();
+            assert!(err.to_string().contains(text), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let err = toml::from_str::<FileConfig>("colour = \"blue\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn results_path_beside_input() {
+        assert_eq!(
+            beside_input(Path::new("data/export.csv"), ".validation.csv"),
+            PathBuf::from("data/export.validation.csv")
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! The streaming CSV reader: one header row, then one record at a time into a single reused
+//! [`csv::ByteRecord`], so memory is bounded by the longest row, never by the file.
+//!
+//! A record whose shape is wrong (more or fewer cells than the header, a quote that runs on
+//! past the end of its row) is not an error of the reader: it is handed on with a
+//! [`RowError`] so that it is recorded and skipped, and reading goes on with the next record.
+//! Only I/O failures end the read.
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use csv::ByteRecord;
+
+use crate::validate::{Invalid, Problem, quote};
+
+/// Where a problem is: the line of the input, and the cell when one is to blame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowError {
+    /// 1-based line of the input where the row (or the broken cell) starts.
+    pub line: u64,
+    pub column: Option<Column>,
+    pub invalid: Invalid,
+}
+
+/// A cell's place: a column of the input, or a `--set` constant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Column {
+    /// 0-based index, and the header's name for it.
+    Csv(usize, String),
+    /// The value given with `--set FIELD=VALUE`.
+    Set(&'static str),
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(Column::Csv(i, name)) => {
+                write!(
+                    f,
+                    "line {}, column {} ({name}): {}",
+                    self.line,
+                    i + 1,
+                    self.invalid
+                )
+            }
+            Some(Column::Set(field)) => {
+                write!(f, "line {}, --set {field}: {}", self.line, self.invalid)
+            }
+            None => write!(f, "line {}: {}", self.line, self.invalid),
+        }
+    }
+}
+
+/// An open input: its header, and a cursor over its records.
+pub struct CsvInput {
+    path: PathBuf,
+    reader: csv::Reader<BufReader<File>>,
+    header: Vec<String>,
+    record: ByteRecord,
+    row: u64,
+    len: u64,
+}
+
+/// One record as read, borrowed until the next call to [`CsvInput::next_record`].
+pub struct Record<'a> {
+    /// 1-based data row (the header is not a row).
+    pub row: u64,
+    /// 1-based line where the record starts.
+    pub line: u64,
+    pub cells: &'a ByteRecord,
+    /// Set when the record's shape is broken; its cells are then not to be trusted.
+    pub broken: Option<RowError>,
+}
+
+impl CsvInput {
+    /// Opens `path` and reads its header row. A missing, unreadable or empty file, or a header
+    /// that is not UTF-8, is an error: nothing could be read from it.
+    pub fn open(path: &Path, delimiter: u8) -> Result<Self> {
+        let file =
+            File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .has_headers(true)
+            // Ragged rows are reported by us, with the line, rather than by the csv crate.
+            .flexible(true)
+            // Only `\n` ends a record, so that line numbers stay exact in CRLF files (with the
+            // default terminator the `\n` of a CRLF is counted at the start of the next record,
+            // one line late). The `\r` this leaves on a row's last cell is removed below.
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_reader(BufReader::with_capacity(256 * 1024, file));
+        let mut raw = reader
+            .byte_headers()
+            .with_context(|| format!("cannot read the header row of {}", path.display()))?
+            .clone();
+        strip_cr(&mut raw);
+        if raw.is_empty() || (raw.len() == 1 && raw[0].is_empty()) {
+            bail!(
+                "{} is empty: expected a header row naming the columns (conversationId, contactId, type, direction, message, date, …) and then one row per message",
+                path.display()
+            );
+        }
+        let mut header = Vec::with_capacity(raw.len());
+        for (i, name) in raw.iter().enumerate() {
+            match std::str::from_utf8(name) {
+                Ok(name) => header.push(name.trim().to_owned()),
+                Err(e) => bail!(
+                    "{}: line 1, column {}: the header is not valid UTF-8 (byte {} of the name): save the export as UTF-8",
+                    path.display(),
+                    i + 1,
+                    e.valid_up_to() + 1
+                ),
+            }
+        }
+        Ok(CsvInput {
+            path: path.to_owned(),
+            reader,
+            header,
+            record: ByteRecord::new(),
+            row: 0,
+            len,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Column names as written in the header, trimmed.
+    pub fn header(&self) -> &[String] {
+        &self.header
+    }
+
+    /// Bytes consumed so far, for progress without a counting pass.
+    pub fn bytes_read(&self) -> u64 {
+        self.reader.position().byte()
+    }
+
+    /// Size of the input file when it was opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next record, or `None` at the end of the input.
+    pub fn next_record(&mut self) -> io::Result<Option<Record<'_>>> {
+        loop {
+            match self.reader.read_byte_record(&mut self.record) {
+                Ok(false) => return Ok(None),
+                Ok(true) => {}
+                Err(e) => {
+                    return match e.into_kind() {
+                        csv::ErrorKind::Io(e) => Err(e),
+                        other => Err(io::Error::other(format!("{other:?}"))),
+                    };
+                }
+            }
+            strip_cr(&mut self.record);
+            // A blank line of a CRLF file (`\r\n`) is one empty cell: skip it as csv skips `\n`.
+            if !(self.record.len() == 1 && self.record[0].is_empty()) {
+                break;
+            }
+        }
+        self.row += 1;
+        let line = self.record.position().map_or(0, |p| p.line());
+        let broken = self.shape_error(line);
+        Ok(Some(Record {
+            row: self.row,
+            line,
+            cells: &self.record,
+            broken,
+        }))
+    }
+
+    fn shape_error(&self, line: u64) -> Option<RowError> {
+        let want = self.header.len();
+        let got = self.record.len();
+        if got == want {
+            return None;
+        }
+        // A quote left open swallows the line ends after it, so the record spans several lines
+        // and has the wrong number of cells. Name the cell where it opened.
+        let mut at_line = line;
+        for (i, cell) in self.record.iter().enumerate() {
+            let breaks = cell.iter().filter(|b| **b == b'\n').count() as u64;
+            if breaks > 0 {
+                let last_line = self.reader.position().line().saturating_sub(1).max(at_line);
+                return Some(RowError {
+                    line: at_line,
+                    column: Some(Column::Csv(i, self.column_name(i))),
+                    invalid: Invalid::new(
+                        Problem::Csv,
+                        format!(
+                            "a quoted cell is not closed where its row ends: it runs on to line {last_line}, so lines {at_line} to {last_line} were read as one row of {got} cells (the header has {want}); close the quote, and write a quote inside a cell as two quotes (\"\")"
+                        ),
+                    ),
+                });
+            }
+            at_line += breaks;
+        }
+        let detail = if got > want {
+            let extra = String::from_utf8_lossy(&self.record[want]);
+            format!("the first extra cell is {}", quote(&extra))
+        } else {
+            format!(
+                "column {} ({}) and after are missing",
+                got + 1,
+                self.column_name(got)
+            )
+        };
+        Some(RowError {
+            line,
+            column: None,
+            invalid: Invalid::new(
+                Problem::Csv,
+                format!(
+                    "the row has {got} cells but the header has {want} ({detail}): every row needs one cell per header column; quote cells that contain the delimiter"
+                ),
+            ),
+        })
+    }
+
+    fn column_name(&self, i: usize) -> String {
+        self.header
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", i + 1))
+    }
+}
+
+/// Removes the `\r` of a CRLF line end from the last cell.
+fn strip_cr(record: &mut ByteRecord) {
+    let n = record.len();
+    if n == 0 || !record[n - 1].ends_with(b"\r") {
+        return;
+    }
+    let last = record[n - 1][..record[n - 1].len() - 1].to_vec();
+    let position = record.position().cloned();
+    record.truncate(n - 1);
+    record.push_field(&last);
+    record.set_position(position);
+}

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use csv::ByteRecord;
 
-use crate::validate::{Invalid, Problem, quote};
+use crate::validate::{Invalid, Problem};
 
 /// Where a problem is: the line of the input, and the cell when one is to blame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,8 +204,10 @@ impl CsvInput {
             at_line += breaks;
         }
         let detail = if got > want {
-            let extra = String::from_utf8_lossy(&self.record[want]);
-            format!("the first extra cell is {}", quote(&extra))
+            format!(
+                "{} too many: a cell probably holds an unquoted delimiter",
+                got - want
+            )
         } else {
             format!(
                 "column {} ({}) and after are missing",
@@ -219,7 +221,7 @@ impl CsvInput {
             invalid: Invalid::new(
                 Problem::Csv,
                 format!(
-                    "the row has {got} cells but the header has {want} ({detail}): every row needs one cell per header column; quote cells that contain the delimiter"
+                    "the row has {got} cells but the header has {want} ({detail}): every row needs one cell per header column, and a cell that contains the delimiter must be quoted"
                 ),
             ),
         })

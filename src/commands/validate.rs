@@ -80,7 +80,11 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     {
         report.rows += 1;
         line_out.row = record.row;
-        line_out.key = mapping.key(record.cells);
+        // A broken record's cells are shifted, so its key column cannot be trusted.
+        line_out.key = match record.broken {
+            Some(_) => crate::mapping::record_hash(record.cells),
+            None => mapping.key(record.cells),
+        };
         line_out.error.clear();
         let outcome = match record.broken {
             Some(e) => Err(vec![e]),

@@ -14,12 +14,75 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// More log output (-v: debug, -vv: trace). Message bodies appear only at debug and above.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors and the summary.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log lines as text or as JSON objects (for batch jobs).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Import rows: send each as an inbound message, recording every outcome (the main job).
+    Run(RunArgs),
     /// Check every row offline (no network) and write a results file saying which are valid.
     Validate(ValidateArgs),
+}
+
+/// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The CSV export to import.
+    pub input: PathBuf,
+    /// Results journal, also the resume state [default: <INPUT stem>.results.csv beside the input].
+    #[arg(long, value_name = "PATH")]
+    pub results: Option<PathBuf>,
+    /// API root; plain http:// only for loopback hosts [default: https://services.leadconnectorhq.com].
+    #[arg(long, value_name = "URL", env = "LC_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Read the token from this file (else from the environment variable LC_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// The Version header [default: 2021-07-28].
+    #[arg(long, value_name = "V", env = "LC_API_VERSION")]
+    pub api_version: Option<String>,
+    /// Never more than N requests start in any PERIOD: 10/s, 100/10s, 6000/m [default: 100/10s].
+    #[arg(long, value_name = "N/PERIOD")]
+    pub rate: Option<crate::rate::Rate>,
+    /// Requests in flight at most [default: 8].
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Retries per row, for retryable failures only [default: 5].
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+    /// Per request: 30s, 500ms [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Stop after N rows were attempted (canary runs).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Map and validate, print the first request bodies, send nothing (same as validate).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// On resume, send again the rows whose outcome is unknown (they may then be stored twice).
+    #[arg(long)]
+    pub resend_unknown: bool,
+    /// Run against an embedded local sandbox API on a free loopback port, with no limits
+    /// (--base-url and the token are then not used).
+    #[arg(long)]
+    pub sandbox: bool,
+    #[command(flatten)]
+    pub mapping: MappingArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1,10 +1,24 @@
 //! The results file: one CSV line per input row saying what became of it (DESIGN "Results
-//! journal and resume"). `validate` writes it once; `run` keeps it as a write-ahead journal.
+//! journal and resume"). `validate` writes it once; `run` keeps it as a write-ahead journal:
+//!
+//! - [`Journal::open`] locks the file for the run and reads what earlier runs recorded into a
+//!   [`Prior`]: per row key, the last status and where its line is. A `sending` line with no
+//!   outcome after it (a crash or `kill -9` mid-request) becomes `unknown` at once.
+//! - [`Journal::append`] writes one whole line with one `write(2)`, so each line reaches the OS
+//!   before the caller goes on: a `sending` line is on disk before its request leaves.
+//! - [`Journal::compact`] rewrites the file atomically (temp file in the same folder, fsync,
+//!   rename) to one line per row in input order, keeping lines of earlier runs whose rows are no
+//!   longer in the input after them, so no record of a sent message is ever dropped.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Mutex;
 
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 /// The header every results file starts with.
@@ -141,6 +155,13 @@ impl<W: Write> ResultsWriter<W> {
         ])
     }
 
+    /// Writes a line read back from a journal, as it was but for its row number.
+    pub fn write_raw(&mut self, row: u64, record: &csv::ByteRecord) -> csv::Result<()> {
+        let row = row.to_string();
+        self.csv
+            .write_record(std::iter::once(row.as_bytes()).chain(record.iter().skip(1)))
+    }
+
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.csv.flush()
     }
@@ -148,6 +169,377 @@ impl<W: Write> ResultsWriter<W> {
     pub fn into_inner(self) -> Result<W, std::io::Error> {
         self.csv.into_inner().map_err(|e| e.into_error())
     }
+}
+
+/// Marks a row with no final line yet.
+const NONE: u64 = u64::MAX;
+
+/// The identity of a key in memory: 128 bits of its hash, so a million keys fit in a few tens
+/// of MiB whatever their length.
+pub fn key_id(key: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key.as_bytes())
+}
+
+/// What earlier runs recorded, by row key.
+#[derive(Debug, Default)]
+pub struct Prior {
+    entries: HashMap<u128, PriorEntry>,
+    /// Lines that could not be read (a line cut short by a crash), with their line numbers.
+    pub unreadable: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PriorEntry {
+    status: Status,
+    offset: u64,
+    /// Seen in this run's input: its line is placed with the row, not kept at the end.
+    matched: bool,
+}
+
+/// What an earlier run said about a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriorOutcome {
+    pub status: Status,
+    /// Where its line is, for [`Journal::keep_prior`].
+    pub offset: u64,
+}
+
+impl Prior {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The earlier outcome of `key`, marking it as present in this input.
+    pub fn take(&mut self, key: &str) -> Option<PriorOutcome> {
+        let entry = self.entries.get_mut(&key_id(key))?;
+        entry.matched = true;
+        Some(PriorOutcome {
+            status: entry.status,
+            offset: entry.offset,
+        })
+    }
+
+    /// How many keys end in each status.
+    pub fn count(&self, status: Status) -> usize {
+        self.entries.values().filter(|e| e.status == status).count()
+    }
+}
+
+/// The results file of a run, open and locked.
+pub struct Journal {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Opened for append: every write lands at the end. Holds the run's lock until dropped.
+    file: File,
+    len: u64,
+    /// Per row (index row - 1): offset of its final line, or NONE.
+    finals: Vec<u64>,
+    /// One encoded line, reused.
+    buf: Vec<u8>,
+}
+
+impl Journal {
+    /// Opens (or creates) `path`, locks it for this run, and reads what it already holds.
+    pub fn open(path: &Path) -> Result<(Journal, Prior)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .with_context(|| format!("cannot open results file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "results file {} is in use by another lc-import run: wait for it to finish (two runs on one file could send a row twice)",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e)
+                    .with_context(|| format!("cannot lock results file {}", path.display()));
+            }
+        }
+        let mut len = file.metadata()?.len();
+        if len == 0 {
+            let header = format!("{}\n", HEADER.join(","));
+            (&file).write_all(header.as_bytes())?;
+            len = header.len() as u64;
+        }
+        let journal = Journal {
+            path: path.to_owned(),
+            inner: Mutex::new(Inner {
+                file,
+                len,
+                finals: Vec::new(),
+                buf: Vec::with_capacity(512),
+            }),
+        };
+        let prior = journal.read_prior()?;
+        Ok((journal, prior))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_prior(&self) -> Result<Prior> {
+        let mut inner = self.inner.lock().expect("journal lock");
+        let file = inner.file.try_clone()?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(BufReader::with_capacity(256 * 1024, file));
+        let mut prior = Prior::default();
+        let mut record = csv::ByteRecord::new();
+        let mut first = true;
+        // Rows whose last line is `sending`: (row, key) to mark unknown below.
+        let mut in_flight: HashMap<u128, (String, String)> = HashMap::new();
+        loop {
+            let offset = reader.position().byte();
+            match reader.read_byte_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("reading results file {}", self.path.display()));
+                }
+            }
+            let line = record.position().map_or(0, |p| p.line());
+            if first {
+                first = false;
+                let header: Vec<&[u8]> = record.iter().collect();
+                let want: Vec<&[u8]> = HEADER.iter().map(|h| h.as_bytes()).collect();
+                if header != want {
+                    bail!(
+                        "{} is not a results file of lc-import (its first line is not the results header {}): give another --results path",
+                        self.path.display(),
+                        HEADER.join(",")
+                    );
+                }
+                continue;
+            }
+            let parsed = (record.len() == HEADER.len())
+                .then(|| {
+                    let row = std::str::from_utf8(&record[0]).ok()?;
+                    let key = std::str::from_utf8(&record[1]).ok()?;
+                    let status: Status = std::str::from_utf8(&record[2]).ok()?.parse().ok()?;
+                    row.parse::<u64>().ok()?;
+                    Some((row.to_owned(), key.to_owned(), status))
+                })
+                .flatten();
+            let Some((row, key, status)) = parsed else {
+                prior.unreadable.push(line);
+                continue;
+            };
+            // A duplicate line says nothing about its key: the first row with it does.
+            if matches!(status, Status::Duplicate | Status::Valid) {
+                continue;
+            }
+            let id = key_id(&key);
+            if status == Status::Sending {
+                in_flight.insert(id, (row, key));
+            } else {
+                in_flight.remove(&id);
+            }
+            prior.entries.insert(
+                id,
+                PriorEntry {
+                    status,
+                    offset,
+                    matched: false,
+                },
+            );
+        }
+        // A request that was in flight when an earlier run died: it may be stored.
+        for (id, (row, key)) in in_flight {
+            let line = ResultLine {
+                row: row.parse().unwrap_or(0),
+                key,
+                status: Some(Status::Unknown),
+                error: "no answer was recorded: an earlier run stopped while this request was in flight, so the message may be stored".into(),
+                finished_at: now_rfc3339(),
+                ..Default::default()
+            };
+            let offset = inner.write_line(&line)?;
+            prior.entries.insert(
+                id,
+                PriorEntry {
+                    status: Status::Unknown,
+                    offset,
+                    matched: false,
+                },
+            );
+        }
+        Ok(prior)
+    }
+
+    /// Appends `line`, written through to the OS before returning. A final line is the one
+    /// the row keeps when the journal is compacted.
+    pub fn append(&self, line: &ResultLine, is_final: bool) -> io::Result<()> {
+        let mut inner = self.inner.lock().expect("journal lock");
+        let offset = inner.write_line(line)?;
+        if is_final {
+            inner.set_final(line.row, offset);
+        }
+        Ok(())
+    }
+
+    /// The row keeps the line an earlier run wrote (a row sent earlier, or left unknown).
+    pub fn keep_prior(&self, row: u64, prior: PriorOutcome) {
+        self.inner
+            .lock()
+            .expect("journal lock")
+            .set_final(row, prior.offset);
+    }
+
+    /// Rewrites the file to one line per row in input order, then lines of earlier runs whose
+    /// keys this input no longer has. Atomic: a crash leaves the old file or the new one.
+    pub fn compact(self, prior: &Prior) -> Result<()> {
+        let inner = self.inner.into_inner().expect("journal lock");
+        let context = || format!("compacting results file {}", self.path.display());
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".lc-import-results")
+            .tempfile_in(&dir)
+            .with_context(context)?;
+        let mut out =
+            ResultsWriter::new(BufWriter::with_capacity(256 * 1024, temp)).with_context(context)?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(BufReader::with_capacity(
+                8 * 1024,
+                inner.file.try_clone().with_context(context)?,
+            ));
+        let mut record = csv::ByteRecord::new();
+        let mut read_at = |offset: u64, record: &mut csv::ByteRecord| -> Result<()> {
+            let mut pos = csv::Position::new();
+            pos.set_byte(offset);
+            reader.seek(pos).with_context(context)?;
+            if !reader.read_byte_record(record).with_context(context)? {
+                bail!(
+                    "results file {} ends before the line at byte {offset}",
+                    self.path.display()
+                );
+            }
+            Ok(())
+        };
+        for (i, offset) in inner.finals.iter().enumerate() {
+            if *offset != NONE {
+                read_at(*offset, &mut record)?;
+                out.write_raw(i as u64 + 1, &record).with_context(context)?;
+            }
+        }
+        let mut unmatched: Vec<u64> = prior
+            .entries
+            .values()
+            .filter(|e| !e.matched)
+            .map(|e| e.offset)
+            .collect();
+        unmatched.sort_unstable();
+        for offset in unmatched {
+            read_at(offset, &mut record)?;
+            let row = std::str::from_utf8(&record[0])
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            out.write_raw(row, &record).with_context(context)?;
+        }
+        let temp = out
+            .into_inner()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .with_context(context)?;
+        temp.as_file().sync_all().with_context(context)?;
+        temp.persist(&self.path).with_context(context)?;
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        // `inner.file` drops here, releasing the lock on the old (now replaced) file.
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn write_line(&mut self, line: &ResultLine) -> io::Result<u64> {
+        self.buf.clear();
+        encode_line(line, &mut self.buf);
+        (&self.file).write_all(&self.buf)?;
+        let offset = self.len;
+        self.len += self.buf.len() as u64;
+        Ok(offset)
+    }
+
+    fn set_final(&mut self, row: u64, offset: u64) {
+        let i = (row as usize).saturating_sub(1);
+        if self.finals.len() <= i {
+            self.finals.resize(i + 1, NONE);
+        }
+        self.finals[i] = offset;
+    }
+}
+
+/// Encodes one results line as CSV (quoted only where needed), ending in `\n`.
+fn encode_line(line: &ResultLine, out: &mut Vec<u8>) {
+    fn field(out: &mut Vec<u8>, value: &[u8]) {
+        if value
+            .iter()
+            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+        {
+            out.push(b'"');
+            for b in value {
+                if *b == b'"' {
+                    out.push(b'"');
+                }
+                out.push(*b);
+            }
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(value);
+        }
+    }
+    let number = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
+    let (row, http, attempts) = (
+        number(Some(line.row)),
+        number(line.http_status.map(u64::from)),
+        number((line.attempts > 0).then_some(u64::from(line.attempts))),
+    );
+    let fields: [&[u8]; 11] = [
+        row.as_bytes(),
+        line.key.as_bytes(),
+        line.status.map_or("", Status::as_str).as_bytes(),
+        line.message_id.as_bytes(),
+        line.conversation_id.as_bytes(),
+        line.contact_id.as_bytes(),
+        http.as_bytes(),
+        attempts.as_bytes(),
+        line.error.as_bytes(),
+        line.trace_id.as_bytes(),
+        line.finished_at.as_bytes(),
+    ];
+    for (i, value) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        field(out, value);
+    }
+    out.push(b'\n');
+}
+
+/// The current time as RFC 3339 UTC, for `finished_at`.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
 }
 
 #[cfg(test)]

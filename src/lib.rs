@@ -11,7 +11,10 @@ pub mod journal;
 pub mod mapping;
 pub mod message;
 pub mod rate;
+pub mod ratelimit;
 pub mod reader;
+pub mod retry;
+pub mod sender;
 pub mod summary;
 pub mod validate;
 
@@ -38,7 +41,29 @@ impl From<Exit> for ExitCode {
 
 /// Runs one command line to its end and says how it ended.
 pub fn run(cli: cli::Cli) -> Exit {
+    init_logging(&cli);
     match cli.command {
+        cli::Command::Run(args) => commands::run::run(args),
         cli::Command::Validate(args) => commands::validate::run(args),
     }
+}
+
+/// Logs go to stderr: info by default, `-q` errors only, `-v` debug, `-vv` trace. Only this
+/// crate logs below warn, so no dependency can print a request (and its token) at trace.
+fn init_logging(cli: &cli::Cli) {
+    let ours = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::new(format!("warn,lc_import={ours}"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match cli.log_format {
+        cli::LogFormat::Json => builder.json().try_init(),
+        cli::LogFormat::Text => builder.without_time().try_init(),
+    };
 }

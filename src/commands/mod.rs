@@ -1,3 +1,4 @@
 //! One module per subcommand; each turns its arguments into work and says how it ended.
 
+pub mod run;
 pub mod validate;

@@ -1,0 +1,228 @@
+//! One HTTP attempt at `POST /conversations/messages/inbound`, reduced to an [`Attempt`]. The
+//! client is built once per run: rustls, a pooled keep-alive connection per slot of
+//! `--concurrency`, the token in a header marked sensitive so no debug output shows it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+
+use crate::retry::Attempt;
+
+/// The path of the endpoint, below the base URL.
+pub const INBOUND_PATH: &str = "/conversations/messages/inbound";
+
+/// The rate limit the server announced with an answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub max: Option<u32>,
+    pub interval: Option<Duration>,
+    pub remaining: Option<u64>,
+    pub daily_remaining: Option<u64>,
+}
+
+/// Sends request bodies to one API root.
+pub struct Sender {
+    client: reqwest::Client,
+    url: reqwest::Url,
+}
+
+/// Checks `--base-url`: https anywhere, plain http only to a loopback host (the token would
+/// otherwise cross the network in clear).
+pub fn check_base_url(base: &str) -> Result<reqwest::Url> {
+    let url = reqwest::Url::parse(base.trim_end_matches('/')).with_context(|| {
+        format!(
+            "--base-url {base} is not a URL: expected such as https://services.leadconnectorhq.com"
+        )
+    })?;
+    match url.scheme() {
+        "https" => {}
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+                Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+                None => false,
+            };
+            if !loopback {
+                bail!(
+                    "--base-url {base}: plain http:// would send the token in clear; use https://, or http:// only to a loopback address (127.0.0.1, ::1, localhost)"
+                );
+            }
+        }
+        other => bail!("--base-url {base}: scheme '{other}' is not http or https"),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!(
+            "--base-url {base}: expected only scheme, host and path, with no ?query or #fragment"
+        );
+    }
+    Ok(url)
+}
+
+impl Sender {
+    pub fn new(
+        base: &reqwest::Url,
+        token: &str,
+        api_version: &str,
+        timeout: Duration,
+        concurrency: usize,
+    ) -> Result<Sender> {
+        // reqwest is built without a default TLS crypto provider; ring is the lean one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = HeaderMap::new();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .context("the token has characters that cannot go in an HTTP header")?;
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(
+            "Version",
+            HeaderValue::from_str(api_version)
+                .context("--api-version is not a valid header value")?,
+        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert("Accept", HeaderValue::from_static("application/json"));
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(concurrency)
+            .tcp_nodelay(true)
+            .user_agent(concat!("lc-import/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        let url = base
+            .join(&format!(
+                "{}{INBOUND_PATH}",
+                base.path().trim_end_matches('/')
+            ))
+            .context("joining the base URL and the endpoint path")?;
+        Ok(Sender { client, url })
+    }
+
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// Posts one body and says what came of it.
+    pub async fn post(&self, body: Bytes) -> (Attempt, ServerLimits) {
+        let response = match self.client.post(self.url.clone()).body(body).send().await {
+            Ok(r) => r,
+            Err(e) => return (transport_error(&e), ServerLimits::default()),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers();
+        let number =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        let limits = ServerLimits {
+            max: number("x-ratelimit-max").and_then(|n| u32::try_from(n).ok()),
+            interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
+            remaining: number("x-ratelimit-remaining"),
+            daily_remaining: number("x-ratelimit-daily-remaining"),
+        };
+        let retry_after = number("retry-after").map(Duration::from_secs);
+        let body = match response.bytes().await {
+            Ok(b) => b.to_vec(),
+            // The status came, the body was cut: for a 2xx the message may be stored.
+            Err(e) if (200..300).contains(&status) => {
+                return (
+                    Attempt::NoAnswer(format!("HTTP {status} but the body was cut: {}", chain(&e))),
+                    limits,
+                );
+            }
+            Err(_) => Vec::new(),
+        };
+        (
+            Attempt::Answered {
+                status,
+                body,
+                retry_after,
+                daily_remaining: limits.daily_remaining,
+                interval: limits.interval,
+            },
+            limits,
+        )
+    }
+}
+
+/// A connect failure happened before anything was written; anything else may have been.
+fn transport_error(e: &reqwest::Error) -> Attempt {
+    if e.is_connect() {
+        Attempt::NotConnected(chain(e))
+    } else if e.is_timeout() {
+        Attempt::NoAnswer("no answer within --timeout".into())
+    } else {
+        Attempt::NoAnswer(chain(e))
+    }
+}
+
+/// The error and its causes on one line, without the URL (which is the same for every row).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![];
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            (
+                "https://services.leadconnectorhq.com",
+                Ok("https://services.leadconnectorhq.com/"),
+            ),
+            (
+                "https://api.example.com/v2/",
+                Ok("https://api.example.com/v2"),
+            ),
+            ("http://127.0.0.1:8787", Ok("http://127.0.0.1:8787/")),
+            ("http://localhost:9000", Ok("http://localhost:9000/")),
+            ("http://[::1]:9000", Ok("http://[::1]:9000/")),
+            (
+                "http://services.leadconnectorhq.com",
+                Err("plain http:// would send the token in clear"),
+            ),
+            ("http://10.0.0.5:80", Err("plain http://")),
+            ("ftp://example.com", Err("scheme 'ftp'")),
+            ("services.leadconnectorhq.com", Err("is not a URL")),
+            ("https://example.com/?x=1", Err("no ?query")),
+        ];
+        for (input, want) in cases {
+            match (check_base_url(input), want) {
+                (Ok(url), Ok(w)) => assert_eq!(url.as_str(), *w),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_endpoint_is_joined_below_the_base_path() {
+        for (base, want) in [
+            (
+                "https://services.leadconnectorhq.com",
+                "https://services.leadconnectorhq.com/conversations/messages/inbound",
+            ),
+            (
+                "https://proxy.example.com/lc/",
+                "https://proxy.example.com/lc/conversations/messages/inbound",
+            ),
+        ] {
+            let url = check_base_url(base).unwrap();
+            let s = Sender::new(&url, "t", "2021-07-28", Duration::from_secs(1), 1).unwrap();
+            assert_eq!(s.url().as_str(), want);
+        }
+    }
+}

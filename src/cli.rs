@@ -20,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Check every row offline (no network) and write a results file saying which are valid.
     Validate(ValidateArgs),
+    /// Run the local fake API (for rehearsals, tests and benchmarks) until interrupted.
+    Sandbox(crate::sandbox::SandboxArgs),
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod rate;
+pub mod sandbox;
 
 use std::process::ExitCode;
 
@@ -35,5 +36,6 @@ pub fn run(cli: cli::Cli) -> Exit {
             eprintln!("validate {}: not built yet", args.input.display());
             Exit::Usage
         }
+        cli::Command::Sandbox(args) => sandbox::run_foreground(args),
     }
 }

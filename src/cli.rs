@@ -37,6 +37,8 @@ pub enum Command {
     Run(RunArgs),
     /// Check every row offline (no network) and write a results file saying which are valid.
     Validate(ValidateArgs),
+    /// Run the local fake API (for rehearsals, tests and benchmarks) until interrupted.
+    Sandbox(crate::sandbox::SandboxArgs),
 }
 
 /// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.

@@ -14,6 +14,7 @@ pub mod rate;
 pub mod ratelimit;
 pub mod reader;
 pub mod retry;
+pub mod sandbox;
 pub mod sender;
 pub mod summary;
 pub mod validate;
@@ -45,6 +46,7 @@ pub fn run(cli: cli::Cli) -> Exit {
     match cli.command {
         cli::Command::Run(args) => commands::run::run(args),
         cli::Command::Validate(args) => commands::validate::run(args),
+        cli::Command::Sandbox(args) => sandbox::run_foreground(args),
     }
 }
 

@@ -34,6 +34,8 @@ struct State {
 /// The last `max` start times, oldest first.
 #[derive(Debug)]
 pub struct SlidingLog {
+    /// The limit as given, before the margin.
+    rate: Rate,
     max: usize,
     period: Duration,
     starts: VecDeque<Instant>,
@@ -43,6 +45,7 @@ impl SlidingLog {
     pub fn new(rate: Rate) -> SlidingLog {
         let margin = (rate.period / 100).min(Duration::from_millis(50));
         SlidingLog {
+            rate,
             max: rate.max as usize,
             period: rate.period + margin,
             starts: VecDeque::with_capacity(rate.max as usize),
@@ -112,8 +115,8 @@ impl RateLimit {
         }
         let server = Rate { max, period };
         let mut state = self.state.lock().expect("rate limit lock");
-        let ours = state.log.max as f64 / (state.log.period.as_secs_f64() * 0.99);
-        if server.per_second() < ours * 0.999 || (max as usize) < state.log.max {
+        let ours = state.log.rate;
+        if server.per_second() < ours.per_second() || max < ours.max {
             let mut log = SlidingLog::new(server);
             // Keep the starts already made: they count against the server's window too.
             let keep = state.log.starts.len().min(log.max);

@@ -1,5 +1,6 @@
-//! The one integration test binary: every test runs the real `lc-import` binary or talks to
-//! a real server over loopback sockets.
+//! The one integration test binary: every test drives `lc-import` from outside, through the
+//! real binary or over real loopback sockets.
 
+mod sandbox;
 mod support;
 mod validate;

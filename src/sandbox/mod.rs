@@ -1,0 +1,513 @@
+//! The sandbox: a local stand-in for `POST /conversations/messages/inbound`, for rehearsals, tests
+//! and benchmarks (DESIGN "The sandbox"). It checks the token and `Version` header, validates
+//! bodies as the API does, answers with fresh IDs, enforces a burst window and a daily budget with
+//! the API's `X-RateLimit-*` headers, injects faults on request, records what it stored and counts
+//! everything at `GET /__stats`.
+//!
+//! This module owns the public entry points ([`start`], [`run_foreground`]) and the connection
+//! layer. Connections are served with hyper directly rather than `axum::serve`, so that a request
+//! chosen by `--drop-rate` can end its connection with no answer at all: the route marks its
+//! response with [`api::DropConnection`], and the service below turns that into an error, on which
+//! hyper closes the connection without writing anything.
+//!
+//! Shutdown protocol: [`Sandbox::shutdown`] cancels the token → the accept loop stops and drops the
+//! listener → each connection finishes the request it is serving and closes → the record file is
+//! synced → done.
+
+mod api;
+mod body;
+mod chance;
+mod limits;
+mod record;
+mod stats;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Exit;
+use crate::rate::{DurationRange, Rate};
+
+pub use api::{INBOUND_PATH, SUPPORTED_VERSIONS};
+pub use stats::Stats;
+
+/// The token a sandbox accepts unless told otherwise.
+pub const DEFAULT_TOKEN: &str = "sandbox-token";
+
+/// How long [`Sandbox::shutdown`] waits for requests in flight before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What the sandbox enforces and injects. Checked by [`start`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandboxConfig {
+    /// The bearer token accepted; anything else is a 401.
+    pub token: String,
+    /// Burst limit per fixed window aligned to the sandbox start; `None`: unlimited.
+    pub rate: Option<Rate>,
+    /// Requests per UTC day; `None`: unlimited.
+    pub daily: Option<u64>,
+    /// Send `Retry-After` (seconds, rounded up) with every 429. The real API is not documented
+    /// to send it.
+    pub retry_after: bool,
+    /// Share of valid requests answered 500/502/503 (picked at random) with nothing stored.
+    pub fail_rate: f64,
+    /// Share of valid requests stored and then left without an answer (connection closed).
+    /// `fail_rate + drop_rate` must not exceed 1.
+    pub drop_rate: f64,
+    /// Added before each admitted request is processed: uniform over `low..high`, or over
+    /// `[D/2, 3D/2]` for a single value `D` (`low == high`).
+    pub latency: Option<DurationRange>,
+    /// Makes IDs, faults and latencies reproducible (exactly so for requests sent one at a time).
+    pub seed: Option<u64>,
+    /// Append every stored message to this file as a JSON line.
+    pub record: Option<PathBuf>,
+}
+
+impl SandboxConfig {
+    /// Token `sandbox-token`, no limits, no faults, no record: for `run --sandbox` and tests.
+    pub fn unlimited() -> Self {
+        SandboxConfig {
+            token: DEFAULT_TOKEN.to_owned(),
+            rate: None,
+            daily: None,
+            retry_after: false,
+            fail_rate: 0.0,
+            drop_rate: 0.0,
+            latency: None,
+            seed: None,
+            record: None,
+        }
+    }
+
+    /// The configuration errors [`start`] refuses.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.token.is_empty()
+            || !self
+                .token
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b',')
+        {
+            return Err(ConfigError::Token);
+        }
+        for (name, p) in [("fail rate", self.fail_rate), ("drop rate", self.drop_rate)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(ConfigError::Probability(name, p));
+            }
+        }
+        if self.fail_rate + self.drop_rate > 1.0 {
+            return Err(ConfigError::FaultsAboveOne(self.fail_rate, self.drop_rate));
+        }
+        Ok(())
+    }
+}
+
+/// Why a sandbox refuses to start with a configuration.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error(
+        "refusing to listen on {0}: the sandbox accepts a well-known token and is for this \
+         machine only; use a loopback address such as 127.0.0.1:8787"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("the token must be non-empty printable ASCII without spaces or commas")]
+    Token,
+    #[error("the {0} must be between 0 and 1, not {1}")]
+    Probability(&'static str, f64),
+    #[error("fail rate {0} plus drop rate {1} is more than 1")]
+    FaultsAboveOne(f64, f64),
+}
+
+/// A limit that can be switched off: `none` (or `unlimited`) on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit<T>(pub Option<T>);
+
+impl<T: FromStr<Err = E>, E: std::fmt::Display> FromStr for Limit<T> {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "none" | "unlimited" => Ok(Limit(None)),
+            other => other
+                .parse()
+                .map(|v| Limit(Some(v)))
+                .map_err(|e| format!("'{s}': {e} (or 'none' for no limit)")),
+        }
+    }
+}
+
+/// `lc-import sandbox` flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Loopback address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8787", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// The bearer token to accept.
+    #[arg(long, default_value = DEFAULT_TOKEN)]
+    pub token: String,
+    /// Burst limit per fixed window (`100/10s`, `20/s`), or `none`.
+    #[arg(long, default_value = "100/10s", value_name = "N/PERIOD|none")]
+    pub rate: Limit<Rate>,
+    /// Requests per UTC day, or `none`.
+    #[arg(long, default_value = "200000", value_name = "N|none")]
+    pub daily: Limit<u64>,
+    /// Send `Retry-After` with 429 answers (the real API is not documented to).
+    #[arg(long)]
+    pub retry_after: bool,
+    /// Share of valid requests answered 500/502/503, nothing stored.
+    #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_share)]
+    pub fail_rate: f64,
+    /// Processing time per request: `LOW..HIGH` uniform, or `D` for [D/2, 3D/2].
+    #[arg(long, value_name = "DURATION|LOW..HIGH")]
+    pub latency: Option<DurationRange>,
+    /// Share of valid requests stored, then left without an answer (connection closed).
+    #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_share)]
+    pub drop_rate: f64,
+    /// Seed for IDs, faults and latencies.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Append every stored message to FILE as a JSON line.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+}
+
+impl SandboxArgs {
+    pub fn config(&self) -> SandboxConfig {
+        SandboxConfig {
+            token: self.token.clone(),
+            rate: self.rate.0,
+            daily: self.daily.0,
+            retry_after: self.retry_after,
+            fail_rate: self.fail_rate,
+            drop_rate: self.drop_rate,
+            latency: self.latency,
+            seed: self.seed,
+            record: self.record.clone(),
+        }
+    }
+}
+
+/// `127.0.0.1:8787`, `[::1]:0`, or `localhost:PORT`.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("'{port}' is not a port"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("'{s}' is not an address such as 127.0.0.1:8787"))
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "'{s}' is not a share between 0 and 1 (such as 0.05)"
+        )),
+    }
+}
+
+/// A running sandbox. Dropping it stops intake like [`Sandbox::shutdown`] without waiting.
+pub struct Sandbox {
+    addr: SocketAddr,
+    shared: Arc<api::Shared>,
+    /// Cancelled by `shutdown` or drop: the accept loop stops, connections close once idle.
+    cancel: CancellationToken,
+    /// The accept loop and every connection task; `shutdown` waits for them.
+    tasks: TaskTracker,
+}
+
+impl Sandbox {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`: the base URL to give a client.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Stops accepting, lets requests in flight finish (bounded wait), syncs the record file.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "sandbox: requests still in flight after {SHUTDOWN_GRACE:?}; not waiting longer"
+            );
+        }
+        if let Some(recorder) = &self.shared.recorder
+            && let Err(e) = recorder.sync()
+        {
+            tracing::warn!("sandbox: syncing the record file: {e}");
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Starts a sandbox on `listen` (a loopback address; port 0 picks a free port) in the current
+/// tokio runtime and returns once it accepts connections.
+pub async fn start(config: SandboxConfig, listen: SocketAddr) -> anyhow::Result<Sandbox> {
+    if !listen.ip().is_loopback() {
+        return Err(ConfigError::NotLoopback(listen).into());
+    }
+    config.check()?;
+    let recorder = config
+        .record
+        .as_deref()
+        .map(record::Recorder::open)
+        .transpose()?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let shared = Arc::new(api::Shared::new(&config, recorder));
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(accept_loop(
+        listener,
+        api::router(shared.clone()),
+        cancel.clone(),
+        tasks.clone(),
+    ));
+    Ok(Sandbox {
+        addr,
+        shared,
+        cancel,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let stream = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning on it.
+                    tracing::warn!("sandbox: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        tasks.spawn(serve_connection(stream, router.clone(), cancel.clone()));
+    }
+}
+
+/// The error that makes hyper close a connection without answering.
+#[derive(Debug, thiserror::Error)]
+#[error("request dropped on purpose (--drop-rate)")]
+struct DroppedOnPurpose;
+
+async fn serve_connection(stream: TcpStream, router: axum::Router, cancel: CancellationToken) {
+    // Small answers, one per request: send them now rather than wait for more bytes.
+    let _ = stream.set_nodelay(true);
+    let routes = TowerToHyperService::new(router);
+    let service = hyper::service::service_fn(move |request| {
+        let answer = hyper::service::Service::call(&routes, request);
+        async move {
+            let response = match answer.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            if response.extensions().get::<api::DropConnection>().is_some() {
+                Err(DroppedOnPurpose)
+            } else {
+                Ok(response)
+            }
+        }
+    });
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // Dropped requests and clients hanging up land here; neither is the sandbox's problem.
+        tracing::debug!("sandbox: connection ended: {e}");
+    }
+}
+
+/// `lc-import sandbox`: runs in the foreground until SIGINT or SIGTERM, then shuts down cleanly.
+pub fn run_foreground(args: SandboxArgs) -> Exit {
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "lc-import sandbox: {}",
+            ConfigError::NotLoopback(args.listen)
+        );
+        return Exit::Usage;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("lc-import sandbox: starting the async runtime: {e}");
+            return Exit::Usage;
+        }
+    };
+    runtime.block_on(async {
+        // Listen for signals before announcing the address: a caller may signal at once.
+        let stop = match stop_signal() {
+            Ok(stop) => stop,
+            Err(e) => {
+                eprintln!("lc-import sandbox: installing signal handlers: {e:#}");
+                return Exit::Usage;
+            }
+        };
+        let sandbox = match start(args.config(), args.listen).await {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                eprintln!("lc-import sandbox: {e:#}");
+                return Exit::Usage;
+            }
+        };
+        let mut stdout = std::io::stdout().lock();
+        // If stdout is gone nobody reads the address; the sandbox still serves whoever knows it.
+        let _ = writeln!(stdout, "sandbox listening on {}", sandbox.base_url());
+        let _ = stdout.flush();
+        drop(stdout);
+        stop.await;
+        sandbox.shutdown().await;
+        Exit::Success
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_checks() {
+        assert_eq!(SandboxConfig::unlimited().check(), Ok(()));
+        let with = |f: fn(&mut SandboxConfig)| {
+            let mut c = SandboxConfig::unlimited();
+            f(&mut c);
+            c.check()
+        };
+        assert_eq!(with(|c| c.token = String::new()), Err(ConfigError::Token));
+        assert_eq!(with(|c| c.token = "a b".into()), Err(ConfigError::Token));
+        assert_eq!(
+            with(|c| c.fail_rate = 1.5),
+            Err(ConfigError::Probability("fail rate", 1.5))
+        );
+        assert_eq!(
+            with(|c| {
+                c.fail_rate = 0.7;
+                c.drop_rate = 0.4
+            }),
+            Err(ConfigError::FaultsAboveOne(0.7, 0.4))
+        );
+        assert_eq!(
+            with(|c| {
+                c.fail_rate = 0.5;
+                c.drop_rate = 0.5
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn limits_parse_or_switch_off() {
+        assert_eq!("none".parse::<Limit<u64>>(), Ok(Limit(None)));
+        assert_eq!("unlimited".parse::<Limit<Rate>>(), Ok(Limit(None)));
+        assert_eq!("5".parse::<Limit<u64>>(), Ok(Limit(Some(5))));
+        assert_eq!(
+            "100/10s".parse::<Limit<Rate>>().map(|l| l.0.map(|r| r.max)),
+            Ok(Some(100))
+        );
+        assert!("lots".parse::<Limit<u64>>().is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("localhost:0"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert!(parse_listen("[::1]:8787").is_ok());
+        assert!(parse_listen("example.com:80").is_err());
+        assert_eq!(parse_share("0.05"), Ok(0.05));
+        assert!(parse_share("1.2").is_err());
+    }
+
+    #[test]
+    fn default_flags_match_the_real_api() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Probe {
+            #[command(flatten)]
+            args: SandboxArgs,
+        }
+        let config = Probe::try_parse_from(["probe"])
+            .expect("defaults parse")
+            .args
+            .config();
+        assert_eq!(config.token, "sandbox-token");
+        assert_eq!(config.rate, Some("100/10s".parse().expect("rate")));
+        assert_eq!(config.daily, Some(200_000));
+        assert_eq!((config.fail_rate, config.drop_rate), (0.0, 0.0));
+        let off = Probe::try_parse_from(["probe", "--rate", "none", "--daily", "none"])
+            .expect("none parses")
+            .args
+            .config();
+        assert_eq!((off.rate, off.daily), (None, None));
+    }
+}

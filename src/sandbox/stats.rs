@@ -1,0 +1,180 @@
+//! The sandbox's counters: what it answered, how busy it got, and whether messages of one
+//! conversation arrived in date order. Served at `GET /__stats` and by [`super::Sandbox::stats`].
+//!
+//! Plain atomics on the hot path; the only lock guards the last stored `date` per conversation
+//! and is taken only for messages that have a date.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the counters. `/__stats` itself is not counted.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Every request to the API routes, whatever its answer.
+    pub requests: u64,
+    /// Answered 200 with a new message (stored).
+    pub accepted: u64,
+    /// Answered 401.
+    pub unauthorized: u64,
+    /// Answered 422.
+    pub unprocessable: u64,
+    /// Answered 400 (missing or unsupported `Version`, a body that is not JSON).
+    pub bad_request: u64,
+    /// Answered 429.
+    pub rate_limited: u64,
+    /// Answered 500/502/503 by `--fail-rate` (nothing stored), or because the record could not be
+    /// written.
+    pub server_errors: u64,
+    /// Stored, then the connection closed without an answer (`--drop-rate`).
+    pub dropped: u64,
+    /// `type: Custom` without `conversationProviderId`: 201 with an empty body, nothing stored.
+    pub empty_201: u64,
+    /// Most requests in flight at once.
+    pub peak_concurrent: u64,
+    /// Stored messages whose `date` is earlier than that of the previous stored message of the same
+    /// `conversationId` (messages without a `date` are not compared).
+    pub out_of_order: u64,
+    /// What is left of today's budget; `None` when there is no daily limit.
+    pub daily_remaining: Option<u64>,
+}
+
+/// How one request was answered, for counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    Accepted,
+    Unauthorized,
+    Unprocessable,
+    BadRequest,
+    RateLimited,
+    ServerError,
+    Dropped,
+    Empty201,
+    /// Anything else (404 on an unknown route): counted in `requests` only.
+    Other,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    accepted: AtomicU64,
+    unauthorized: AtomicU64,
+    unprocessable: AtomicU64,
+    bad_request: AtomicU64,
+    rate_limited: AtomicU64,
+    server_errors: AtomicU64,
+    dropped: AtomicU64,
+    empty_201: AtomicU64,
+    in_flight: AtomicU64,
+    peak_concurrent: AtomicU64,
+    out_of_order: AtomicU64,
+    /// The `date` of the last stored message of each conversation that had one.
+    last_date: Mutex<HashMap<String, Timestamp>>,
+}
+
+/// One request in flight; dropping it (answer sent, or the request abandoned) ends it.
+pub struct InFlight<'a>(&'a Counters);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Counters {
+    /// Counts a request in and marks it in flight until the guard drops.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.requests.fetch_add(1, Relaxed);
+        let now = self.in_flight.fetch_add(1, Relaxed) + 1;
+        self.peak_concurrent.fetch_max(now, Relaxed);
+        InFlight(self)
+    }
+
+    pub fn count(&self, answer: Counted) {
+        let counter = match answer {
+            Counted::Accepted => &self.accepted,
+            Counted::Unauthorized => &self.unauthorized,
+            Counted::Unprocessable => &self.unprocessable,
+            Counted::BadRequest => &self.bad_request,
+            Counted::RateLimited => &self.rate_limited,
+            Counted::ServerError => &self.server_errors,
+            Counted::Dropped => &self.dropped,
+            Counted::Empty201 => &self.empty_201,
+            Counted::Other => return,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Notes a stored message's `date` and counts it when it goes back in time within its
+    /// conversation.
+    pub fn note_date(&self, conversation_id: &str, date: Timestamp) {
+        // A poisoned lock only means another request panicked mid-update of a plain map.
+        let mut last = self.last_date.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get_mut(conversation_id) {
+            Some(previous) => {
+                if date < *previous {
+                    self.out_of_order.fetch_add(1, Relaxed);
+                }
+                *previous = date;
+            }
+            None => {
+                last.insert(conversation_id.to_owned(), date);
+            }
+        }
+    }
+
+    pub fn snapshot(&self, daily_remaining: Option<u64>) -> Stats {
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        Stats {
+            requests: get(&self.requests),
+            accepted: get(&self.accepted),
+            unauthorized: get(&self.unauthorized),
+            unprocessable: get(&self.unprocessable),
+            bad_request: get(&self.bad_request),
+            rate_limited: get(&self.rate_limited),
+            server_errors: get(&self.server_errors),
+            dropped: get(&self.dropped),
+            empty_201: get(&self.empty_201),
+            peak_concurrent: get(&self.peak_concurrent),
+            out_of_order: get(&self.out_of_order),
+            daily_remaining,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn ordering_is_checked_per_conversation() {
+        let c = Counters::default();
+        c.note_date("a", t("2024-01-01T10:00:00Z"));
+        c.note_date("b", t("2024-01-01T09:00:00Z")); // other conversation: not compared with a
+        c.note_date("a", t("2024-01-01T10:00:00Z")); // equal is in order
+        c.note_date("a", t("2024-01-01T09:59:59Z")); // back in time
+        c.note_date("a", t("2024-01-01T09:59:59.5Z")); // later than the previous one: in order
+        assert_eq!(c.snapshot(None).out_of_order, 1);
+    }
+
+    #[test]
+    fn peak_concurrency_outlives_the_requests() {
+        let c = Counters::default();
+        {
+            let _a = c.enter();
+            let _b = c.enter();
+            let _c = c.enter();
+        }
+        let _d = c.enter();
+        let s = c.snapshot(Some(5));
+        assert_eq!((s.requests, s.peak_concurrent), (4, 3));
+        assert_eq!(s.daily_remaining, Some(5));
+    }
+}

@@ -400,8 +400,8 @@ impl Journal {
 
     /// Rewrites the file to one line per row in input order, then lines of earlier runs whose
     /// keys this input no longer has. Atomic: a crash leaves the old file or the new one.
-    pub fn compact(self, prior: &Prior) -> Result<()> {
-        let inner = self.inner.into_inner().expect("journal lock");
+    pub fn compact(&self, prior: &Prior) -> Result<()> {
+        let inner = self.inner.lock().expect("journal lock");
         let context = || format!("compacting results file {}", self.path.display());
         let dir = match self.path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -463,7 +463,7 @@ impl Journal {
         if let Ok(d) = File::open(&dir) {
             let _ = d.sync_all();
         }
-        // `inner.file` drops here, releasing the lock on the old (now replaced) file.
+        // The lock stays on the old (now replaced) file until the journal is dropped.
         Ok(())
     }
 }

@@ -26,7 +26,8 @@ pub struct RateLimit {
 
 #[derive(Debug)]
 struct State {
-    log: SlidingLog,
+    /// `None`: no limit (the in-process sandbox of `run --sandbox`).
+    log: Option<SlidingLog>,
     /// No request starts before this (set after a 429).
     paused_until: Option<Instant>,
 }
@@ -48,7 +49,7 @@ impl SlidingLog {
             rate,
             max: rate.max as usize,
             period: rate.period + margin,
-            starts: VecDeque::with_capacity(rate.max as usize),
+            starts: VecDeque::with_capacity((rate.max as usize).min(4096)),
         }
     }
 
@@ -67,10 +68,11 @@ impl SlidingLog {
 }
 
 impl RateLimit {
-    pub fn new(rate: Rate) -> RateLimit {
+    /// At most `rate`, or no limit at all for `None`.
+    pub fn new(rate: Option<Rate>) -> RateLimit {
         RateLimit {
             state: Mutex::new(State {
-                log: SlidingLog::new(rate),
+                log: rate.map(SlidingLog::new),
                 paused_until: None,
             }),
         }
@@ -84,7 +86,7 @@ impl RateLimit {
                 let now = Instant::now();
                 match state.paused_until {
                     Some(until) if now < until => until,
-                    _ => match state.log.try_start(now) {
+                    _ => match state.log.as_mut().map_or(Ok(()), |log| log.try_start(now)) {
                         Ok(()) => return,
                         Err(at) => at,
                     },
@@ -115,24 +117,27 @@ impl RateLimit {
         }
         let server = Rate { max, period };
         let mut state = self.state.lock().expect("rate limit lock");
-        let ours = state.log.rate;
-        if server.per_second() < ours.per_second() || max < ours.max {
-            let mut log = SlidingLog::new(server);
+        let tighter = state
+            .log
+            .as_ref()
+            .is_none_or(|log| server.per_second() < log.rate.per_second() || max < log.rate.max);
+        // An unlimited run (the sandbox) takes a limit only if the server enforces one.
+        if !tighter || (state.log.is_none() && u64::from(max) >= u64::from(u32::MAX)) {
+            return None;
+        }
+        let mut log = SlidingLog::new(server);
+        if let Some(old) = &state.log {
             // Keep the starts already made: they count against the server's window too.
-            let keep = state.log.starts.len().min(log.max);
-            log.starts = state
-                .log
+            let keep = old.starts.len().min(log.max);
+            log.starts = old
                 .starts
                 .iter()
-                .rev()
-                .take(keep)
-                .rev()
+                .skip(old.starts.len() - keep)
                 .copied()
                 .collect();
-            state.log = log;
-            return Some(server);
         }
-        None
+        state.log = Some(log);
+        Some(server)
     }
 }
 
@@ -215,11 +220,27 @@ mod tests {
     }
 
     #[test]
+    fn an_unlimited_run_takes_only_an_enforced_limit() {
+        let limit = RateLimit::new(None);
+        assert_eq!(
+            limit.observe(Some(u32::MAX), Some(Duration::from_secs(10))),
+            None
+        );
+        assert_eq!(
+            limit.observe(Some(100), Some(Duration::from_secs(10))),
+            Some(Rate {
+                max: 100,
+                period: Duration::from_secs(10)
+            })
+        );
+    }
+
+    #[test]
     fn the_server_s_tighter_limit_is_adopted() {
-        let limit = RateLimit::new(Rate {
+        let limit = RateLimit::new(Some(Rate {
             max: 100,
             period: Duration::from_secs(1),
-        });
+        }));
         assert_eq!(
             limit.observe(Some(100), Some(Duration::from_secs(10))),
             Some(Rate {
@@ -241,10 +262,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn acquire_waits_out_the_window_and_pauses() {
-        let limit = RateLimit::new(Rate {
+        let limit = RateLimit::new(Some(Rate {
             max: 2,
             period: Duration::from_secs(1),
-        });
+        }));
         let t0 = Instant::now();
         for _ in 0..3 {
             limit.acquire().await;

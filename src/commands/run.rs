@@ -49,7 +49,8 @@ pub struct Settings {
     pub base_url: reqwest::Url,
     pub token: String,
     pub api_version: String,
-    pub rate: Rate,
+    /// `None`: no limit (only for the in-process sandbox).
+    pub rate: Option<Rate>,
     pub concurrency: usize,
     pub max_retries: u32,
     pub timeout: Duration,
@@ -123,27 +124,67 @@ pub fn run(args: RunArgs) -> Exit {
         }
     };
     runtime.block_on(async move {
-        let sandbox = args.sandbox;
-        let settings = match settings(args) {
+        let use_sandbox = args.sandbox;
+        let record = config::beside_input(&args.input, ".sandbox.jsonl");
+        let mut settings = match settings(args, use_sandbox) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 return Exit::Usage;
             }
         };
-        let _ = sandbox;
-        match import(settings, &signals()).await {
+        let sandbox = if use_sandbox {
+            match start_sandbox(&mut settings, record).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Exit::Usage;
+                }
+            }
+        } else {
+            None
+        };
+        let exit = match import(settings, &signals()).await {
             Ok(report) => report.exit(),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 Exit::Usage
             }
+        };
+        if let Some((sandbox, record)) = sandbox {
+            sandbox.shutdown().await;
+            println!(
+                "sandbox: every message it stored is in {} (one JSON line each)",
+                record.display()
+            );
         }
+        exit
     })
 }
 
-/// Flags over the config file over defaults, checked.
-pub fn settings(args: RunArgs) -> Result<Settings> {
+/// `run --sandbox`: an in-process sandbox on a free loopback port, no limits, its record beside
+/// the input; the run is pointed at it with the sandbox's token.
+async fn start_sandbox(
+    settings: &mut Settings,
+    record: PathBuf,
+) -> Result<(crate::sandbox::Sandbox, PathBuf)> {
+    let config = crate::sandbox::SandboxConfig {
+        record: Some(record.clone()),
+        ..crate::sandbox::SandboxConfig::unlimited()
+    };
+    let token = config.token.clone();
+    let sandbox = crate::sandbox::start(config, ([127, 0, 0, 1], 0).into()).await?;
+    info!("sandbox listening on {}", sandbox.base_url());
+    settings.base_url = sender::check_base_url(&sandbox.base_url())?;
+    settings.token = token;
+    // The sandbox has no limits: pace as fast as the sender goes.
+    settings.rate = None;
+    Ok((sandbox, record))
+}
+
+/// Flags over the config file over defaults, checked. With `sandbox`, the token and base URL
+/// are the sandbox's and need not be given.
+pub fn settings(args: RunArgs, sandbox: bool) -> Result<Settings> {
     let mut file = FileConfig::load(args.mapping.config.as_deref())?;
     let (mapping, delimiter) = config::mapping_options(&args.mapping, &mut file)?;
     let base = args
@@ -151,7 +192,11 @@ pub fn settings(args: RunArgs) -> Result<Settings> {
         .or(file.base_url.take())
         .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
     let base_url = sender::check_base_url(&base)?;
-    let token = read_token(args.token_file.as_deref().or(file.token_file.as_deref()))?;
+    let token = if sandbox {
+        String::new()
+    } else {
+        read_token(args.token_file.as_deref().or(file.token_file.as_deref()))?
+    };
     let rate = match (args.rate, file.rate.as_deref()) {
         (Some(r), _) => r,
         (None, Some(r)) => r.parse().map_err(|e| anyhow!("config rate: {e}"))?,
@@ -180,7 +225,7 @@ pub fn settings(args: RunArgs) -> Result<Settings> {
             .api_version
             .or(file.api_version.take())
             .unwrap_or_else(|| "2021-07-28".to_owned()),
-        rate,
+        rate: Some(rate),
         concurrency,
         max_retries: args.max_retries.or(file.max_retries).unwrap_or(5),
         timeout,
@@ -330,10 +375,12 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         rate_noted: AtomicBool::new(false),
     });
     info!(
-        "importing {} into {} at most {} with {} in flight; results in {}",
+        "importing {} into {} at {} with {} in flight; results in {}",
         settings.input.display(),
         shared.sender.url(),
-        settings.rate,
+        settings
+            .rate
+            .map_or("no rate limit".to_owned(), |r| format!("most {r}")),
         settings.concurrency,
         settings.results.display()
     );
@@ -377,10 +424,8 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
     if interrupt.is_cancelled() {
         shared.stop_with(StopReason::Interrupted);
     }
-    drop(shared.clone());
     let stopped = shared.stop_reason.lock().expect("stop reason lock").clone();
     drop(shared);
-    let journal = Arc::try_unwrap(journal).map_err(|_| anyhow!("the journal is still in use"))?;
     let results = journal.path().to_owned();
     journal.compact(&prior)?;
 
@@ -531,6 +576,8 @@ async fn schedule(
     let mut in_flight = 0usize;
     let mut reader_done = false;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Arc<str>>();
+    // Every deliver task is tracked, so the run ends only when all have dropped their handles.
+    let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let stopping = shared.stop.is_cancelled();
         while in_flight < concurrency && !stopping {
@@ -538,7 +585,7 @@ async fn schedule(
             queued -= 1;
             in_flight += 1;
             let (shared, done) = (shared.clone(), done_tx.clone());
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let lane = job.conversation_id.clone();
                 deliver(job, &shared).await;
                 // The scheduler outlives every task, so the send cannot fail.
@@ -575,6 +622,8 @@ async fn schedule(
     }
     // Rows still queued were never attempted: they stay unrecorded for the next run.
     jobs.close();
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// Sends one row until it has an outcome, recording it in the journal.

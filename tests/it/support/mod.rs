@@ -108,3 +108,39 @@ impl WorkDir {
         }
     }
 }
+
+/// Runs the binary in `dir` with `args` and extra environment; blocking, so async tests call it
+/// through `spawn_blocking`.
+pub fn run_in(dir: &Path, args: &[String], env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("LC_TOKEN")
+        .env_remove("LC_BASE_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run lc-import");
+    Output {
+        args: args.to_vec(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A synthetic export: `rows` SMS rows spread round-robin over `conversations`, dates rising,
+/// keyed by `altId` `r{i}`.
+pub fn export(rows: usize, conversations: usize) -> String {
+    let mut s = String::from("altId,conversationId,contactId,type,direction,date,message\n");
+    for i in 0..rows {
+        let c = i % conversations;
+        s.push_str(&format!(
+            "r{i},conv{c:016},cont{c:016},SMS,inbound,2024-01-01T{:02}:{:02}:{:02}Z,message {i}\n",
+            i / 3600 % 24,
+            i / 60 % 60,
+            i % 60
+        ));
+    }
+    s
+}

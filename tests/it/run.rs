@@ -1,0 +1,626 @@
+//! `lc-import run` against the sandbox over real loopback sockets: the real binary, a real
+//! server, real files and real signals.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lc_import::rate::{DurationRange, Rate};
+use lc_import::sandbox::{self, Sandbox, SandboxConfig};
+use serde_json::Value;
+
+use crate::support::{self, BIN, Output, WorkDir};
+
+async fn start(config: SandboxConfig) -> Sandbox {
+    sandbox::start(config, "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("sandbox starts")
+}
+
+fn config(w: &WorkDir) -> SandboxConfig {
+    SandboxConfig {
+        record: Some(w.path("record.jsonl")),
+        ..SandboxConfig::unlimited()
+    }
+}
+
+/// Runs `lc-import run INPUT --base-url <sandbox> ARGS…` with `token` in LC_TOKEN.
+async fn run(w: &WorkDir, sb: &Sandbox, input: &str, args: &[&str], token: &str) -> Output {
+    let mut all: Vec<String> = vec![
+        "run".into(),
+        input.into(),
+        "--base-url".into(),
+        sb.base_url(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let dir = w.path("");
+    let env = vec![("LC_TOKEN".to_owned(), token.to_owned())];
+    tokio::task::spawn_blocking(move || support::run_in(&dir, &all, &env))
+        .await
+        .expect("the run finishes")
+}
+
+/// The sandbox's record: altId → how many times it was stored.
+fn stored(w: &WorkDir) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let text = std::fs::read_to_string(w.path("record.jsonl")).unwrap_or_default();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).expect("a record line is JSON");
+        let alt = v["body"]["altId"]
+            .as_str()
+            .expect("rows carry altId")
+            .to_owned();
+        *counts.entry(alt).or_default() += 1;
+    }
+    counts
+}
+
+fn record_lines(w: &WorkDir) -> Vec<Value> {
+    std::fs::read_to_string(w.path("record.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// Asserts every `r0..r{n}` is stored exactly once.
+fn assert_each_stored_once(w: &WorkDir, n: usize) {
+    let counts = stored(w);
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("r{i}"))
+        .filter(|k| !counts.contains_key(k))
+        .collect();
+    assert!(missing.is_empty(), "never stored: {missing:?}");
+    assert_eq!(counts.len(), n);
+}
+
+fn statuses(w: &WorkDir, results: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in w.results(results) {
+        *counts.entry(r["status"].clone()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_imports_and_bad_rows_are_invalid() {
+    let w = WorkDir::new();
+    w.copy("samples/messages.csv");
+    w.copy("samples/bad.csv");
+    let sb = start(config(&w)).await;
+    let out = run(&w, &sb, "messages.csv", &[], "sandbox-token").await;
+    out.expect_code(0);
+    let results = w.results("messages.results.csv");
+    assert_eq!(results.len(), 200);
+    let record = record_lines(&w);
+    assert_eq!(record.len(), 200, "each valid row stored once");
+    let by_id: HashMap<&str, &Value> = record
+        .iter()
+        .map(|v| (v["messageId"].as_str().unwrap(), v))
+        .collect();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["row"], (i + 1).to_string(), "input order");
+        assert_eq!(r["status"], "sent", "{r:?}");
+        // The ID in the results is the one the sandbox stored this row's body under.
+        let stored = by_id
+            .get(r["message_id"].as_str())
+            .unwrap_or_else(|| panic!("{r:?}"));
+        assert_eq!(stored["body"]["altId"], r["key"].as_str());
+        assert_eq!(r["http_status"], "200");
+        assert_eq!(r["attempts"], "1");
+        assert!(!r["trace_id"].is_empty());
+    }
+
+    let out = run(&w, &sb, "bad.csv", &[], "sandbox-token").await;
+    out.expect_code(1);
+    assert_eq!(
+        statuses(&w, "bad.results.csv"),
+        HashMap::from([("invalid".to_owned(), 25)])
+    );
+    assert_eq!(sb.stats().requests, 200, "no invalid row reached the API");
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_sandbox_needs_no_account() {
+    let w = WorkDir::new();
+    w.copy("samples/messages.csv");
+    let dir = w.path("");
+    let out = tokio::task::spawn_blocking(move || {
+        support::run_in(
+            &dir,
+            &["run".into(), "messages.csv".into(), "--sandbox".into()],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    out.expect_code(0);
+    assert!(
+        out.stdout
+            .contains("sent                200   (200 now, 0 in earlier runs)"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains("sandbox: every message it stored is in messages.sandbox.jsonl"),
+        "{out:?}"
+    );
+    assert_eq!(w.read("messages.sandbox.jsonl").lines().count(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_is_reached_and_never_tripped() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(100, 10));
+    let rate = Rate {
+        max: 20,
+        period: Duration::from_secs(1),
+    };
+    let sb = start(SandboxConfig {
+        rate: Some(rate),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &["--rate", "20/s", "--concurrency", "8"],
+        "sandbox-token",
+    )
+    .await;
+    out.expect_code(0);
+    let stats = sb.stats();
+    assert_eq!(stats.rate_limited, 0, "no 429: {stats:?}");
+    assert_eq!(stats.accepted, 100);
+    // Achieved pace from the server's own receive times, counting the last window whole.
+    let times: Vec<jiff::Timestamp> = record_lines(&w)
+        .iter()
+        .map(|v| v["receivedAt"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let span = (*times.iter().max().unwrap() - *times.iter().min().unwrap()).as_secs_f64();
+    let achieved = 100.0 / (span + 1.0);
+    assert!(achieved >= 0.9 * 20.0, "achieved {achieved:.2}/s of 20/s");
+    assert!(
+        achieved <= 20.0 * 1.01,
+        "achieved {achieved:.2}/s is over 20/s"
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_one_conversation_arrive_in_order() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(400, 6));
+    let sb = start(SandboxConfig {
+        latency: Some(DurationRange {
+            low: Duration::from_millis(1),
+            high: Duration::from_millis(15),
+        }),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &["--concurrency", "8", "--rate", "100000/s"],
+        "sandbox-token",
+    )
+    .await;
+    out.expect_code(0);
+    let stats = sb.stats();
+    assert_eq!(stats.accepted, 400);
+    assert_eq!(stats.out_of_order, 0, "{stats:?}");
+    // Conversations did run side by side.
+    assert!(stats.peak_concurrent >= 4, "{stats:?}");
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_until_sent() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(300, 30));
+    let sb = start(SandboxConfig {
+        fail_rate: 0.2,
+        seed: Some(7),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &["--rate", "100000/s", "--max-retries", "8"],
+        "sandbox-token",
+    )
+    .await;
+    out.expect_code(0);
+    assert!(
+        sb.stats().server_errors > 20,
+        "faults were injected: {:?}",
+        sb.stats()
+    );
+    assert_eq!(
+        statuses(&w, "in.results.csv"),
+        HashMap::from([("sent".to_owned(), 300)])
+    );
+    assert_each_stored_once(&w, 300);
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_answers_end_unknown_and_are_never_resent() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(400, 40));
+    let sb = start(SandboxConfig {
+        drop_rate: 0.05,
+        seed: Some(11),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &["--rate", "100000/s", "--timeout", "5s"],
+        "sandbox-token",
+    )
+    .await;
+    out.expect_code(1);
+    let dropped = sb.stats().dropped as usize;
+    assert!(dropped > 5, "{:?}", sb.stats());
+    let counts = statuses(&w, "in.results.csv");
+    assert_eq!(counts.get("unknown").copied(), Some(dropped), "{counts:?}");
+    assert_eq!(
+        counts.get("sent").copied(),
+        Some(400 - dropped),
+        "{counts:?}"
+    );
+    assert!(out.stdout.contains("--resend-unknown"), "{out:?}");
+    // Every row is stored once: the dropped ones too (the sandbox stored them).
+    assert_each_stored_once(&w, 400);
+
+    let requests = sb.stats().requests;
+    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    out.expect_code(1);
+    assert_eq!(sb.stats().requests, requests, "a resume sends nothing new");
+    assert!(
+        out.stdout
+            .contains(&format!("(0 now, {} in earlier runs)", 400 - dropped)),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("({} now, {dropped} from earlier runs)", 0)),
+        "{out:?}"
+    );
+    assert_eq!(
+        statuses(&w, "in.results.csv").get("unknown").copied(),
+        Some(dropped)
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_then_resume_sends_every_row_once() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(120, 12));
+    let sb = start(config(&w)).await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &["--rate", "100000/s", "--limit", "50"],
+        "sandbox-token",
+    )
+    .await;
+    out.expect_code(3);
+    assert!(
+        out.stdout.contains("stopped early: --limit 50 reached."),
+        "{out:?}"
+    );
+    assert_eq!(sb.stats().accepted, 50);
+    assert_eq!(w.results("in.results.csv").len(), 50);
+    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains("(70 now, 50 in earlier runs)"),
+        "{out:?}"
+    );
+    assert_each_stored_once(&w, 120);
+    let rows = w.results("in.results.csv");
+    assert_eq!(rows.len(), 120);
+    assert!(
+        rows.iter()
+            .enumerate()
+            .all(|(i, r)| r["row"] == (i + 1).to_string() && r["status"] == "sent")
+    );
+    sb.shutdown().await;
+}
+
+/// Starts the binary as a child process, for signals.
+fn spawn(w: &WorkDir, args: &[String], token: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(w.path(""))
+        .env("LC_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lc-import")
+}
+
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// Waits (polling, bounded) until `cond` holds.
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(300, 30));
+    let sb = start(SandboxConfig {
+        latency: Some(DurationRange {
+            low: Duration::from_millis(20),
+            high: Duration::from_millis(30),
+        }),
+        ..config(&w)
+    })
+    .await;
+    let args: Vec<String> = [
+        "run",
+        "in.csv",
+        "--base-url",
+        &sb.base_url(),
+        "--rate",
+        "100000/s",
+        "--concurrency",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let child = spawn(&w, &args, "sandbox-token");
+    let results = w.path("in.results.csv");
+    wait_for("some rows sent", || lines_in(&results) > 40).await;
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("stopped early: interrupted."), "{stdout}");
+    assert!(
+        stdout.contains("to resume, run the same command again"),
+        "{stdout}"
+    );
+    let partial = w.results("in.results.csv");
+    assert!(partial.len() < 300, "stopped part way: {}", partial.len());
+    assert!(
+        partial.iter().all(|r| r["status"] == "sent"),
+        "in-flight requests were drained"
+    );
+
+    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    out.expect_code(0);
+    assert_each_stored_once(&w, 300);
+    assert_eq!(w.results("in.results.csv").len(), 300);
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_stops_at_once() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(200, 20));
+    let sb = start(config(&w)).await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &["--rate", "100000/s", "--concurrency", "2"],
+        "wrong-token",
+    )
+    .await;
+    out.expect_code(3);
+    assert!(out.stdout.contains("stopped early: the API rejected the token (401: HTTP 401: Invalid token: access token is invalid)."), "{out:?}");
+    // At most the requests already in flight when the first 401 came.
+    assert!(sb.stats().unauthorized <= 2, "{:?}", sb.stats());
+    let rows = w.results("in.results.csv");
+    assert!(
+        rows.iter()
+            .all(|r| r["status"] == "failed" && r["http_status"] == "401"),
+        "{rows:?}"
+    );
+    // With the right token the same command resumes and sends everything once.
+    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    out.expect_code(0);
+    assert_each_stored_once(&w, 200);
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_daily_budget_stops_and_the_next_day_resumes() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(100, 10));
+    let sb = start(SandboxConfig {
+        daily: Some(30),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &["--rate", "100000/s", "--concurrency", "4"],
+        "sandbox-token",
+    )
+    .await;
+    out.expect_code(3);
+    assert!(
+        out.stdout
+            .contains("stopped early: the daily request budget is spent"),
+        "{out:?}"
+    );
+    assert_eq!(sb.stats().accepted, 30);
+    sb.shutdown().await;
+    // "The next day": a fresh budget, same record file.
+    let sb = start(SandboxConfig {
+        daily: Some(1000),
+        ..config(&w)
+    })
+    .await;
+    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    out.expect_code(0);
+    assert_each_stored_once(&w, 100);
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_results_file_refuses() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(200, 20));
+    let sb = start(SandboxConfig {
+        latency: Some(DurationRange {
+            low: Duration::from_millis(20),
+            high: Duration::from_millis(30),
+        }),
+        ..config(&w)
+    })
+    .await;
+    let args: Vec<String> = [
+        "run",
+        "in.csv",
+        "--base-url",
+        &sb.base_url(),
+        "--rate",
+        "100000/s",
+        "--concurrency",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut first = spawn(&w, &args, "sandbox-token");
+    let results = w.path("in.results.csv");
+    wait_for("the first run to start sending", || lines_in(&results) > 2).await;
+    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("is in use by another lc-import run"),
+        "{out:?}"
+    );
+    let status = tokio::task::spawn_blocking(move || first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_each_stored_once(&w, 200);
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_reaches_any_output() {
+    const TOKEN: &str = "tok-Distinctive-7f3a9c";
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(30, 3));
+    w.write(
+        "bad.csv",
+        "conversationId,contactId,type,direction,message\nc1,k1,Text,inbound,hi\n",
+    );
+    let sb = start(SandboxConfig {
+        token: TOKEN.into(),
+        ..config(&w)
+    })
+    .await;
+    for args in [
+        vec!["-vv", "--results", "text.csv"],
+        vec!["-vv", "--log-format", "json", "--results", "json.csv"],
+    ] {
+        let out = run(&w, &sb, "in.csv", &args, TOKEN).await;
+        out.expect_code(0);
+        assert!(
+            out.stderr.contains("sending"),
+            "trace logging was on: {out:?}"
+        );
+        assert!(
+            !out.stdout.contains(TOKEN) && !out.stderr.contains(TOKEN),
+            "{out:?}"
+        );
+    }
+    // A rejected token is not echoed either.
+    let out = run(&w, &sb, "bad.csv", &["-vv"], "tok-Other-Secret-1234").await;
+    assert!(
+        !out.stdout.contains("tok-Other-Secret-1234")
+            && !out.stderr.contains("tok-Other-Secret-1234")
+    );
+    assert!(!w.read("text.csv").contains(TOKEN) && !w.read("json.csv").contains(TOKEN));
+    sb.shutdown().await;
+}
+
+#[test]
+fn a_missing_token_or_plain_http_is_a_usage_error() {
+    let w = WorkDir::new();
+    w.copy("samples/messages.csv");
+    let out = w.run(&["run", "messages.csv"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains(
+            "no API token: set the environment variable LC_TOKEN, or give --token-file PATH"
+        ),
+        "{out:?}"
+    );
+    let out = w.run_with(
+        &[
+            "run",
+            "messages.csv",
+            "--base-url",
+            "http://services.leadconnectorhq.com",
+        ],
+        &[("LC_TOKEN", "t")],
+    );
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("plain http:// would send the token in clear"),
+        "{out:?}"
+    );
+    assert!(
+        !w.path("messages.results.csv").exists(),
+        "nothing was started"
+    );
+}
+
+#[test]
+fn dry_run_is_validate() {
+    let w = WorkDir::new();
+    w.copy("samples/messages.csv");
+    let out = w.run(&["run", "messages.csv", "--dry-run"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("row 1 (line 2):"), "{out:?}");
+    assert!(out.stdout.contains(": 200 valid, 0 invalid"), "{out:?}");
+    assert!(
+        !w.path("messages.results.csv").exists(),
+        "a dry run sends and records nothing"
+    );
+}

@@ -100,14 +100,18 @@ impl Shared {
 
     /// Runs `f` on the budget with the current clock; `None` when nothing is limited.
     fn with_budget<T>(&self, f: impl FnOnce(&mut Budget, Duration, Duration) -> T) -> Option<T> {
-        let budget = self.budget.as_ref()?;
+        // Held only for the arithmetic, never across an await.
+        let mut budget = self
+            .budget
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // The clock is read under the lock, so the budget sees time in the order it is asked.
         let elapsed = self.started.elapsed();
         // A clock before 1970 is not worth failing a request over: it reads as day 0.
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        // Held only for the arithmetic, never across an await.
-        let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
         Some(f(&mut budget, elapsed, unix))
     }
 

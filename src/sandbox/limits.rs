@@ -126,17 +126,18 @@ impl Budget {
         self.daily.map(|d| d.saturating_sub(self.day_used))
     }
 
-    /// Starts a new window or day when the clock has moved into one.
+    /// Starts a new window or day when the clock has moved into one. Only forward: a wall clock
+    /// stepped back does not hand out a past day's budget again.
     fn roll(&mut self, elapsed: Duration, unix: Duration) {
         if let Some(rate) = self.rate {
             let window = window_index(rate, elapsed);
-            if window != self.window {
+            if window > self.window {
                 self.window = window;
                 self.window_used = 0;
             }
         }
         let day = unix.as_secs() / DAY.as_secs();
-        if day != self.day {
+        if day > self.day {
             self.day = day;
             self.day_used = 0;
         }
@@ -299,6 +300,17 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn time_going_back_does_not_reopen_a_window_or_a_day() {
+        let mut b = Budget::new(rate("1/1s"), Some(1));
+        let tomorrow = NOON + DAY;
+        admitted(b.admit(ms(1_500), tomorrow));
+        // An earlier reading (a stepped-back wall clock, a late caller) is still refused.
+        assert!(matches!(b.admit(ms(900), NOON), Admission::Refused { .. }));
+        assert_eq!(b.peek(ms(900), NOON).remaining, 0);
+        assert_eq!(b.daily_remaining(ms(900), NOON), Some(0));
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl<T: FromStr<Err = E>, E: std::fmt::Display> FromStr for Limit<T> {
             other => other
                 .parse()
                 .map(|v| Limit(Some(v)))
-                .map_err(|e| format!("'{s}': {e} (or 'none' for no limit)")),
+                .map_err(|e| format!("{e} (or 'none' for no limit)")),
         }
     }
 }

@@ -59,8 +59,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "V", env = "LC_API_VERSION")]
     pub api_version: Option<String>,
     /// Never more than N requests start in any PERIOD: 10/s, 100/10s, 6000/m [default: 100/10s].
+    /// `none` sets no pace of its own (for a local sandbox); a limit the server announces in its
+    /// X-RateLimit headers is still kept.
     #[arg(long, value_name = "N/PERIOD")]
-    pub rate: Option<crate::rate::Rate>,
+    pub rate: Option<crate::rate::Limit<crate::rate::Rate>>,
     /// Requests in flight at most [default: 8].
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,

@@ -130,6 +130,24 @@ impl FromStr for DurationRange {
     }
 }
 
+/// A limit that can be switched off: `none` (or `unlimited`) on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit<T>(pub Option<T>);
+
+impl<T: FromStr<Err = E>, E: std::fmt::Display> FromStr for Limit<T> {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "none" | "unlimited" => Ok(Limit(None)),
+            other => other
+                .parse()
+                .map(|v| Limit(Some(v)))
+                .map_err(|e| format!("{e} (or 'none' for no limit)")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

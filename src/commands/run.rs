@@ -198,9 +198,13 @@ pub fn settings(args: RunArgs, sandbox: bool) -> Result<Settings> {
         read_token(args.token_file.as_deref().or(file.token_file.as_deref()))?
     };
     let rate = match (args.rate, file.rate.as_deref()) {
-        (Some(r), _) => r,
-        (None, Some(r)) => r.parse().map_err(|e| anyhow!("config rate: {e}"))?,
-        (None, None) => "100/10s".parse().expect("the default rate parses"),
+        (Some(r), _) => r.0,
+        (None, Some(r)) => {
+            r.parse::<crate::rate::Limit<Rate>>()
+                .map_err(|e| anyhow!("config rate: {e}"))?
+                .0
+        }
+        (None, None) => Some("100/10s".parse().expect("the default rate parses")),
     };
     let timeout = match (args.timeout, file.timeout.as_deref()) {
         (Some(t), _) => t,
@@ -225,7 +229,7 @@ pub fn settings(args: RunArgs, sandbox: bool) -> Result<Settings> {
             .api_version
             .or(file.api_version.take())
             .unwrap_or_else(|| "2021-07-28".to_owned()),
-        rate: Some(rate),
+        rate,
         concurrency,
         max_retries: args.max_retries.or(file.max_retries).unwrap_or(5),
         timeout,
@@ -295,6 +299,13 @@ struct Job {
     key: String,
     conversation_id: Arc<str>,
     body: Bytes,
+    /// Input bytes read up to this row, for progress.
+    input_bytes: u64,
+}
+
+/// Progress position of a batch: where its last row ended.
+fn input_bytes(batch: &[Job]) -> u64 {
+    batch.last().map_or(0, |j| j.input_bytes)
 }
 
 /// State every deliver task shares.
@@ -386,7 +397,9 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
     );
 
     let max_queued = (settings.concurrency * 128).max(1024);
-    let (job_tx, job_rx) = mpsc::channel::<Job>(256);
+    // Rows cross to the scheduler in batches: one wake-up of the reader thread per batch, not
+    // per row (a full channel wakes a blocked sender for every slot freed).
+    let (job_tx, job_rx) = mpsc::channel::<Vec<Job>>(8);
     let input_len = input.len();
     let reader = {
         let journal = journal.clone();
@@ -458,10 +471,20 @@ fn read_rows(
     journal: &Journal,
     counters: &Counters,
     stop: &CancellationToken,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Vec<Job>>,
     limit: Option<u64>,
     resend_unknown: bool,
 ) -> Result<(Prior, Option<StopReason>)> {
+    const BATCH: usize = 64;
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    // Hands the batch over; false once the scheduler has stopped taking rows.
+    let flush = |batch: &mut Vec<Job>| -> bool {
+        counters.bytes.store(input_bytes(batch), Ordering::Relaxed);
+        batch.is_empty()
+            || jobs
+                .blocking_send(std::mem::replace(batch, Vec::with_capacity(BATCH)))
+                .is_ok()
+    };
     let mut seen: HashSet<u128> = HashSet::new();
     let mut handed = 0u64;
     let path = input.path().to_owned();
@@ -539,22 +562,23 @@ fn read_rows(
             }
         };
         if limit.is_some_and(|n| handed >= n) {
+            flush(&mut batch);
             return Ok((prior, Some(StopReason::Limit(handed))));
         }
         handed += 1;
         let body = Bytes::from(serde_json::to_vec(&message).expect("a message serialises"));
-        let job = Job {
+        batch.push(Job {
             row,
             key,
             conversation_id: Arc::from(message.conversation_id.as_str()),
             body,
-        };
-        counters.bytes.store(input.bytes_read(), Ordering::Relaxed);
-        if jobs.blocking_send(job).is_err() {
-            // The scheduler has stopped taking rows.
+            input_bytes: input.bytes_read(),
+        });
+        if batch.len() >= BATCH && !flush(&mut batch) {
             return Ok((prior, None));
         }
     }
+    flush(&mut batch);
     counters.bytes.store(input.bytes_read(), Ordering::Relaxed);
     Ok((prior, None))
 }
@@ -563,7 +587,7 @@ fn read_rows(
 /// order, different conversations side by side, at most `concurrency` in flight and at most
 /// `max_queued` rows held in memory.
 async fn schedule(
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::Receiver<Vec<Job>>,
     shared: Arc<Shared>,
     concurrency: usize,
     max_queued: usize,
@@ -604,14 +628,16 @@ async fn schedule(
                     None => { lanes.remove(&lane); }
                 }
             }
-            job = jobs.recv(), if accepting => match job {
-                Some(job) => {
-                    queued += 1;
-                    match lanes.get_mut(&job.conversation_id) {
-                        Some(queue) => queue.push_back(job),
-                        None => {
-                            lanes.insert(job.conversation_id.clone(), VecDeque::new());
-                            ready.push_back(job);
+            batch = jobs.recv(), if accepting => match batch {
+                Some(batch) => {
+                    for job in batch {
+                        queued += 1;
+                        match lanes.get_mut(&job.conversation_id) {
+                            Some(queue) => queue.push_back(job),
+                            None => {
+                                lanes.insert(job.conversation_id.clone(), VecDeque::new());
+                                ready.push_back(job);
+                            }
                         }
                     }
                 }

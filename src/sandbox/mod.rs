@@ -24,7 +24,6 @@ mod stats;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,23 +127,7 @@ pub enum ConfigError {
     FaultsAboveOne(f64, f64),
 }
 
-/// A limit that can be switched off: `none` (or `unlimited`) on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limit<T>(pub Option<T>);
-
-impl<T: FromStr<Err = E>, E: std::fmt::Display> FromStr for Limit<T> {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "none" | "unlimited" => Ok(Limit(None)),
-            other => other
-                .parse()
-                .map(|v| Limit(Some(v)))
-                .map_err(|e| format!("{e} (or 'none' for no limit)")),
-        }
-    }
-}
+pub use crate::rate::Limit;
 
 /// `lc-import sandbox` flags.
 #[derive(Clone, Debug, clap::Args)]

@@ -21,6 +21,8 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::extsort::ExternalSort;
+
 /// The header every results file starts with.
 pub const HEADER: [&str; 11] = [
     "row",
@@ -171,9 +173,6 @@ impl<W: Write> ResultsWriter<W> {
     }
 }
 
-/// Marks a row with no final line yet.
-const NONE: u64 = u64::MAX;
-
 /// The identity of a key in memory: 128 bits of its hash, so a million keys fit in a few tens
 /// of MiB whatever their length.
 pub fn key_id(key: &str) -> u128 {
@@ -239,8 +238,9 @@ struct Inner {
     /// Opened for append: every write lands at the end. Holds the run's lock until dropped.
     file: File,
     len: u64,
-    /// Per row (index row - 1): offset of its final line, or NONE.
-    finals: Vec<u64>,
+    /// `[row, offset of its final line, 0]` for every row that has one, sorted on disk at
+    /// compaction: no per-row memory, whatever the size of the input.
+    finals: ExternalSort,
     /// One encoded line, reused.
     buf: Vec<u8>,
 }
@@ -276,7 +276,7 @@ impl Journal {
             inner: Mutex::new(Inner {
                 file,
                 len,
-                finals: Vec::new(),
+                finals: ExternalSort::new(&folder_of(path)),
                 buf: Vec::with_capacity(512),
             }),
         };
@@ -385,28 +385,26 @@ impl Journal {
         let mut inner = self.inner.lock().expect("journal lock");
         let offset = inner.write_line(line)?;
         if is_final {
-            inner.set_final(line.row, offset);
+            inner.finals.push([line.row, offset, 0])?;
         }
         Ok(())
     }
 
     /// The row keeps the line an earlier run wrote (a row sent earlier, or left unknown).
-    pub fn keep_prior(&self, row: u64, prior: PriorOutcome) {
-        self.inner
-            .lock()
-            .expect("journal lock")
-            .set_final(row, prior.offset);
+    pub fn keep_prior(&self, row: u64, prior: PriorOutcome) -> io::Result<()> {
+        let mut inner = self.inner.lock().expect("journal lock");
+        inner.finals.push([row, prior.offset, 0])
     }
 
     /// Rewrites the file to one line per row in input order, then lines of earlier runs whose
     /// keys this input no longer has. Atomic: a crash leaves the old file or the new one.
     pub fn compact(&self, prior: &Prior) -> Result<()> {
-        let inner = self.inner.lock().expect("journal lock");
+        let mut inner = self.inner.lock().expect("journal lock");
         let context = || format!("compacting results file {}", self.path.display());
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let dir = folder_of(&self.path);
+        let finals = std::mem::replace(&mut inner.finals, ExternalSort::new(&dir))
+            .finish()
+            .with_context(context)?;
         let temp = tempfile::Builder::new()
             .prefix(".lc-import-results")
             .tempfile_in(&dir)
@@ -433,11 +431,18 @@ impl Journal {
             }
             Ok(())
         };
-        for (i, offset) in inner.finals.iter().enumerate() {
-            if *offset != NONE {
-                read_at(*offset, &mut record)?;
-                out.write_raw(i as u64 + 1, &record).with_context(context)?;
+        // Sorted by row, then offset: of two lines for one row, the later written wins.
+        let mut finals = finals.peekable();
+        while let Some(next) = finals.next() {
+            let [row, mut offset, _] = next.with_context(context)?;
+            while let Some(Ok([r, o, _])) = finals.peek()
+                && *r == row
+            {
+                offset = *o;
+                finals.next();
             }
+            read_at(offset, &mut record)?;
+            out.write_raw(row, &record).with_context(context)?;
         }
         let mut unmatched: Vec<u64> = prior
             .entries
@@ -477,13 +482,13 @@ impl Inner {
         self.len += self.buf.len() as u64;
         Ok(offset)
     }
+}
 
-    fn set_final(&mut self, row: u64, offset: u64) {
-        let i = (row as usize).saturating_sub(1);
-        if self.finals.len() <= i {
-            self.finals.resize(i + 1, NONE);
-        }
-        self.finals[i] = offset;
+/// The folder a file is in (`.` for a bare name), for temp files beside it.
+pub fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
     }
 }
 

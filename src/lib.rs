@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod extsort;
 pub mod journal;
 pub mod mapping;
 pub mod message;

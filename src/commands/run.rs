@@ -13,7 +13,7 @@
 //! bounded by `--timeout`); then the journal is compacted and the summary says how to resume.
 //! A second Ctrl-C exits at once: every line is already on disk.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -29,7 +29,8 @@ use tracing::{debug, info, warn};
 use crate::Exit;
 use crate::cli::{RunArgs, ValidateArgs};
 use crate::config::{self, FileConfig};
-use crate::journal::{Journal, Prior, ResultLine, Status, key_id, now_rfc3339};
+use crate::extsort::ExternalSort;
+use crate::journal::{Journal, Prior, ResultLine, Status, folder_of, key_id, now_rfc3339};
 use crate::mapping::{Mapping, MappingOptions, record_hash};
 use crate::rate::Rate;
 use crate::ratelimit::RateLimit;
@@ -407,6 +408,7 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         let stop = stop.clone();
         let limit = settings.limit;
         let resend_unknown = settings.resend_unknown;
+        let delimiter = settings.delimiter;
         std::thread::Builder::new()
             .name("reader".into())
             .spawn(move || {
@@ -420,6 +422,7 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
                     job_tx,
                     limit,
                     resend_unknown,
+                    delimiter,
                 )
             })
             .context("starting the reader thread")?
@@ -474,6 +477,7 @@ fn read_rows(
     jobs: mpsc::Sender<Vec<Job>>,
     limit: Option<u64>,
     resend_unknown: bool,
+    delimiter: u8,
 ) -> Result<(Prior, Option<StopReason>)> {
     const BATCH: usize = 64;
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
@@ -485,9 +489,9 @@ fn read_rows(
                 .blocking_send(std::mem::replace(batch, Vec::with_capacity(BATCH)))
                 .is_ok()
     };
-    let mut seen: HashSet<u128> = HashSet::new();
-    let mut handed = 0u64;
     let path = input.path().to_owned();
+    let mut duplicates = duplicate_rows(&path, delimiter, mapping, &folder_of(journal.path()))?;
+    let mut handed = 0u64;
     let write = |line: &ResultLine| {
         journal
             .append(line, true)
@@ -514,7 +518,7 @@ fn read_rows(
         };
         counters.rows.fetch_add(1, Ordering::Relaxed);
 
-        if !seen.insert(key_id(&key)) {
+        if duplicates.contains(row)? {
             counters.duplicate.fetch_add(1, Ordering::Relaxed);
             write(&ResultLine {
                 row,
@@ -531,12 +535,16 @@ fn read_rows(
         match prior.take(&key) {
             Some(p) if p.status == Status::Sent => {
                 counters.sent_before.fetch_add(1, Ordering::Relaxed);
-                journal.keep_prior(row, p);
+                journal
+                    .keep_prior(row, p)
+                    .with_context(|| format!("writing {}", journal.path().display()))?;
                 continue;
             }
             Some(p) if p.status == Status::Unknown && !resend_unknown => {
                 counters.unknown_before.fetch_add(1, Ordering::Relaxed);
-                journal.keep_prior(row, p);
+                journal
+                    .keep_prior(row, p)
+                    .with_context(|| format!("writing {}", journal.path().display()))?;
                 continue;
             }
             _ => {}
@@ -581,6 +589,63 @@ fn read_rows(
     flush(&mut batch);
     counters.bytes.store(input.bytes_read(), Ordering::Relaxed);
     Ok((prior, None))
+}
+
+/// Rows whose key an earlier row of the same input already has, in row order. Found by a first
+/// pass that sorts `(key, row)` pairs on disk, so memory stays flat however many rows there are.
+struct DuplicateRows(std::iter::Peekable<crate::extsort::Sorted>);
+
+impl DuplicateRows {
+    /// Whether `row` is a duplicate; rows must be asked in ascending order.
+    fn contains(&mut self, row: u64) -> Result<bool> {
+        while let Some(next) = self.0.peek() {
+            match next {
+                Ok([r, _, _]) if *r < row => {
+                    self.0.next();
+                }
+                Ok([r, _, _]) => return Ok(*r == row),
+                Err(_) => {
+                    let e = self.0.next().expect("peeked").expect_err("peeked an error");
+                    return Err(e).context("reading the duplicate rows back");
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn duplicate_rows(
+    path: &std::path::Path,
+    delimiter: u8,
+    mapping: &Mapping,
+    temp: &std::path::Path,
+) -> Result<DuplicateRows> {
+    let context = || format!("looking for duplicate keys in {}", path.display());
+    let mut input = CsvInput::open(path, delimiter)?;
+    let mut pairs = ExternalSort::new(temp);
+    while let Some(record) = input.next_record().with_context(context)? {
+        let key = match record.broken {
+            Some(_) => record_hash(record.cells),
+            None => mapping.key(record.cells),
+        };
+        let id = key_id(&key);
+        pairs
+            .push([(id >> 64) as u64, id as u64, record.row])
+            .with_context(context)?;
+    }
+    let mut rows = ExternalSort::new(temp);
+    let mut previous = None;
+    for pair in pairs.finish().with_context(context)? {
+        let [hi, lo, row] = pair.with_context(context)?;
+        // Sorted by key then row: every row after the first of its key is a duplicate.
+        if previous == Some((hi, lo)) {
+            rows.push([row, 0, 0]).with_context(context)?;
+        }
+        previous = Some((hi, lo));
+    }
+    Ok(DuplicateRows(
+        rows.finish().with_context(context)?.peekable(),
+    ))
 }
 
 /// The scheduler: per-conversation lanes so one conversation's rows go one at a time in input

@@ -624,3 +624,40 @@ fn dry_run_is_validate() {
         "a dry run sends and records nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_seen_twice_in_one_input_is_sent_once() {
+    let w = WorkDir::new();
+    let mut csv = support::export(10, 3);
+    // Rows 11 and 12 repeat the keys of rows 4 and 6 (even with another text).
+    csv.push_str(
+        "r3,conv0000000000000000,cont0000000000000000,SMS,inbound,2024-01-02T00:00:00Z,again\n",
+    );
+    csv.push_str(
+        "r5,conv0000000000000002,cont0000000000000002,SMS,inbound,2024-01-02T00:00:01Z,message 5\n",
+    );
+    w.write("in.csv", csv);
+    let sb = start(config(&w)).await;
+    let out = run(&w, &sb, "in.csv", &["--rate", "none"], "sandbox-token").await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("duplicate             2"), "{out:?}");
+    let rows = w.results("in.results.csv");
+    assert_eq!(rows.len(), 12);
+    assert_eq!(rows[10]["status"], "duplicate");
+    assert!(
+        rows[10]["error"].starts_with("line 12: the key was seen on an earlier row"),
+        "{:?}",
+        rows[10]
+    );
+    assert_eq!(rows[11]["status"], "duplicate");
+    assert_each_stored_once(&w, 10);
+    // On resume the duplicates stay duplicates and the first rows stay sent.
+    let out = run(&w, &sb, "in.csv", &["--rate", "none"], "sandbox-token").await;
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains("(0 now, 10 in earlier runs)"),
+        "{out:?}"
+    );
+    assert_each_stored_once(&w, 10);
+    sb.shutdown().await;
+}

@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod reader;
 pub mod retry;
 pub mod sandbox;
+pub mod schedule;
 pub mod sender;
 pub mod summary;
 pub mod validate;

@@ -13,7 +13,6 @@
 //! bounded by `--timeout`); then the journal is compacted and the summary says how to resume.
 //! A second Ctrl-C exits at once: every line is already on disk.
 
-use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -36,6 +35,7 @@ use crate::rate::Rate;
 use crate::ratelimit::RateLimit;
 use crate::reader::CsvInput;
 use crate::retry::{Backoff, Outcome, StopReason, classify};
+use crate::schedule::{Job, Lanes};
 use crate::sender::{self, Sender, ServerLimits};
 
 /// The API root when none is given.
@@ -294,16 +294,6 @@ pub fn signals() -> CancellationToken {
     token
 }
 
-/// One row on its way to the API.
-struct Job {
-    row: u64,
-    key: String,
-    conversation_id: Arc<str>,
-    body: Bytes,
-    /// Input bytes read up to this row, for progress.
-    input_bytes: u64,
-}
-
 /// Progress position of a batch: where its last row ended.
 fn input_bytes(batch: &[Job]) -> u64 {
     batch.last().map_or(0, |j| j.input_bytes)
@@ -428,7 +418,14 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
             .context("starting the reader thread")?
     };
     let progress = Progress::start(counters.clone(), input_len);
-    schedule(job_rx, shared.clone(), settings.concurrency, max_queued).await;
+    schedule(
+        job_rx,
+        shared.clone(),
+        settings.concurrency,
+        max_queued,
+        &folder_of(&settings.results),
+    )
+    .await;
 
     let (prior, reader_stop) = reader
         .join()
@@ -648,30 +645,32 @@ fn duplicate_rows(
     ))
 }
 
-/// The scheduler: per-conversation lanes so one conversation's rows go one at a time in input
-/// order, different conversations side by side, at most `concurrency` in flight and at most
-/// `max_queued` rows held in memory.
+/// The scheduler: per-conversation lanes ([`Lanes`]) so one conversation's rows go one at a
+/// time in input order, different conversations side by side, at most `concurrency` in flight
+/// and at most `max_queued` rows held in memory (a busy lane spills the rest to disk).
 async fn schedule(
     mut jobs: mpsc::Receiver<Vec<Job>>,
     shared: Arc<Shared>,
     concurrency: usize,
     max_queued: usize,
+    spill_dir: &std::path::Path,
 ) {
-    // A conversation is in `lanes` while one of its rows is ready or in flight; its queue holds
-    // the rows behind that one.
-    let mut lanes: HashMap<Arc<str>, VecDeque<Job>> = HashMap::new();
-    let mut ready: VecDeque<Job> = VecDeque::new();
-    let mut queued = 0usize;
+    let mut lanes = Lanes::new(spill_dir);
     let mut in_flight = 0usize;
     let mut reader_done = false;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Arc<str>>();
     // Every deliver task is tracked, so the run ends only when all have dropped their handles.
     let tasks = tokio_util::task::TaskTracker::new();
+    let spill_failed = |e: std::io::Error| {
+        shared.stop_with(StopReason::ServerFailing(format!(
+            "cannot spill queued rows to a temp file in {}: {e}",
+            spill_dir.display()
+        )))
+    };
     loop {
         let stopping = shared.stop.is_cancelled();
         while in_flight < concurrency && !stopping {
-            let Some(job) = ready.pop_front() else { break };
-            queued -= 1;
+            let Some(job) = lanes.next_ready() else { break };
             in_flight += 1;
             let (shared, done) = (shared.clone(), done_tx.clone());
             tasks.spawn(async move {
@@ -681,28 +680,22 @@ async fn schedule(
                 let _ = done.send(lane);
             });
         }
-        if in_flight == 0 && (stopping || (reader_done && queued == 0)) {
+        if in_flight == 0 && (stopping || (reader_done && lanes.is_idle())) {
             break;
         }
-        let accepting = !reader_done && !stopping && queued < max_queued;
+        let accepting = !reader_done && !stopping && lanes.in_memory() < max_queued;
         tokio::select! {
             Some(lane) = done_rx.recv(), if in_flight > 0 => {
                 in_flight -= 1;
-                match lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
-                    Some(next) => ready.push_back(next),
-                    None => { lanes.remove(&lane); }
+                if let Err(e) = lanes.done(&lane) {
+                    spill_failed(e);
                 }
             }
             batch = jobs.recv(), if accepting => match batch {
                 Some(batch) => {
                     for job in batch {
-                        queued += 1;
-                        match lanes.get_mut(&job.conversation_id) {
-                            Some(queue) => queue.push_back(job),
-                            None => {
-                                lanes.insert(job.conversation_id.clone(), VecDeque::new());
-                                ready.push_back(job);
-                            }
+                        if let Err(e) = lanes.push(job) {
+                            spill_failed(e);
                         }
                     }
                 }

@@ -90,6 +90,8 @@ impl Sender {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(concurrency)
             .tcp_nodelay(true)
+            // A redirect of a POST would replay it elsewhere (or drop it): answer it as it is.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("lc-import/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;

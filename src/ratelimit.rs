@@ -30,6 +30,8 @@ struct State {
     log: Option<SlidingLog>,
     /// No request starts before this (set after a 429).
     paused_until: Option<Instant>,
+    /// Requests started in this run.
+    started: u64,
 }
 
 /// The last `max` start times, oldest first.
@@ -74,6 +76,7 @@ impl RateLimit {
             state: Mutex::new(State {
                 log: rate.map(SlidingLog::new),
                 paused_until: None,
+                started: 0,
             }),
         }
     }
@@ -87,7 +90,10 @@ impl RateLimit {
                 match state.paused_until {
                     Some(until) if now < until => until,
                     _ => match state.log.as_mut().map_or(Ok(()), |log| log.try_start(now)) {
-                        Ok(()) => return,
+                        Ok(()) => {
+                            state.started += 1;
+                            return;
+                        }
                         Err(at) => at,
                     },
                 }
@@ -108,7 +114,15 @@ impl RateLimit {
 
     /// Takes the server's limit when it is tighter than ours (the limit the tool was given may
     /// be wrong, or unknown). Returns the new rate when it changed.
-    pub fn observe(&self, max: Option<u32>, interval: Option<Duration>) -> Option<Rate> {
+    /// `remaining` is the server's `X-RateLimit-Remaining`: when the run had no limit of its
+    /// own, the requests the server already counted in this window are entered as starts made
+    /// now, so the first window does not overshoot.
+    pub fn observe(
+        &self,
+        max: Option<u32>,
+        interval: Option<Duration>,
+        remaining: Option<u64>,
+    ) -> Option<Rate> {
         let (Some(max), Some(period)) = (max, interval) else {
             return None;
         };
@@ -126,15 +140,25 @@ impl RateLimit {
             return None;
         }
         let mut log = SlidingLog::new(server);
-        if let Some(old) = &state.log {
+        match &state.log {
             // Keep the starts already made: they count against the server's window too.
-            let keep = old.starts.len().min(log.max);
-            log.starts = old
-                .starts
-                .iter()
-                .skip(old.starts.len() - keep)
-                .copied()
-                .collect();
+            Some(old) => {
+                let keep = old.starts.len().min(log.max);
+                log.starts = old
+                    .starts
+                    .iter()
+                    .skip(old.starts.len() - keep)
+                    .copied()
+                    .collect();
+            }
+            // No log was kept: count what the server counted, or what this run started if
+            // more (requests still in flight when the server answered).
+            None => {
+                let counted = remaining.map_or(0, |r| u64::from(max).saturating_sub(r));
+                let used = counted.max(state.started).min(u64::from(max));
+                let now = Instant::now();
+                log.starts.extend(std::iter::repeat_n(now, used as usize));
+            }
         }
         state.log = Some(log);
         Some(server)
@@ -219,15 +243,36 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_limit_counts_what_the_server_already_counted() {
+        let limit = RateLimit::new(None);
+        for _ in 0..3 {
+            limit.acquire().await;
+        }
+        // The server counted 5 (another client, or requests of ours it saw first): 5 of 10 used.
+        limit.observe(Some(10), Some(Duration::from_secs(1)), Some(5));
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            limit.acquire().await;
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO, "5 left in this window");
+        limit.acquire().await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(1010),
+            "the 11th waits out the window"
+        );
+    }
+
     #[test]
     fn an_unlimited_run_takes_only_an_enforced_limit() {
         let limit = RateLimit::new(None);
         assert_eq!(
-            limit.observe(Some(u32::MAX), Some(Duration::from_secs(10))),
+            limit.observe(Some(u32::MAX), Some(Duration::from_secs(10)), None),
             None
         );
         assert_eq!(
-            limit.observe(Some(100), Some(Duration::from_secs(10))),
+            limit.observe(Some(100), Some(Duration::from_secs(10)), None),
             Some(Rate {
                 max: 100,
                 period: Duration::from_secs(10)
@@ -242,7 +287,7 @@ mod tests {
             period: Duration::from_secs(1),
         }));
         assert_eq!(
-            limit.observe(Some(100), Some(Duration::from_secs(10))),
+            limit.observe(Some(100), Some(Duration::from_secs(10)), None),
             Some(Rate {
                 max: 100,
                 period: Duration::from_secs(10)
@@ -250,14 +295,17 @@ mod tests {
         );
         // A looser or equal one changes nothing.
         assert_eq!(
-            limit.observe(Some(100), Some(Duration::from_secs(10))),
+            limit.observe(Some(100), Some(Duration::from_secs(10)), None),
             None
         );
         assert_eq!(
-            limit.observe(Some(1000), Some(Duration::from_secs(10))),
+            limit.observe(Some(1000), Some(Duration::from_secs(10)), None),
             None
         );
-        assert_eq!(limit.observe(None, Some(Duration::from_secs(10))), None);
+        assert_eq!(
+            limit.observe(None, Some(Duration::from_secs(10)), None),
+            None
+        );
     }
 
     #[tokio::test(start_paused = true)]

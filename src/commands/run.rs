@@ -516,10 +516,6 @@ fn read_rows(
             Some(_) => record_hash(record.cells),
             None => mapping.key(record.cells),
         };
-        let outcome = match record.broken {
-            Some(e) => Err(vec![e]),
-            None => mapping.map(record.cells, line_no),
-        };
         counters.rows.fetch_add(1, Ordering::Relaxed);
 
         if duplicates.contains(row)? {
@@ -553,6 +549,11 @@ fn read_rows(
             }
             _ => {}
         }
+        // Mapped only now: a row sent in an earlier run costs no mapping on resume.
+        let outcome = match record.broken {
+            Some(e) => Err(vec![e]),
+            None => mapping.map(record.cells, line_no),
+        };
         let message = match outcome {
             Ok(m) => m,
             Err(errors) => {
@@ -851,7 +852,9 @@ fn finish(shared: &Shared, line: &mut ResultLine, status: Status, error: String)
 
 /// Takes in what the server said about its limits.
 fn observe(shared: &Shared, limits: ServerLimits) {
-    if let Some(rate) = shared.limit.observe(limits.max, limits.interval)
+    if let Some(rate) = shared
+        .limit
+        .observe(limits.max, limits.interval, limits.remaining)
         && !shared.rate_noted.swap(true, Ordering::Relaxed)
     {
         info!("the server allows {rate}: pacing to that instead of --rate");

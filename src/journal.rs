@@ -223,6 +223,11 @@ impl Prior {
         })
     }
 
+    /// The earlier status of `key`, without marking it seen (for the quota plan).
+    pub fn status(&self, key: &str) -> Option<Status> {
+        self.entries.get(&key_id(key)).map(|e| e.status)
+    }
+
     /// How many keys end in each status.
     pub fn count(&self, status: Status) -> usize {
         self.entries.values().filter(|e| e.status == status).count()

@@ -85,6 +85,17 @@ pub struct RunArgs {
     /// (--base-url and the token are then not used).
     #[arg(long)]
     pub sandbox: bool,
+    /// Create the contacts that rows name by phone or e-mail and the location does not have
+    /// (POST /contacts/upsert); without it such rows fail.
+    #[arg(long)]
+    pub create_contacts: bool,
+    /// With --dry-run: only look contacts and conversations up, create nothing, send nothing,
+    /// and report how many exist, would be created, or are ambiguous.
+    #[arg(long, requires = "dry_run")]
+    pub resolve_only: bool,
+    /// Stop cleanly (exit 3, resumable) after N requests, lookups and messages together.
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
     #[command(flatten)]
     pub mapping: MappingArgs,
 }
@@ -131,6 +142,14 @@ pub struct MappingArgs {
     /// Row identity for resume and duplicates [default: altId if mapped, else a hash of the row].
     #[arg(long, value_name = "COLUMN")]
     pub key_column: Option<String>,
+    /// The sub-account (location) whose contacts and conversations rows without HighLevel IDs
+    /// are looked up in; same as --set locationId=ID. Turns ID resolution on.
+    #[arg(long, value_name = "ID")]
+    pub location_id: Option<String>,
+    /// Country of national phone numbers in contactPhone (a code such as US, GB, DE, or a
+    /// calling code such as +44); numbers written with + or 00 need none.
+    #[arg(long, value_name = "COUNTRY")]
+    pub default_country: Option<String>,
 }
 
 /// `FIELD=VALUE`; the value may itself contain `=`.

@@ -25,6 +25,10 @@ pub struct FileConfig {
     pub date_format: Option<String>,
     pub timezone: Option<String>,
     pub key_column: Option<String>,
+    pub location_id: Option<String>,
+    pub default_country: Option<String>,
+    pub create_contacts: Option<bool>,
+    pub max_requests: Option<u64>,
     pub results: Option<PathBuf>,
     pub base_url: Option<String>,
     pub token_file: Option<PathBuf>,
@@ -82,7 +86,26 @@ pub fn mapping_options(args: &MappingArgs, file: &mut FileConfig) -> Result<(Map
     let mut maps = std::mem::take(&mut file.map).into_vec("map")?;
     maps.extend(args.map.iter().cloned());
     let mut sets = std::mem::take(&mut file.set).into_vec("set")?;
+    // --location-id is a --set locationId: before the flags' --set, so an explicit one wins.
+    if let Some(id) = args
+        .location_id
+        .clone()
+        .or_else(|| file.location_id.clone())
+    {
+        sets.push(("locationId".to_owned(), id));
+    }
     sets.extend(args.set.iter().cloned());
+    let default_country = match args
+        .default_country
+        .as_deref()
+        .or(file.default_country.as_deref())
+    {
+        None => None,
+        Some(c) => Some(
+            c.parse::<crate::resolve::phone::Country>()
+                .map_err(|e| anyhow!("--default-country {e}"))?,
+        ),
+    };
 
     let delimiter = match args.delimiter.as_deref().or(file.delimiter.as_deref()) {
         None => b',',
@@ -122,6 +145,7 @@ pub fn mapping_options(args: &MappingArgs, file: &mut FileConfig) -> Result<(Map
                 timezone_name,
             },
             key_column: args.key_column.clone().or_else(|| file.key_column.clone()),
+            default_country,
         },
         delimiter,
     ))

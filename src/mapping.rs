@@ -48,6 +48,13 @@ fields!(
     CallTo = "call.to",
     CallFrom = "call.from",
     CallStatus = "call.status",
+    // Not sent: they find or create the contact when a row has no contactId (issue 7).
+    ContactPhone = "contactPhone",
+    ContactEmail = "contactEmail",
+    ContactName = "contactName",
+    FirstName = "firstName",
+    LastName = "lastName",
+    LocationId = "locationId",
 );
 
 impl Field {
@@ -81,13 +88,30 @@ impl Field {
 }
 
 /// Fields every message needs. `direction` is among them because the API's default is
-/// `outbound`, which would silently misfile inbound history (FACTS §2).
+/// `outbound`, which would silently misfile inbound history (FACTS §2). With ID resolution on,
+/// `contactId` and `conversationId` may be left for [`crate::resolve`] to find.
 const REQUIRED: &[Field] = &[
     Field::Type,
     Field::ConversationId,
     Field::ContactId,
     Field::Direction,
 ];
+
+/// Fields that say who the contact is when a row has no HighLevel IDs; any of them turns ID
+/// resolution on.
+const RESOLUTION: &[Field] = &[Field::ContactPhone, Field::ContactEmail, Field::LocationId];
+
+/// Fields only used to create a contact: matched to columns only when resolution is on, so an
+/// export that merely carries a `contact_name` column is not changed by their existence.
+const CONTACT_DETAILS: &[Field] = &[Field::ContactName, Field::FirstName, Field::LastName];
+
+/// A row mapped: the request body and, when its IDs are to be resolved, who its contact is.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MappedRow {
+    /// `contactId` / `conversationId` are empty when `lookup` is to find them.
+    pub message: InboundMessage,
+    pub lookup: Option<Box<crate::resolve::Lookup>>,
+}
 
 /// What the user said about columns: the raw `--map`, `--set` and reading options.
 #[derive(Clone, Debug)]
@@ -100,6 +124,8 @@ pub struct MappingOptions {
     pub dates: DateReader,
     /// `--key-column`; else `altId` when mapped, else a hash of the record.
     pub key_column: Option<String>,
+    /// `--default-country`: how national phone numbers in `contactPhone` are read.
+    pub default_country: Option<crate::resolve::phone::Country>,
 }
 
 impl Default for MappingOptions {
@@ -110,6 +136,7 @@ impl Default for MappingOptions {
             list_sep: ';',
             dates: DateReader::default(),
             key_column: None,
+            default_country: None,
         }
     }
 }
@@ -130,6 +157,10 @@ pub struct Mapping {
     key: Option<usize>,
     list_sep: char,
     dates: DateReader,
+    default_country: Option<crate::resolve::phone::Country>,
+    /// A contactPhone, contactEmail or locationId source exists: rows may leave their IDs to
+    /// [`crate::resolve`].
+    resolving: bool,
     /// Said once, before the first row: columns that map to nothing, and similar.
     pub warnings: Vec<String>,
 }
@@ -156,9 +187,20 @@ impl Mapping {
             used[*index] = true;
         }
 
+        // Resolution is on when the user maps or sets a field that names the contact, or a
+        // column of that name exists.
+        let resolving = RESOLUTION.iter().any(|f| {
+            mapped.contains_key(f)
+                || options
+                    .sets
+                    .iter()
+                    .any(|(name, v)| Field::from_user(name) == Ok(*f) && !v.trim().is_empty())
+                || header.iter().any(|h| fold(h) == fold(f.name()))
+        });
+
         // Default matching: a column whose folded name is a field's folded name.
         for field in Field::ALL {
-            if mapped.contains_key(field) {
+            if mapped.contains_key(field) || (!resolving && CONTACT_DETAILS.contains(field)) {
                 continue;
             }
             let folded = fold(field.name());
@@ -208,11 +250,20 @@ impl Mapping {
         }
 
         // A required field with no source would make every row invalid: say so once, now.
+        let names_contact = sources[Field::ContactPhone.index()].is_some()
+            || sources[Field::ContactEmail.index()].is_some();
         for field in REQUIRED {
-            if sources[field.index()].is_none() {
+            let resolved = match field {
+                Field::ConversationId => resolving,
+                Field::ContactId => resolving && names_contact,
+                _ => false,
+            };
+            if sources[field.index()].is_none() && !resolved {
                 let how = match field {
                     Field::Type => format!("add a column named type, or --set type=SMS (one of {})", MessageType::list()),
                     Field::Direction => "add a column named direction, or --set direction=inbound (or outbound); the API would otherwise file every message as outbound".to_owned(),
+                    Field::ContactId if resolving => "add a column named contactId, or contactPhone / contactEmail columns to find the contact by".to_owned(),
+                    Field::ContactId | Field::ConversationId => format!("add a column named {0}, or --map {0}=COLUMN; or, to look the IDs up from phone numbers and e-mail addresses, contactPhone / contactEmail columns and --location-id", field.name()),
                     _ => format!("add a column named {0}, or --map {0}=COLUMN", field.name()),
                 };
                 bail!(
@@ -268,12 +319,22 @@ impl Mapping {
             ));
         }
 
+        let needs_location = sources[Field::ConversationId.index()].is_none()
+            || sources[Field::ContactId.index()].is_none();
+        if resolving && needs_location && sources[Field::LocationId.index()].is_none() {
+            bail!(
+                "looking up contacts and conversations needs the sub-account: give --location-id ID, or a locationId column"
+            );
+        }
+
         let mapping = Mapping {
             header: header.to_vec(),
             sources,
             key,
             list_sep: options.list_sep,
             dates: options.dates.clone(),
+            default_country: options.default_country,
+            resolving,
             warnings,
         };
         for (field, value) in constants {
@@ -308,21 +369,40 @@ impl Mapping {
         record_hash(cells)
     }
 
+    /// Whether rows may leave `contactId` / `conversationId` to be looked up.
+    pub fn resolving(&self) -> bool {
+        self.resolving
+    }
+
     /// Maps and validates one record. Every problem of the row is reported, not just the first.
     pub fn map(&self, cells: &ByteRecord, line: u64) -> Result<InboundMessage, Vec<RowError>> {
+        self.map_row(cells, line).map(|row| row.message)
+    }
+
+    /// [`Mapping::map`], with who the contact is when its IDs are to be looked up.
+    pub fn map_row(&self, cells: &ByteRecord, line: u64) -> Result<MappedRow, Vec<RowError>> {
         let mut errors = Vec::new();
         let mut m = InboundMessage::default();
         let mut call = CallData::default();
+        let mut lookup = crate::resolve::Lookup::default();
         for field in Field::ALL {
             let before = errors.len();
             let Some(value) = self.read_field(cells, line, *field, &mut errors) else {
-                if errors.len() == before && REQUIRED.contains(field) {
+                let resolved =
+                    self.resolving && matches!(field, Field::ConversationId | Field::ContactId);
+                if errors.len() == before && REQUIRED.contains(field) && !resolved {
                     errors.push(self.missing(line, *field));
                 }
                 continue;
             };
             match value {
                 Value::Text(text) => match field {
+                    Field::ContactPhone => lookup.phone = Some(text),
+                    Field::ContactEmail => lookup.email = Some(text),
+                    Field::ContactName => lookup.name = Some(text),
+                    Field::FirstName => lookup.first_name = Some(text),
+                    Field::LastName => lookup.last_name = Some(text),
+                    Field::LocationId => lookup.location_id = text,
                     Field::ConversationId => m.conversation_id = text,
                     Field::ContactId => m.contact_id = text,
                     Field::ConversationProviderId => m.conversation_provider_id = Some(text),
@@ -352,6 +432,11 @@ impl Mapping {
         if call != CallData::default() {
             m.call = Some(call);
         }
+        let lookup = if self.resolving && errors.is_empty() {
+            self.check_lookup(&m, lookup, line, &mut errors)
+        } else {
+            None
+        };
         if errors.is_empty() {
             for invalid in validate::check_message(&m) {
                 errors.push(RowError {
@@ -362,9 +447,51 @@ impl Mapping {
             }
         }
         if errors.is_empty() {
-            Ok(m)
+            Ok(MappedRow { message: m, lookup })
         } else {
             Err(errors)
+        }
+    }
+
+    /// With resolution on: a row needs a contactId or a contactPhone / contactEmail to find it
+    /// by, and a location for any lookup. `None` when the row has both IDs already.
+    fn check_lookup(
+        &self,
+        m: &InboundMessage,
+        lookup: crate::resolve::Lookup,
+        line: u64,
+        errors: &mut Vec<RowError>,
+    ) -> Option<Box<crate::resolve::Lookup>> {
+        if !m.contact_id.is_empty() && !m.conversation_id.is_empty() {
+            return None;
+        }
+        if m.contact_id.is_empty() && lookup.phone.is_none() && lookup.email.is_none() {
+            errors.push(RowError {
+                line,
+                column: None,
+                invalid: Invalid::new(
+                    Problem::Missing,
+                    "the row has no contactId, contactPhone or contactEmail: one of them is needed to find its contact",
+                ),
+            });
+        }
+        if lookup.location_id.is_empty() {
+            errors.push(RowError {
+                line,
+                column: self.column(Field::LocationId),
+                invalid: Invalid::new(
+                    Problem::Missing,
+                    "locationId is empty: looking up the contact or conversation needs the sub-account; give --location-id ID",
+                ),
+            });
+        }
+        Some(Box::new(lookup))
+    }
+
+    fn column(&self, field: Field) -> Option<Column> {
+        match &self.sources[field.index()] {
+            Some(Source::Column(i)) => Some(Column::Csv(*i, self.header[*i].clone())),
+            _ => None,
         }
     }
 
@@ -469,7 +596,10 @@ impl Mapping {
             Field::CallStatus => {
                 Value::CallStatus(enum_value::<CallStatus>(name, value, Problem::CallStatus)?)
             }
-            Field::ConversationId | Field::ContactId | Field::ConversationProviderId => {
+            Field::ConversationId
+            | Field::ContactId
+            | Field::ConversationProviderId
+            | Field::LocationId => {
                 validate::check_id(name, value)?;
                 Value::Text(value.to_owned())
             }
@@ -493,6 +623,19 @@ impl Mapping {
             }
             Field::Date => Value::Text(self.dates.read(value)?),
             Field::CallTo | Field::CallFrom => Value::Text(validate::normalize_phone(name, value)?),
+            Field::ContactPhone => Value::Text(crate::resolve::phone::normalize(
+                name,
+                value,
+                self.default_country,
+            )?),
+            Field::ContactEmail => {
+                validate::check_email(name, value)?;
+                // The key of the ID map; HighLevel matches addresses without regard to case.
+                Value::Text(value.to_lowercase())
+            }
+            Field::ContactName | Field::FirstName | Field::LastName => {
+                Value::Text(value.to_owned())
+            }
             Field::Message
             | Field::Html
             | Field::Subject
@@ -926,6 +1069,88 @@ mod tests {
         assert!(
             keyed.key(&record(&cells)).starts_with("h:"),
             "an empty key cell falls back to the hash"
+        );
+    }
+
+    #[test]
+    fn rows_without_ids_name_their_contact_and_location() {
+        let header: Vec<String> = [
+            "contactPhone",
+            "Contact Email",
+            "locationId",
+            "type",
+            "direction",
+            "message",
+            "contact_name",
+        ]
+        .map(String::from)
+        .to_vec();
+        let options = MappingOptions {
+            default_country: Some("US".parse().unwrap()),
+            ..Default::default()
+        };
+        let m = Mapping::new(&header, &options).unwrap();
+        assert!(m.resolving());
+        assert_eq!(m.column_of(Field::ContactName), Some("contact_name"));
+        let row = |cells: &[&str]| m.map_row(&ByteRecord::from(cells.to_vec()), 4);
+        let ok = row(&[
+            "(503) 708-1210",
+            "Ann@Example.com",
+            "L1",
+            "SMS",
+            "inbound",
+            "hi",
+            "Ann",
+        ])
+        .unwrap();
+        let lookup = ok.lookup.unwrap();
+        assert_eq!(lookup.phone.as_deref(), Some("+15037081210"));
+        assert_eq!(lookup.email.as_deref(), Some("ann@example.com"));
+        assert_eq!(lookup.name.as_deref(), Some("Ann"));
+        assert_eq!(ok.message.contact_id, "");
+        let errs = |cells: &[&str]| -> Vec<String> {
+            row(cells)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            errs(&["", "", "L1", "SMS", "inbound", "hi", ""]),
+            [
+                "line 4: the row has no contactId, contactPhone or contactEmail: one of them is needed to find its contact"
+            ]
+        );
+        assert_eq!(
+            errs(&["+15037081210", "", "", "SMS", "inbound", "hi", ""]),
+            [
+                "line 4, column 3 (locationId): locationId is empty: looking up the contact or conversation needs the sub-account; give --location-id ID"
+            ]
+        );
+        assert!(
+            errs(&["708", "", "L1", "SMS", "inbound", "hi", ""])[0]
+                .contains("is not an E.164 phone number")
+        );
+
+        // Without a location source, or without any way to name the contact: refused at once.
+        let no_location: Vec<String> = ["contactPhone", "type", "direction", "message"]
+            .map(String::from)
+            .to_vec();
+        let err = Mapping::new(&no_location, &MappingOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give --location-id ID"), "{err}");
+        let no_contact: Vec<String> = ["locationId", "type", "direction", "message"]
+            .map(String::from)
+            .to_vec();
+        let err = Mapping::new(&no_contact, &MappingOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("no column maps to contactId"), "{err}");
+        // Without resolution a contact_name column is left alone, as before.
+        assert_eq!(
+            mapping(MappingOptions::default()).column_of(Field::ContactName),
+            None
         );
     }
 }

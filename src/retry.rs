@@ -49,6 +49,8 @@ pub enum StopReason {
     ServerFailing(String),
     Interrupted,
     Limit(u64),
+    /// `--max-requests` reached.
+    MaxRequests(u64),
 }
 
 impl std::fmt::Display for StopReason {
@@ -61,6 +63,7 @@ impl std::fmt::Display for StopReason {
             StopReason::ServerFailing(why) => write!(f, "the server keeps failing ({why})"),
             StopReason::Interrupted => f.write_str("interrupted"),
             StopReason::Limit(n) => write!(f, "--limit {n} reached"),
+            StopReason::MaxRequests(n) => write!(f, "--max-requests {n} reached"),
         }
     }
 }

@@ -24,8 +24,13 @@ pub const LANE_MEMORY: usize = 32;
 pub struct Job {
     pub row: u64,
     pub key: String,
+    /// The lane: the conversation ID, or for a row whose IDs are still to be looked up, its
+    /// contact's key.
     pub conversation_id: Arc<str>,
+    /// The request body; for a `pending` row, its serialised mapping (`MappedRow`).
     pub body: Bytes,
+    /// The row's contact or conversation ID is still to be looked up.
+    pub pending: bool,
     /// Input bytes read up to this row, for progress.
     pub input_bytes: u64,
 }
@@ -175,6 +180,7 @@ impl Spill {
         let p = &mut self.pending;
         p.extend_from_slice(&job.row.to_le_bytes());
         p.extend_from_slice(&job.input_bytes.to_le_bytes());
+        p.push(u8::from(job.pending));
         p.extend_from_slice(&(job.key.len() as u64).to_le_bytes());
         p.extend_from_slice(job.key.as_bytes());
         p.extend_from_slice(&(job.body.len() as u64).to_le_bytes());
@@ -232,6 +238,7 @@ impl Spill {
         }
         let row = self.number()?;
         let input_bytes = self.number()?;
+        let pending = self.take(1)?[0] != 0;
         let key_len = self.number()? as usize;
         let key = String::from_utf8(self.take(key_len)?.to_vec())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -243,6 +250,7 @@ impl Spill {
             key,
             conversation_id: lane.clone(),
             body,
+            pending,
             input_bytes,
         }))
     }
@@ -261,6 +269,7 @@ mod tests {
                 "{{\"row\":{row},\"pad\":\"{}\"}}",
                 "x".repeat((row % 700) as usize)
             )),
+            pending: row.is_multiple_of(3),
             input_bytes: row * 10,
         }
     }

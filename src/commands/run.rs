@@ -30,7 +30,7 @@ use crate::cli::{RunArgs, ValidateArgs};
 use crate::config::{self, FileConfig};
 use crate::extsort::ExternalSort;
 use crate::journal::{Journal, Prior, ResultLine, Status, folder_of, key_id, now_rfc3339};
-use crate::mapping::{Mapping, MappingOptions, record_hash};
+use crate::mapping::{MappedRow, Mapping, MappingOptions, record_hash};
 use crate::rate::Rate;
 use crate::ratelimit::RateLimit;
 use crate::reader::CsvInput;
@@ -60,6 +60,10 @@ pub struct Settings {
     pub mapping: MappingOptions,
     pub delimiter: u8,
     pub backoff: Backoff,
+    /// ID resolution: `--create-contacts`.
+    pub create_contacts: bool,
+    /// `--max-requests`.
+    pub max_requests: Option<u64>,
 }
 
 /// Counters of a run, shared by the stages; the summary and the exit code come from them.
@@ -106,7 +110,7 @@ impl Report {
 }
 
 pub fn run(args: RunArgs) -> Exit {
-    if args.dry_run {
+    if args.dry_run && !args.resolve_only {
         return crate::commands::validate::run(ValidateArgs {
             input: args.input,
             results: None,
@@ -129,6 +133,7 @@ pub fn run(args: RunArgs) -> Exit {
     // ~12 % of a run's CPU went to waking the thread that `block_on` parks).
     let task = runtime.spawn(async move {
         let use_sandbox = args.sandbox;
+        let resolve_only = args.resolve_only;
         let record = config::beside_input(&args.input, ".sandbox.jsonl");
         let mut settings = match settings(args, use_sandbox) {
             Ok(s) => s,
@@ -148,8 +153,15 @@ pub fn run(args: RunArgs) -> Exit {
         } else {
             None
         };
-        let exit = match import(settings, &signals()).await {
-            Ok(report) => report.exit(),
+        let outcome = if resolve_only {
+            crate::resolve::survey::survey(settings, &signals()).await
+        } else {
+            import(settings, &signals())
+                .await
+                .map(|report| report.exit())
+        };
+        let exit = match outcome {
+            Ok(exit) => exit,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 Exit::Usage
@@ -178,6 +190,10 @@ async fn start_sandbox(
 ) -> Result<(crate::sandbox::Sandbox, PathBuf)> {
     let config = crate::sandbox::SandboxConfig {
         record: Some(record.clone()),
+        record_contacts: Some(config::beside_input(
+            &settings.input,
+            ".sandbox-contacts.jsonl",
+        )),
         ..crate::sandbox::SandboxConfig::unlimited()
     };
     let token = config.token.clone();
@@ -246,6 +262,8 @@ pub fn settings(args: RunArgs, sandbox: bool) -> Result<Settings> {
         mapping,
         delimiter,
         backoff: Backoff::default(),
+        create_contacts: args.create_contacts || file.create_contacts.unwrap_or(false),
+        max_requests: args.max_requests.or(file.max_requests),
     })
 }
 
@@ -318,6 +336,10 @@ struct Shared {
     max_retries: u32,
     backoff: Backoff,
     rate_noted: AtomicBool,
+    /// Looks up IDs for rows without them; `None` when the mapping does not resolve.
+    resolver: Option<crate::resolve::Resolver>,
+    /// `--max-requests`, shared by lookups and messages.
+    quota: crate::quota::Quota,
 }
 
 impl Shared {
@@ -362,6 +384,17 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
             }
         );
     }
+    let resolver = open_resolver(&settings, &mapping)?;
+    let plan = crate::quota::plan(
+        &settings.input,
+        settings.delimiter,
+        &mapping,
+        &prior,
+        settings.resend_unknown,
+        resolver.as_ref().map(|r| &r.ids),
+        settings.create_contacts,
+    )?;
+    print!("{}", plan.describe(settings.rate, settings.max_requests));
     let journal = Arc::new(journal);
     let counters = Arc::new(Counters::default());
     let stop = interrupt.child_token();
@@ -382,6 +415,8 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         max_retries: settings.max_retries,
         backoff: settings.backoff,
         rate_noted: AtomicBool::new(false),
+        resolver,
+        quota: crate::quota::Quota::new(settings.max_requests),
     });
     info!(
         "importing {} into {} at {} with {} in flight; results in {}",
@@ -445,6 +480,7 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         shared.stop_with(StopReason::Interrupted);
     }
     let stopped = shared.stop_reason.lock().expect("stop reason lock").clone();
+    let resolved = shared.resolver.as_ref().map(resolve_summary);
     drop(shared);
     let results = journal.path().to_owned();
     journal.compact(&prior)?;
@@ -464,6 +500,9 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         elapsed: started.elapsed(),
     };
     print_summary(&report, &settings, &results);
+    if let Some(resolved) = resolved {
+        print!("{resolved}");
+    }
     Ok(report)
 }
 
@@ -552,9 +591,9 @@ fn read_rows(
         // Mapped only now: a row sent in an earlier run costs no mapping on resume.
         let outcome = match record.broken {
             Some(e) => Err(vec![e]),
-            None => mapping.map(record.cells, line_no),
+            None => mapping.map_row(record.cells, line_no),
         };
-        let message = match outcome {
+        let mut mapped = match outcome {
             Ok(m) => m,
             Err(errors) => {
                 counters.invalid.fetch_add(1, Ordering::Relaxed);
@@ -579,12 +618,30 @@ fn read_rows(
             return Ok((prior, Some(StopReason::Limit(handed))));
         }
         handed += 1;
-        let body = Bytes::from(serde_json::to_vec(&message).expect("a message serialises"));
+        let (lane, body, pending) = match mapped.lookup.take() {
+            None => (
+                Arc::from(mapped.message.conversation_id.as_str()),
+                Bytes::from(serde_json::to_vec(&mapped.message).expect("a message serialises")),
+                false,
+            ),
+            Some(lookup) => {
+                let lane: Arc<str> = if mapped.message.conversation_id.is_empty() {
+                    Arc::from(lookup.lane(&mapped.message.contact_id))
+                } else {
+                    Arc::from(mapped.message.conversation_id.as_str())
+                };
+                mapped.lookup = Some(lookup);
+                // The row travels as its serialised mapping, so a lane may spill it to disk.
+                let pending = serde_json::to_vec(&mapped).expect("a mapped row serialises");
+                (lane, Bytes::from(pending), true)
+            }
+        };
         batch.push(Job {
             row,
             key,
-            conversation_id: Arc::from(message.conversation_id.as_str()),
+            conversation_id: lane,
             body,
+            pending,
             input_bytes: input.bytes_read(),
         });
         if batch.len() >= BATCH && !flush(&mut batch) {
@@ -719,12 +776,30 @@ async fn schedule(
 }
 
 /// Sends one row until it has an outcome, recording it in the journal.
-async fn deliver(job: Job, shared: &Shared) {
+async fn deliver(mut job: Job, shared: &Shared) {
     let mut line = ResultLine {
         row: job.row,
         key: job.key.clone(),
         ..Default::default()
     };
+    if job.pending {
+        let pending: MappedRow = match serde_json::from_slice(&job.body) {
+            Ok(row) => row,
+            Err(e) => {
+                finish(
+                    shared,
+                    &mut line,
+                    Status::Failed,
+                    format!("not sent: the queued row could not be read back ({e})"),
+                );
+                return;
+            }
+        };
+        match resolve_ids(pending, shared, &mut line).await {
+            Some(body) => job.body = body,
+            None => return,
+        }
+    }
     let mut last_error = String::new();
     loop {
         tokio::select! {
@@ -737,6 +812,18 @@ async fn deliver(job: Job, shared: &Shared) {
                 return;
             }
             _ = shared.limit.acquire() => {}
+        }
+        if !shared.quota.take() {
+            if line.attempts > 0 {
+                finish(
+                    shared,
+                    &mut line,
+                    Status::Failed,
+                    format!("the run stopped before retrying; last error: {last_error}"),
+                );
+            }
+            shared.stop_with(StopReason::MaxRequests(shared.quota.max()));
+            return;
         }
         if line.attempts == 0 {
             line.status = Some(Status::Sending);
@@ -764,8 +851,13 @@ async fn deliver(job: Job, shared: &Shared) {
             Outcome::Sent(accepted) => {
                 shared.server_failures.store(0, Ordering::Relaxed);
                 line.message_id = accepted.message_id;
-                line.conversation_id = accepted.conversation_id;
-                line.contact_id = accepted.contact_id;
+                // The IDs the API filed it under; the looked-up ones if it does not say.
+                if !accepted.conversation_id.is_empty() {
+                    line.conversation_id = accepted.conversation_id;
+                }
+                if !accepted.contact_id.is_empty() {
+                    line.contact_id = accepted.contact_id;
+                }
                 if !accepted.trace_id.is_empty() {
                     line.trace_id = accepted.trace_id;
                 }
@@ -830,6 +922,97 @@ async fn deliver(job: Job, shared: &Shared) {
             }
         }
     }
+}
+
+/// The resolve stage, before a row's first attempt: looks its missing IDs up (each lookup
+/// paced and counted like a message) and returns the request body with them, or `None` when
+/// the row ends here (recorded `failed`, or left for the next run when the run stops).
+async fn resolve_ids(row: MappedRow, shared: &Shared, line: &mut ResultLine) -> Option<Bytes> {
+    let resolver = shared.resolver.as_ref()?;
+    let MappedRow {
+        mut message,
+        lookup,
+    } = row;
+    let lookup = lookup?;
+    let observe = |limits| observe(shared, limits);
+    let env = crate::resolve::Env {
+        limit: &shared.limit,
+        quota: &shared.quota,
+        stop: &shared.stop,
+        requests: &shared.counters.requests,
+        observe: &observe,
+        max_retries: shared.max_retries,
+        backoff: shared.backoff,
+    };
+    match resolver.resolve(&mut message, &lookup, &env).await {
+        Ok(()) => {
+            line.contact_id.clone_from(&message.contact_id);
+            line.conversation_id.clone_from(&message.conversation_id);
+            Some(Bytes::from(
+                serde_json::to_vec(&message).expect("a message serialises"),
+            ))
+        }
+        Err(crate::resolve::Failure::Row {
+            error,
+            http_status,
+            trace_id,
+        }) => {
+            line.contact_id = message.contact_id;
+            line.conversation_id = message.conversation_id;
+            line.http_status = http_status;
+            line.trace_id = trace_id;
+            finish(shared, line, Status::Failed, format!("not sent: {error}"));
+            None
+        }
+        Err(crate::resolve::Failure::Stop(reason)) => {
+            if let Some(reason) = reason {
+                shared.stop_with(reason);
+            }
+            None
+        }
+    }
+}
+
+/// Opens the ID map beside the results file and the resolver, when rows may need lookups.
+fn open_resolver(
+    settings: &Settings,
+    mapping: &Mapping,
+) -> Result<Option<crate::resolve::Resolver>> {
+    if !mapping.resolving() {
+        return Ok(None);
+    }
+    let ids = crate::resolve::IdMap::open(&crate::resolve::idmap::path_for(&settings.results))?;
+    let (contacts, conversations) = ids.len();
+    if contacts + conversations > 0 {
+        info!(
+            "{}: {contacts} contact(s) and {conversations} conversation(s) known from earlier runs",
+            ids.path().display()
+        );
+    }
+    Ok(Some(crate::resolve::Resolver::new(
+        &settings.base_url,
+        &settings.token,
+        settings.timeout,
+        settings.create_contacts,
+        ids,
+    )?))
+}
+
+/// The resolver's lines of the summary.
+fn resolve_summary(r: &crate::resolve::Resolver) -> String {
+    let c = &r.counters;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    format!(
+        "  lookups       {:>9}   (IDs kept in {})\n  contacts      {} found, {} created, {} missing\n  conversations {} found, {} created, {} with more than one\n",
+        n(&c.lookups),
+        r.ids.path().display(),
+        n(&c.contacts_found),
+        n(&c.contacts_created),
+        n(&c.contacts_missing),
+        n(&c.conversations_found),
+        n(&c.conversations_created),
+        n(&c.conversations_ambiguous),
+    )
 }
 
 /// Writes the row's outcome line and counts it.

@@ -36,6 +36,7 @@ use serde_json::{Map, Value, json};
 use super::SandboxConfig;
 use super::body::{self, Inbound};
 use super::chance::{self, Fault};
+use super::contacts::{self, Book};
 use super::limits::{self, Admission, Budget, RateHeaders};
 use super::record::Recorder;
 use super::stats::{Counted, Counters, Stats};
@@ -71,10 +72,12 @@ pub struct Shared {
     budget: Option<Mutex<Budget>>,
     pub counters: Counters,
     pub recorder: Option<Recorder>,
+    /// Contacts and conversations, for the lookup routes (`contacts`).
+    pub book: Book,
 }
 
 impl Shared {
-    pub fn new(config: &SandboxConfig, recorder: Option<Recorder>) -> Self {
+    pub fn new(config: &SandboxConfig, recorder: Option<Recorder>, book: Book) -> Self {
         let budget = Budget::new(config.rate, config.daily);
         Shared {
             bearer: format!("Bearer {}", config.token),
@@ -88,6 +91,7 @@ impl Shared {
             budget: (!budget.is_unlimited()).then(|| Mutex::new(budget)),
             counters: Counters::default(),
             recorder,
+            book,
         }
     }
 
@@ -95,7 +99,45 @@ impl Shared {
         let daily_remaining = self
             .with_budget(|b, elapsed, unix| b.daily_remaining(elapsed, unix))
             .flatten();
-        self.counters.snapshot(daily_remaining)
+        let mut stats = self.counters.snapshot(daily_remaining);
+        let c = &self.book.counters;
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        stats.contact_searches = get(&c.contact_searches);
+        stats.contact_upserts = get(&c.contact_upserts);
+        stats.contacts_created = get(&c.contacts_created);
+        stats.conversation_searches = get(&c.conversation_searches);
+        stats.conversation_creates = get(&c.conversation_creates);
+        stats.conversations_created = get(&c.conversations_created);
+        stats.conversation_conflicts = get(&c.conversation_conflicts);
+        stats
+    }
+
+    /// Steps 1 to 3 of the module comment, for the lookup routes: the rate headers to answer
+    /// with, or the refusal (401, 429, 400), counted.
+    pub(super) fn gate(
+        &self,
+        headers: &HeaderMap,
+        trace_id: &str,
+    ) -> Result<RateHeaders, Box<Response>> {
+        let (answer, rate) = if !self.authorized(headers) {
+            (Answer::Unauthorized, self.peek())
+        } else {
+            match self.admit() {
+                Admission::Admitted(rate) => match check_version(headers) {
+                    Ok(()) => return Ok(rate),
+                    Err(message) => (Answer::BadRequest(message), rate),
+                },
+                Admission::Refused {
+                    headers,
+                    retry_after,
+                } => {
+                    let retry_after = self.retry_after.then_some(retry_after);
+                    (Answer::TooManyRequests { retry_after }, headers)
+                }
+            }
+        };
+        self.counters.count(answer.counted());
+        Err(Box::new(answer.into_response(rate, trace_id)))
     }
 
     /// Runs `f` on the budget with the current clock; `None` when nothing is limited.
@@ -125,7 +167,7 @@ impl Shared {
             .unwrap_or(UNLIMITED_HEADERS)
     }
 
-    fn request_rng(&self) -> Rng {
+    pub(super) fn request_rng(&self) -> Rng {
         chance::request_rng(self.seed, self.arrivals.fetch_add(1, Relaxed))
     }
 
@@ -161,12 +203,8 @@ impl Shared {
 
     /// Steps 3 to 8, for a request the budget admitted.
     async fn admitted(&self, headers: &HeaderMap, raw: &Bytes, rng: &mut Rng) -> Answer {
-        match headers.get("version").map(HeaderValue::as_bytes) {
-            None => return Answer::BadRequest("version header was not found.".into()),
-            Some(v) if !SUPPORTED_VERSIONS.iter().any(|s| s.as_bytes() == v) => {
-                return Answer::BadRequest("version header is invalid".into());
-            }
-            Some(_) => {}
+        if let Err(message) = check_version(headers) {
+            return Answer::BadRequest(message);
         }
         if let Some(range) = self.latency {
             tokio::time::sleep(chance::pick_latency(rng, range)).await;
@@ -220,6 +258,17 @@ impl Shared {
             email_message_id,
             trace_id: String::new(),
         })
+    }
+}
+
+/// Step 3: the `Version` header is present and one the API accepts.
+fn check_version(headers: &HeaderMap) -> Result<(), String> {
+    match headers.get("version").map(HeaderValue::as_bytes) {
+        None => Err("version header was not found.".into()),
+        Some(v) if !SUPPORTED_VERSIONS.iter().any(|s| s.as_bytes() == v) => {
+            Err("version header is invalid".into())
+        }
+        Some(_) => Ok(()),
     }
 }
 
@@ -386,7 +435,7 @@ fn server_error(status: StatusCode, trace_id: &str) -> Response {
     )
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+pub(super) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let mut response = (status, Json(body)).into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -395,7 +444,7 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     response
 }
 
-fn put_rate_headers(headers: &mut HeaderMap, rate: RateHeaders) {
+pub(super) fn put_rate_headers(headers: &mut HeaderMap, rate: RateHeaders) {
     const NAMES: [&str; 5] = [
         "x-ratelimit-limit-daily",
         "x-ratelimit-daily-remaining",
@@ -419,6 +468,22 @@ fn put_rate_headers(headers: &mut HeaderMap, rate: RateHeaders) {
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(INBOUND_PATH, routing::post(inbound).fallback(not_found))
+        .route(
+            "/contacts/search/duplicate",
+            routing::get(contacts::search_duplicate).fallback(not_found),
+        )
+        .route(
+            "/contacts/upsert",
+            routing::post(contacts::upsert).fallback(not_found),
+        )
+        .route(
+            "/conversations/search",
+            routing::get(contacts::search_conversations).fallback(not_found),
+        )
+        .route(
+            "/conversations/",
+            routing::post(contacts::create_conversation).fallback(not_found),
+        )
         .route("/__stats", routing::get(stats))
         .fallback(not_found)
         .with_state(shared)

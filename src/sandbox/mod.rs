@@ -17,6 +17,7 @@
 mod api;
 mod body;
 mod chance;
+mod contacts;
 mod limits;
 mod record;
 mod stats;
@@ -39,6 +40,7 @@ use crate::Exit;
 use crate::rate::{DurationRange, Rate};
 
 pub use api::{INBOUND_PATH, SUPPORTED_VERSIONS};
+pub use contacts::{Contact, Conversation, Directory};
 pub use stats::Stats;
 
 /// The token a sandbox accepts unless told otherwise.
@@ -71,6 +73,12 @@ pub struct SandboxConfig {
     pub seed: Option<u64>,
     /// Append every stored message to this file as a JSON line.
     pub record: Option<PathBuf>,
+    /// Seed contacts (and their conversations) from this CSV file.
+    pub contacts: Option<PathBuf>,
+    /// Append every contact and conversation created to this file as a JSON line.
+    pub record_contacts: Option<PathBuf>,
+    /// Searches that miss a conversation after it is created (FACTS pitfall 5).
+    pub search_misses: u32,
 }
 
 impl SandboxConfig {
@@ -86,6 +94,9 @@ impl SandboxConfig {
             latency: None,
             seed: None,
             record: None,
+            contacts: None,
+            record_contacts: None,
+            search_misses: 0,
         }
     }
 
@@ -162,6 +173,17 @@ pub struct SandboxArgs {
     /// Append every stored message to FILE as a JSON line.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Seed contacts from a CSV file: id,locationId,email,phone,firstName,lastName,conversationId
+    /// (locationId required; a conversationId gives the contact its conversation).
+    #[arg(long, value_name = "FILE")]
+    pub contacts: Option<PathBuf>,
+    /// Append every contact and conversation the sandbox creates to FILE as a JSON line.
+    #[arg(long, value_name = "FILE")]
+    pub record_contacts: Option<PathBuf>,
+    /// The first N conversation searches after a create miss it, as a lagging search index does
+    /// (the "already exists" race).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub search_misses: u32,
 }
 
 impl SandboxArgs {
@@ -176,6 +198,9 @@ impl SandboxArgs {
             latency: self.latency,
             seed: self.seed,
             record: self.record.clone(),
+            contacts: self.contacts.clone(),
+            record_contacts: self.record_contacts.clone(),
+            search_misses: self.search_misses,
         }
     }
 }
@@ -225,6 +250,11 @@ impl Sandbox {
         self.shared.stats()
     }
 
+    /// Every contact and conversation the sandbox holds now.
+    pub fn directory(&self) -> Directory {
+        self.shared.book.directory()
+    }
+
     /// Stops accepting, lets requests in flight finish (bounded wait), syncs the record file.
     pub async fn shutdown(self) {
         self.cancel.cancel();
@@ -241,6 +271,9 @@ impl Sandbox {
             && let Err(e) = recorder.sync()
         {
             tracing::warn!("sandbox: syncing the record file: {e}");
+        }
+        if let Err(e) = self.shared.book.sync() {
+            tracing::warn!("sandbox: syncing the contacts record: {e}");
         }
     }
 }
@@ -267,7 +300,12 @@ pub async fn start(config: SandboxConfig, listen: SocketAddr) -> anyhow::Result<
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let shared = Arc::new(api::Shared::new(&config, recorder));
+    let book = contacts::Book::open(
+        config.contacts.as_deref(),
+        config.search_misses,
+        config.record_contacts.as_deref(),
+    )?;
+    let shared = Arc::new(api::Shared::new(&config, recorder, book));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(

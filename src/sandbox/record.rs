@@ -45,6 +45,14 @@ impl Recorder {
         file.write_all(&line)
     }
 
+    /// Appends one JSON value as a line (the contacts record).
+    pub fn append_line(&self, value: &serde_json::Value) -> io::Result<()> {
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        file.write_all(&line)
+    }
+
     /// Asks the OS to put the lines on disk (at shutdown).
     pub fn sync(&self) -> io::Result<()> {
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());

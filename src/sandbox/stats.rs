@@ -40,6 +40,27 @@ pub struct Stats {
     pub out_of_order: u64,
     /// What is left of today's budget; `None` when there is no daily limit.
     pub daily_remaining: Option<u64>,
+    /// `GET /contacts/search/duplicate` requests answered past the gate.
+    #[serde(default)]
+    pub contact_searches: u64,
+    /// `POST /contacts/upsert` requests answered past the gate.
+    #[serde(default)]
+    pub contact_upserts: u64,
+    /// Contacts the upserts created.
+    #[serde(default)]
+    pub contacts_created: u64,
+    /// `GET /conversations/search` requests answered past the gate.
+    #[serde(default)]
+    pub conversation_searches: u64,
+    /// `POST /conversations/` requests answered past the gate.
+    #[serde(default)]
+    pub conversation_creates: u64,
+    /// Conversations created.
+    #[serde(default)]
+    pub conversations_created: u64,
+    /// `POST /conversations/` answered 400 "already exists".
+    #[serde(default)]
+    pub conversation_conflicts: u64,
 }
 
 /// How one request was answered, for counting.
@@ -141,6 +162,7 @@ impl Counters {
             peak_concurrent: get(&self.peak_concurrent),
             out_of_order: get(&self.out_of_order),
             daily_remaining,
+            ..Stats::default()
         }
     }
 }

@@ -1,0 +1,259 @@
+//! The request budget of a run: the quota plan printed before anything is sent, and
+//! `--max-requests`, which stops a run cleanly (exit 3, resumable) once it has made N requests.
+//!
+//! The plan reads the input once more before sending (a pass that only maps rows, far faster than
+//! the API can take them) and counts what this run still has to do: rows not sent earlier, and
+//! contacts and conversations the ID map does not know. A lookup that finds its ID costs one
+//! request, one that creates costs two, so lookups are given as a range.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::journal::{Prior, Status};
+use crate::mapping::Mapping;
+use crate::rate::Rate;
+use crate::reader::CsvInput;
+use crate::resolve::IdMap;
+
+/// The API's daily budget per location (FACTS §5), for the plan's share.
+pub const DAILY_BUDGET: u64 = 200_000;
+
+/// `--max-requests`: every request of the run (lookups and messages) takes one slot first.
+#[derive(Debug)]
+pub struct Quota {
+    max: Option<u64>,
+    used: AtomicU64,
+}
+
+impl Quota {
+    pub fn new(max: Option<u64>) -> Quota {
+        Quota {
+            max,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one slot; false when the budget is spent (the request must not be made).
+    pub fn take(&self) -> bool {
+        match self.max {
+            None => true,
+            Some(max) => self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                    (u < max).then_some(u + 1)
+                })
+                .is_ok(),
+        }
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max.unwrap_or(u64::MAX)
+    }
+}
+
+/// What a run still has to do, in requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Valid rows that this run will send.
+    pub messages: u64,
+    /// Rows sent (or left unknown) in earlier runs, skipped.
+    pub done_before: u64,
+    /// Contacts the ID map does not know.
+    pub contacts: u64,
+    /// Conversations the ID map does not know.
+    pub conversations: u64,
+    /// Requests per contact lookup when it creates (2 with `--create-contacts`, else 1).
+    pub contact_cost: u64,
+}
+
+impl Plan {
+    pub fn lookups(&self) -> (u64, u64) {
+        (
+            self.contacts + self.conversations,
+            self.contacts * self.contact_cost + self.conversations * 2,
+        )
+    }
+
+    pub fn requests(&self) -> (u64, u64) {
+        let (low, high) = self.lookups();
+        (self.messages + low, self.messages + high)
+    }
+
+    /// The plan as printed before sending.
+    pub fn describe(&self, rate: Option<Rate>, max_requests: Option<u64>) -> String {
+        use std::fmt::Write as _;
+        let (low, high) = self.requests();
+        let (lookups_low, lookups_high) = self.lookups();
+        let range = |a: u64, b: u64| {
+            if a == b {
+                format!("{a}")
+            } else {
+                format!("{a} to {b}")
+            }
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "quota plan: {} message(s) to send ({} done in earlier runs); {} contact(s) and {} conversation(s) to look up",
+            self.messages, self.done_before, self.contacts, self.conversations
+        );
+        let _ = writeln!(
+            out,
+            "  requests  {} ({} messages + {} lookups)",
+            range(low, high),
+            self.messages,
+            range(lookups_low, lookups_high)
+        );
+        match rate {
+            Some(rate) => {
+                // The first window's N start at once; the rest at the rate.
+                let time = |n: u64| {
+                    let after_first = n.saturating_sub(u64::from(rate.max));
+                    human(Duration::from_secs_f64(
+                        after_first as f64 / rate.per_second(),
+                    ))
+                };
+                let (a, b) = (time(low), time(high));
+                let span = if a == b { a } else { format!("{a} to {b}") };
+                let _ = writeln!(out, "  time      about {span} at {rate}");
+            }
+            None => {
+                let _ = writeln!(out, "  time      no pace limit");
+            }
+        }
+        let share = |n: u64| format!("{:.1} %", n as f64 * 100.0 / DAILY_BUDGET as f64);
+        let _ = writeln!(
+            out,
+            "  daily     {} of a location's budget of {DAILY_BUDGET} requests a day",
+            if share(low) == share(high) {
+                share(low)
+            } else {
+                format!("{} to {}", share(low), share(high))
+            }
+        );
+        if let Some(max) = max_requests
+            && max < high
+        {
+            let _ = writeln!(
+                out,
+                "  --max-requests {max}: this run stops after {max} requests; run the same command again to go on"
+            );
+        }
+        out
+    }
+}
+
+/// `1h 02m`, `3m 20s`, `12s`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs_f64().ceil() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s / 60 % 60),
+    }
+}
+
+/// Reads the input once to count what this run will do.
+pub fn plan(
+    input: &std::path::Path,
+    delimiter: u8,
+    mapping: &Mapping,
+    prior: &Prior,
+    resend_unknown: bool,
+    ids: Option<&IdMap>,
+    create_contacts: bool,
+) -> Result<Plan> {
+    let path = input;
+    let mut input = CsvInput::open(path, delimiter)?;
+    let mut plan = Plan {
+        contact_cost: if create_contacts { 2 } else { 1 },
+        ..Plan::default()
+    };
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    while let Some(record) = input
+        .next_record()
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        if record.broken.is_some() {
+            continue;
+        }
+        match prior.status(&mapping.key(record.cells)) {
+            Some(Status::Sent) => {
+                plan.done_before += 1;
+                continue;
+            }
+            Some(Status::Unknown) if !resend_unknown => {
+                plan.done_before += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let Ok(row) = mapping.map_row(record.cells, record.line) else {
+            continue;
+        };
+        plan.messages += 1;
+        let (Some(lookup), Some(ids)) = (row.lookup, ids) else {
+            continue;
+        };
+        let m = &row.message;
+        let location = lookup.location_id.clone();
+        let key = lookup.key(&m.contact_id);
+        if !seen.insert((location.clone(), key.clone())) {
+            continue;
+        }
+        let contact = if m.contact_id.is_empty() {
+            let known = ids.contact(&location, &key).map(|k| k.id);
+            if known.is_none() {
+                plan.contacts += 1;
+            }
+            known
+        } else {
+            Some(m.contact_id.clone())
+        };
+        if m.conversation_id.is_empty()
+            && contact.is_none_or(|c| ids.conversation(&location, &c).is_none())
+        {
+            plan.conversations += 1;
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_stops_at_exactly_n() {
+        let q = Quota::new(Some(3));
+        assert_eq!((0..5).filter(|_| q.take()).count(), 3);
+        let open = Quota::new(None);
+        assert!((0..1000).all(|_| open.take()));
+    }
+
+    #[test]
+    fn the_plan_counts_lookups_as_a_range() {
+        let plan = Plan {
+            messages: 1000,
+            done_before: 10,
+            contacts: 100,
+            conversations: 100,
+            contact_cost: 2,
+        };
+        assert_eq!(plan.requests(), (1200, 1400));
+        let text = plan.describe(Some("100/10s".parse().unwrap()), Some(500));
+        assert!(
+            text.contains("requests  1200 to 1400 (1000 messages + 200 to 400 lookups)"),
+            "{text}"
+        );
+        assert!(text.contains("about 1m 50s to 2m 10s at"), "{text}");
+        assert!(text.contains("0.6 % to 0.7 %"), "{text}");
+        assert!(
+            text.contains("--max-requests 500: this run stops"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,728 @@
+//! ID resolution (issue 7): rows of a migration carry phone numbers and e-mail addresses, not the
+//! HighLevel `contactId` and `conversationId` the inbound endpoint needs. The [`Resolver`] finds
+//! them, creating what is missing when asked, in the deliver step just before a row's message is
+//! sent:
+//!
+//! - contact: `GET /contacts/search/duplicate` (`number` and `email`, URL-encoded, so `+` goes as
+//!   `%2B`); if none and `--create-contacts`, `POST /contacts/upsert` (never with `tags`, which
+//!   would overwrite the contact's tags: FACTS §4, pitfall 10);
+//! - conversation: `GET /conversations/search?locationId&contactId`; if none,
+//!   `POST /conversations/` (201). Its 400 "already exists" (search lags a create, pitfall 5)
+//!   sends it back to searching.
+//!
+//! Every request takes a slot of the run's [`RateLimit`] and of `--max-requests`, and what the
+//! server says of its limits goes to the run like a message's answer. What is found goes into the
+//! [`IdMap`] at once, so no lookup is made twice. Resolution is serialised per contact key and
+//! per contact ID (keyed async locks): two rows of one new contact never race to create two
+//! contacts or two conversations, even when they run in different lanes.
+
+pub mod idmap;
+pub mod phone;
+pub mod survey;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::message::InboundMessage;
+use crate::quota::Quota;
+use crate::ratelimit::RateLimit;
+use crate::retry::{Backoff, StopReason, describe, trace_id};
+use crate::sender::ServerLimits;
+
+pub use idmap::{IdMap, Known, Origin};
+
+/// The `Version` of the Contacts endpoints (`api/apps/contacts.json`).
+const CONTACTS_VERSION: &str = "2021-07-28";
+/// The `Version` of the Conversations endpoints (`api/apps/conversations.json`).
+const CONVERSATIONS_VERSION: &str = "2021-04-15";
+
+/// Who a row's contact is, when the row lacks a HighLevel ID for it or for its conversation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lookup {
+    pub location_id: String,
+    /// E.164.
+    pub phone: Option<String>,
+    /// Lower case.
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+impl Lookup {
+    /// The contact's external key, the ID map's key: the e-mail address first (the API's own
+    /// duplicate-search priority), else the phone number, else the contact ID the row gave.
+    pub fn key(&self, contact_id: &str) -> String {
+        match (&self.email, &self.phone) {
+            (Some(e), _) => format!("email:{e}"),
+            (None, Some(p)) => format!("phone:{p}"),
+            (None, None) => format!("contact:{contact_id}"),
+        }
+    }
+
+    /// The scheduler lane of a row that has no conversation ID yet: all rows of one contact
+    /// share it, so they go one at a time, in input order, and resolve once.
+    pub fn lane(&self, contact_id: &str) -> String {
+        format!("{}/{}", self.location_id, self.key(contact_id))
+    }
+}
+
+/// What the resolver did, for the summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub lookups: AtomicU64,
+    /// Rows whose IDs all came from the ID map, with no request.
+    pub rows_from_map: AtomicU64,
+    pub contacts_found: AtomicU64,
+    pub contacts_created: AtomicU64,
+    pub contacts_missing: AtomicU64,
+    pub conversations_found: AtomicU64,
+    pub conversations_created: AtomicU64,
+    /// Searches that returned more than one conversation for a contact (the first was taken).
+    pub conversations_ambiguous: AtomicU64,
+    /// `POST /conversations/` answered "already exists".
+    pub conversation_conflicts: AtomicU64,
+}
+
+/// Why a row could not be resolved.
+#[derive(Debug)]
+pub enum Failure {
+    /// This row cannot be resolved now: it is recorded `failed` and tried again next run.
+    Row {
+        error: String,
+        http_status: Option<u16>,
+        trace_id: String,
+    },
+    /// The run stops (with this reason) or was interrupted (`None`); the row stays unrecorded.
+    Stop(Option<StopReason>),
+}
+
+impl Failure {
+    fn row(error: impl Into<String>) -> Failure {
+        Failure::Row {
+            error: error.into(),
+            http_status: None,
+            trace_id: String::new(),
+        }
+    }
+}
+
+/// What a lookup request shares with the run: its pace, budget, stop and counters.
+pub struct Env<'a> {
+    pub limit: &'a RateLimit,
+    pub quota: &'a Quota,
+    pub stop: &'a CancellationToken,
+    /// The run's request counter (lookups and messages together).
+    pub requests: &'a AtomicU64,
+    /// Takes in what the server said of its limits (a tighter rate, the daily budget at 0).
+    pub observe: &'a (dyn Fn(ServerLimits) + Send + Sync),
+    pub max_retries: u32,
+    pub backoff: Backoff,
+}
+
+/// An answer to a lookup that is not retried: 2xx, or a refusal the caller reads.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn failure(&self, what: &str) -> Failure {
+        Failure::Row {
+            error: format!("{what}: {}", describe(self.status, &self.body)),
+            http_status: Some(self.status),
+            trace_id: trace_id(&self.body),
+        }
+    }
+}
+
+/// Finds and creates contacts and conversations for one run.
+pub struct Resolver {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    create_contacts: bool,
+    pub ids: IdMap,
+    pub counters: Counters,
+    /// Keyed locks: a name is here while a resolution holds or awaits it.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds a keyed lock; dropping it frees the key.
+struct KeyGuard<'a> {
+    name: String,
+    locks: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock().expect("resolver locks");
+        // Only the map and this guard hold it: nobody waits, so the entry can go (waiters clone
+        // the Arc under this same lock, so none can appear between the check and the removal).
+        if locks
+            .get(&self.name)
+            .is_some_and(|m| Arc::strong_count(m) == 2)
+        {
+            locks.remove(&self.name);
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WithId {
+    id: String,
+}
+
+impl Resolver {
+    pub fn new(
+        base: &reqwest::Url,
+        token: &str,
+        timeout: Duration,
+        create_contacts: bool,
+        ids: IdMap,
+    ) -> Result<Resolver> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = HeaderMap::new();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .context("the token has characters that cannot go in an HTTP header")?;
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert("Accept", HeaderValue::from_static("application/json"));
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .tcp_nodelay(true)
+            .user_agent(concat!("lc-import/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Resolver {
+            client,
+            base: base.clone(),
+            create_contacts,
+            ids,
+            counters: Counters::default(),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
+        url
+    }
+
+    async fn lock(&self, name: String) -> KeyGuard<'_> {
+        let mutex = self
+            .locks
+            .lock()
+            .expect("resolver locks")
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        KeyGuard {
+            name,
+            locks: &self.locks,
+            _guard: mutex.lock_owned().await,
+        }
+    }
+
+    /// Fills in `m.contact_id` and `m.conversation_id` from the ID map or the API.
+    pub async fn resolve(
+        &self,
+        m: &mut InboundMessage,
+        lookup: &Lookup,
+        env: &Env<'_>,
+    ) -> Result<(), Failure> {
+        let location = lookup.location_id.as_str();
+        let key = lookup.key(&m.contact_id);
+        let lookups_before = self.counters.lookups.load(Ordering::Relaxed);
+        let contact = if m.contact_id.is_empty() {
+            let _held = self.lock(format!("key {location} {key}")).await;
+            match self.ids.contact(location, &key) {
+                Some(known) => known,
+                None => {
+                    let known = self.find_or_create_contact(lookup, env).await?;
+                    let conversation = self.ids.conversation(location, &known.id);
+                    self.record(location, &key, &known, conversation.as_ref())?;
+                    known
+                }
+            }
+        } else {
+            Known {
+                id: m.contact_id.clone(),
+                origin: Origin::Given,
+            }
+        };
+        if m.conversation_id.is_empty() {
+            let _held = self
+                .lock(format!("contact {location} {}", contact.id))
+                .await;
+            let conversation = match self.ids.conversation(location, &contact.id) {
+                Some(known) => known,
+                None => {
+                    let known = self
+                        .find_or_create_conversation(location, &contact.id, env)
+                        .await?;
+                    self.record(location, &key, &contact, Some(&known))?;
+                    known
+                }
+            };
+            m.conversation_id = conversation.id;
+        }
+        m.contact_id = contact.id;
+        // Other rows' lookups may run meanwhile, so this is a close count, not an exact one.
+        if self.counters.lookups.load(Ordering::Relaxed) == lookups_before {
+            self.counters.rows_from_map.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn record(
+        &self,
+        location: &str,
+        key: &str,
+        contact: &Known,
+        conversation: Option<&Known>,
+    ) -> Result<(), Failure> {
+        self.ids
+            .record(location, key, contact, conversation)
+            .map_err(|e| {
+                Failure::Stop(Some(StopReason::ServerFailing(format!(
+                    "cannot write the ID map {}: {e}",
+                    self.ids.path().display()
+                ))))
+            })
+    }
+
+    /// `GET /contacts/search/duplicate`: the contact's ID, if the location has it.
+    pub async fn search_contact(
+        &self,
+        location: &str,
+        email: Option<&str>,
+        phone: Option<&str>,
+        env: &Env<'_>,
+    ) -> Result<Option<String>, Failure> {
+        let mut url = self.url("/contacts/search/duplicate");
+        {
+            // Form encoding writes `+` as %2B and `@` as %40, as the spec asks.
+            let mut q = url.query_pairs_mut();
+            q.append_pair("locationId", location);
+            if let Some(p) = phone {
+                q.append_pair("number", p);
+            }
+            if let Some(e) = email {
+                q.append_pair("email", e);
+            }
+        }
+        let answer = self
+            .call(env, "searching the contact", || {
+                self.client
+                    .get(url.clone())
+                    .header("Version", CONTACTS_VERSION)
+            })
+            .await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(answer.failure("searching the contact"));
+        }
+        #[derive(Deserialize)]
+        struct Duplicate {
+            #[serde(default)]
+            contact: Option<WithId>,
+        }
+        match serde_json::from_slice::<Duplicate>(&answer.body) {
+            Ok(d) => Ok(d.contact.map(|c| c.id).filter(|id| !id.is_empty())),
+            Err(e) => Err(answer_unreadable(&answer, "the contact search", &e)),
+        }
+    }
+
+    async fn find_or_create_contact(
+        &self,
+        lookup: &Lookup,
+        env: &Env<'_>,
+    ) -> Result<Known, Failure> {
+        let (email, phone) = (lookup.email.as_deref(), lookup.phone.as_deref());
+        if let Some(id) = self
+            .search_contact(&lookup.location_id, email, phone, env)
+            .await?
+        {
+            self.counters.contacts_found.fetch_add(1, Ordering::Relaxed);
+            return Ok(Known {
+                id,
+                origin: Origin::Found,
+            });
+        }
+        if !self.create_contacts {
+            self.counters
+                .contacts_missing
+                .fetch_add(1, Ordering::Relaxed);
+            let who = [
+                email.map(|e| format!("e-mail {e}")),
+                phone.map(|p| format!("phone {p}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" or ");
+            return Err(Failure::row(format!(
+                "no contact with {who} in location {}: add it in HighLevel, or run with --create-contacts",
+                lookup.location_id
+            )));
+        }
+        // Only the fields that name the contact: never `tags` (it replaces all tags).
+        let mut body = json!({ "locationId": lookup.location_id });
+        for (field, value) in [
+            ("email", &lookup.email),
+            ("phone", &lookup.phone),
+            ("name", &lookup.name),
+            ("firstName", &lookup.first_name),
+            ("lastName", &lookup.last_name),
+        ] {
+            if let Some(v) = value {
+                body[field] = json!(v);
+            }
+        }
+        let body = body.to_string();
+        let answer = self
+            .call(env, "creating the contact", || {
+                self.client
+                    .post(self.url("/contacts/upsert"))
+                    .header("Version", CONTACTS_VERSION)
+                    .header("Content-Type", "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(answer.failure("creating the contact"));
+        }
+        #[derive(Deserialize)]
+        struct Upserted {
+            #[serde(default, rename = "new")]
+            created: bool,
+            contact: WithId,
+        }
+        match serde_json::from_slice::<Upserted>(&answer.body) {
+            Ok(u) if !u.contact.id.is_empty() => {
+                // `new: false`: the upsert matched a contact the search had not seen yet.
+                let (counter, origin) = if u.created {
+                    (&self.counters.contacts_created, Origin::Created)
+                } else {
+                    (&self.counters.contacts_found, Origin::Found)
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(Known {
+                    id: u.contact.id,
+                    origin,
+                })
+            }
+            Ok(_) => Err(answer.failure("creating the contact: no contact ID in the answer")),
+            Err(e) => Err(answer_unreadable(&answer, "the contact upsert", &e)),
+        }
+    }
+
+    /// `GET /conversations/search`: the contact's conversations' IDs, in the API's order.
+    pub async fn search_conversations(
+        &self,
+        location: &str,
+        contact_id: &str,
+        env: &Env<'_>,
+    ) -> Result<Vec<String>, Failure> {
+        let mut url = self.url("/conversations/search");
+        url.query_pairs_mut()
+            .append_pair("locationId", location)
+            .append_pair("contactId", contact_id);
+        let answer = self
+            .call(env, "searching the conversation", || {
+                self.client
+                    .get(url.clone())
+                    .header("Version", CONVERSATIONS_VERSION)
+            })
+            .await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(answer.failure("searching the conversation"));
+        }
+        #[derive(Deserialize)]
+        struct Found {
+            #[serde(rename = "contactId", default)]
+            contact_id: String,
+            id: String,
+        }
+        #[derive(Deserialize)]
+        struct Search {
+            #[serde(default)]
+            conversations: Vec<Found>,
+        }
+        match serde_json::from_slice::<Search>(&answer.body) {
+            // Only this contact's: a search that ignored the filter must not misfile messages.
+            Ok(s) => Ok(s
+                .conversations
+                .into_iter()
+                .filter(|c| c.contact_id == contact_id && !c.id.is_empty())
+                .map(|c| c.id)
+                .collect()),
+            Err(e) => Err(answer_unreadable(&answer, "the conversation search", &e)),
+        }
+    }
+
+    async fn find_or_create_conversation(
+        &self,
+        location: &str,
+        contact_id: &str,
+        env: &Env<'_>,
+    ) -> Result<Known, Failure> {
+        let mut conflicts = 0u32;
+        loop {
+            let found = self.search_conversations(location, contact_id, env).await?;
+            if let Some(first) = found.first() {
+                if found.len() > 1 {
+                    self.counters
+                        .conversations_ambiguous
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "contact {contact_id} has {} conversations; its messages go to the first the API lists, {first}",
+                        found.len()
+                    );
+                }
+                self.counters
+                    .conversations_found
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(Known {
+                    id: first.clone(),
+                    origin: Origin::Found,
+                });
+            }
+            if conflicts > env.max_retries {
+                return Err(Failure::row(format!(
+                    "the API says contact {contact_id} has a conversation, but {conflicts} searches did not find it"
+                )));
+            }
+            let body = json!({ "locationId": location, "contactId": contact_id }).to_string();
+            let answer = self
+                .call(env, "creating the conversation", || {
+                    self.client
+                        .post(self.url("/conversations/"))
+                        .header("Version", CONVERSATIONS_VERSION)
+                        .header("Content-Type", "application/json")
+                        .body(body.clone())
+                })
+                .await?;
+            #[derive(Deserialize)]
+            struct Created {
+                conversation: WithId,
+            }
+            #[derive(Deserialize)]
+            struct Refused {
+                #[serde(default)]
+                message: serde_json::Value,
+                #[serde(default, rename = "conversationId")]
+                conversation_id: Option<String>,
+            }
+            match answer.status {
+                200..=299 => {
+                    return match serde_json::from_slice::<Created>(&answer.body) {
+                        Ok(c) if !c.conversation.id.is_empty() => {
+                            self.counters
+                                .conversations_created
+                                .fetch_add(1, Ordering::Relaxed);
+                            Ok(Known {
+                                id: c.conversation.id,
+                                origin: Origin::Created,
+                            })
+                        }
+                        Ok(_) => Err(answer.failure(
+                            "creating the conversation: no conversation ID in the answer",
+                        )),
+                        Err(e) => Err(answer_unreadable(&answer, "the conversation create", &e)),
+                    };
+                }
+                400 => {
+                    let refused = serde_json::from_slice::<Refused>(&answer.body).ok();
+                    let exists = refused.as_ref().is_some_and(|r| {
+                        r.message
+                            .to_string()
+                            .to_lowercase()
+                            .contains("already exists")
+                    });
+                    if !exists {
+                        return Err(answer.failure("creating the conversation"));
+                    }
+                    // FACTS pitfall 5: search lags a create made a moment ago (by another
+                    // client, or by an earlier attempt of ours whose answer was lost).
+                    self.counters
+                        .conversation_conflicts
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Some(id) = refused.and_then(|r| r.conversation_id)
+                        && !id.is_empty()
+                    {
+                        self.counters
+                            .conversations_found
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Ok(Known {
+                            id,
+                            origin: Origin::Found,
+                        });
+                    }
+                    conflicts += 1;
+                    if conflicts > 1 {
+                        let delay = env.backoff.delay(conflicts - 1, None, fastrand::f64());
+                        pause(env, delay).await?;
+                    }
+                }
+                _ => return Err(answer.failure("creating the conversation")),
+            }
+        }
+    }
+
+    /// One lookup request until it has an answer worth reading: every attempt takes a rate-limit
+    /// slot and a `--max-requests` slot; 429, 5xx and lost connections are retried (lookups are
+    /// searches or upserts, and a conversation created by a lost attempt answers the next one with
+    /// "already exists"); 401 and a spent daily budget stop the run.
+    async fn call(
+        &self,
+        env: &Env<'_>,
+        what: &str,
+        request: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Answer, Failure> {
+        let mut attempts = 0u32;
+        loop {
+            tokio::select! {
+                biased;
+                _ = env.stop.cancelled() => return Err(Failure::Stop(None)),
+                _ = env.limit.acquire() => {}
+            }
+            if !env.quota.take() {
+                return Err(Failure::Stop(Some(StopReason::MaxRequests(
+                    env.quota.max(),
+                ))));
+            }
+            attempts += 1;
+            env.requests.fetch_add(1, Ordering::Relaxed);
+            self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+            let (reason, after) = match request().send().await {
+                Err(e) => (format!("{what}: {}", error_chain(&e)), None),
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let limits = server_limits(response.headers());
+                    let retry_after =
+                        header_number(response.headers(), "retry-after").map(Duration::from_secs);
+                    (env.observe)(limits);
+                    let body = response.bytes().await.map(|b| b.to_vec());
+                    match (status, body) {
+                        (401, Ok(body)) => {
+                            return Err(Failure::Stop(Some(StopReason::TokenRejected(describe(
+                                status, &body,
+                            )))));
+                        }
+                        (429, _) if limits.daily_remaining == Some(0) => {
+                            return Err(Failure::Stop(Some(StopReason::DailyBudget)));
+                        }
+                        (429, _) => {
+                            let wait = retry_after
+                                .or(limits.interval)
+                                .unwrap_or(Duration::from_secs(1));
+                            env.limit.pause(wait);
+                            (format!("{what}: HTTP 429"), Some(wait))
+                        }
+                        (500 | 502 | 503 | 504, body) => (
+                            format!(
+                                "{what}: {}",
+                                describe(status, body.as_deref().unwrap_or_default())
+                            ),
+                            retry_after,
+                        ),
+                        (_, Ok(body)) => return Ok(Answer { status, body }),
+                        (_, Err(e)) => (
+                            format!("{what}: HTTP {status} but the body was cut: {e}"),
+                            None,
+                        ),
+                    }
+                }
+            };
+            if attempts > env.max_retries {
+                return Err(Failure::row(format!(
+                    "gave up after {attempts} attempts: {reason}"
+                )));
+            }
+            tracing::debug!(attempt = attempts, "retrying a lookup: {reason}");
+            let delay = env.backoff.delay(attempts, after, fastrand::f64());
+            pause(env, delay).await?;
+        }
+    }
+}
+
+/// Waits `delay`, or less if the run stops.
+async fn pause(env: &Env<'_>, delay: Duration) -> Result<(), Failure> {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = env.stop.cancelled() => Err(Failure::Stop(None)),
+    }
+}
+
+fn answer_unreadable(answer: &Answer, what: &str, e: &serde_json::Error) -> Failure {
+    Failure::Row {
+        error: format!(
+            "HTTP {} to {what} with a body that does not read as the spec says ({e})",
+            answer.status
+        ),
+        http_status: Some(answer.status),
+        trace_id: trace_id(&answer.body),
+    }
+}
+
+fn header_number(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The `X-RateLimit-*` headers of an answer.
+fn server_limits(headers: &reqwest::header::HeaderMap) -> ServerLimits {
+    ServerLimits {
+        max: header_number(headers, "x-ratelimit-max").and_then(|n| u32::try_from(n).ok()),
+        interval: header_number(headers, "x-ratelimit-interval-milliseconds")
+            .map(Duration::from_millis),
+        remaining: header_number(headers, "x-ratelimit-remaining"),
+        daily_remaining: header_number(headers, "x-ratelimit-daily-remaining"),
+    }
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![];
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_prefer_the_email_then_the_phone() {
+        let mut l = Lookup {
+            location_id: "L1".into(),
+            phone: Some("+15037081210".into()),
+            email: Some("ann@example.com".into()),
+            ..Default::default()
+        };
+        assert_eq!(l.key(""), "email:ann@example.com");
+        assert_eq!(l.lane(""), "L1/email:ann@example.com");
+        l.email = None;
+        assert_eq!(l.key(""), "phone:+15037081210");
+        l.phone = None;
+        assert_eq!(l.key("K9"), "contact:K9");
+    }
+}

@@ -1,0 +1,611 @@
+//! Migrations without HighLevel IDs (issue 7): `lc-import run` finds and creates contacts and
+//! conversations from phone numbers and e-mail addresses, against the sandbox over real sockets.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use lc_import::rate::{DurationRange, Rate};
+use lc_import::sandbox::{self, Sandbox, SandboxConfig, Stats};
+use serde_json::Value;
+
+use crate::support::{self, Output, WorkDir};
+
+const LOCATION: &str = "sandboxLocation0001";
+
+async fn start(config: SandboxConfig) -> Sandbox {
+    sandbox::start(config, "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("sandbox starts")
+}
+
+fn config(w: &WorkDir) -> SandboxConfig {
+    SandboxConfig {
+        record: Some(w.path("record.jsonl")),
+        record_contacts: Some(w.path("contacts.jsonl")),
+        ..SandboxConfig::unlimited()
+    }
+}
+
+/// `lc-import run INPUT --base-url <sandbox> --location-id L ARGS…`.
+async fn run(w: &WorkDir, sb: &Sandbox, input: &str, args: &[&str]) -> Output {
+    let mut all: Vec<String> = vec![
+        "run".into(),
+        input.into(),
+        "--base-url".into(),
+        sb.base_url(),
+        "--location-id".into(),
+        LOCATION.into(),
+        "--default-country".into(),
+        "US".into(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let dir = w.path("");
+    let env = vec![("LC_TOKEN".to_owned(), "sandbox-token".to_owned())];
+    tokio::task::spawn_blocking(move || support::run_in(&dir, &all, &env))
+        .await
+        .expect("the run finishes")
+}
+
+fn record_lines(w: &WorkDir, name: &str) -> Vec<Value> {
+    std::fs::read_to_string(w.path(name))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+fn lookups(s: &Stats) -> u64 {
+    s.contact_searches + s.contact_upserts + s.conversation_searches + s.conversation_creates
+}
+
+/// `contacts` new contacts with `per_contact` rows each, interleaved round-robin, dates rising.
+/// Contact `c` is named by phone only, e-mail only or both, by `c % 3`.
+fn migration(contacts: usize, per_contact: usize) -> String {
+    let mut s =
+        String::from("altId,contactPhone,contactEmail,firstName,type,direction,date,message\n");
+    for i in 0..contacts * per_contact {
+        let c = i % contacts;
+        let phone = if c % 3 != 1 {
+            format!("(503) 555-{c:04}")
+        } else {
+            String::new()
+        };
+        let email = if !c.is_multiple_of(3) {
+            format!("person{c}@example.com")
+        } else {
+            String::new()
+        };
+        s.push_str(&format!(
+            "r{i},{phone},{email},P{c},SMS,inbound,2024-01-01T{:02}:{:02}:{:02}Z,message {i}\n",
+            i / 3600 % 24,
+            i / 60 % 60,
+            i % 60
+        ));
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_sample_lands_in_each_contacts_single_conversation() {
+    let w = WorkDir::new();
+    w.copy("samples/migration.csv");
+    let seed = w.copy("samples/migration-contacts.csv");
+    let sb = start(SandboxConfig {
+        contacts: Some(seed),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "migration.csv",
+        &["--create-contacts", "--rate", "100000/s"],
+    )
+    .await;
+    out.expect_code(0);
+    assert!(out.stdout.contains("quota plan: 29 message(s)"), "{out:?}");
+
+    let dir = sb.directory();
+    // One conversation per contact, and no contact twice.
+    let conversation_of: HashMap<&str, &str> = dir
+        .conversations
+        .iter()
+        .map(|c| (c.contact_id.as_str(), c.id.as_str()))
+        .collect();
+    assert_eq!(conversation_of.len(), dir.conversations.len());
+    assert_eq!(dir.contacts.len(), 8, "3 seeded + 5 created: {dir:?}");
+    assert_eq!(dir.conversations.len(), 8);
+    let contact = |id: &str| dir.contacts.iter().find(|c| c.id == id).expect("contact");
+
+    // Each row: its contact is the one with the row's e-mail (else phone), and the message is in
+    // that contact's conversation.
+    let input: Vec<HashMap<String, String>> = w.results("migration.csv");
+    let results = w.results("migration.results.csv");
+    let stored: HashMap<String, Value> = record_lines(&w, "record.jsonl")
+        .into_iter()
+        .map(|v| (v["messageId"].as_str().expect("id").to_owned(), v))
+        .collect();
+    assert_eq!(stored.len(), 29);
+    for (row, r) in input.iter().zip(&results) {
+        assert_eq!(r["status"], "sent", "{r:?}");
+        let c = contact(&r["contact_id"]);
+        let email = row["contactEmail"].to_lowercase();
+        if !email.is_empty() {
+            assert_eq!(c.email.as_deref(), Some(email.as_str()), "{r:?}");
+        } else {
+            let digits: String = row["contactPhone"]
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            let digits = digits.trim_start_matches('1');
+            assert_eq!(c.phone.as_deref(), Some(format!("+1{digits}").as_str()));
+        }
+        assert_eq!(conversation_of[c.id.as_str()], r["conversation_id"]);
+        let body = &stored[&r["message_id"]]["body"];
+        assert_eq!(body["contactId"], r["contact_id"].as_str());
+        assert_eq!(body["conversationId"], r["conversation_id"].as_str());
+        assert_eq!(body["altId"], row["altId"].as_str());
+    }
+    // The seeded contacts were found, not created again; Noah's seeded conversation was used.
+    assert!(
+        results
+            .iter()
+            .any(|r| r["conversation_id"] == "noahKleinConvers0001")
+    );
+    let stats = sb.stats();
+    assert_eq!(
+        (stats.contacts_created, stats.conversations_created),
+        (5, 7)
+    );
+    // The upserts never sent tags (they would overwrite the contact's).
+    let created = record_lines(&w, "contacts.jsonl");
+    assert_eq!(created.len(), 5 + 7);
+    assert!(created.iter().all(|l| l["body"].get("tags").is_none()));
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_rows_per_new_contact_under_concurrency_16_make_no_duplicate() {
+    let w = WorkDir::new();
+    w.write("in.csv", migration(20, 10));
+    let sb = start(SandboxConfig {
+        latency: Some(DurationRange {
+            low: Duration::from_millis(1),
+            high: Duration::from_millis(6),
+        }),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &[
+            "--create-contacts",
+            "--concurrency",
+            "16",
+            "--rate",
+            "100000/s",
+        ],
+    )
+    .await;
+    out.expect_code(0);
+    let s = sb.stats();
+    // Exactly one of each lookup per contact: no two rows of a contact raced.
+    assert_eq!(
+        (
+            s.contact_searches,
+            s.contact_upserts,
+            s.conversation_searches,
+            s.conversation_creates,
+            s.conversation_conflicts
+        ),
+        (20, 20, 20, 20, 0),
+        "{s:?}"
+    );
+    assert_eq!((s.contacts_created, s.conversations_created), (20, 20));
+    assert_eq!((s.accepted, s.out_of_order), (200, 0), "{s:?}");
+    assert!(s.peak_concurrent > 4, "contacts ran side by side: {s:?}");
+
+    // Rows of one contact that name it differently (phone only, then phone and e-mail) take
+    // different lanes; the per-contact lock still makes one contact and one conversation.
+    let mut mixed = String::from("altId,contactPhone,contactEmail,type,direction,message\n");
+    for i in 0..120usize {
+        let c = i % 12;
+        // Each contact's rows alternate between the two spellings, round by round.
+        let email = if (i / 12).is_multiple_of(2) {
+            String::new()
+        } else {
+            format!("mixed{c}@example.com")
+        };
+        mixed.push_str(&format!(
+            "m{i},+1503556{c:04},{email},SMS,inbound,hello {i}\n"
+        ));
+    }
+    w.write("mixed.csv", mixed);
+    let out = run(
+        &w,
+        &sb,
+        "mixed.csv",
+        &[
+            "--create-contacts",
+            "--concurrency",
+            "16",
+            "--rate",
+            "100000/s",
+        ],
+    )
+    .await;
+    out.expect_code(0);
+    let s = sb.stats();
+    assert_eq!(s.conversation_conflicts, 0, "{s:?}");
+    let dir = sb.directory();
+    let phones: Vec<&str> = dir
+        .contacts
+        .iter()
+        .filter_map(|c| c.phone.as_deref())
+        .filter(|p| p.starts_with("+1503556"))
+        .collect();
+    assert_eq!(phones.len(), 12, "one contact per phone: {phones:?}");
+    let contacts: HashSet<&str> = dir
+        .conversations
+        .iter()
+        .map(|c| c.contact_id.as_str())
+        .collect();
+    assert_eq!(
+        contacts.len(),
+        dir.conversations.len(),
+        "one conversation each"
+    );
+    assert_eq!(dir.conversations.len(), 32);
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_looks_up_only_what_the_id_map_lacks() {
+    let w = WorkDir::new();
+    w.write("in.csv", migration(10, 4));
+    let sb = start(config(&w)).await;
+    let args = [
+        "--create-contacts",
+        "--rate",
+        "100000/s",
+        "--concurrency",
+        "4",
+    ];
+    let first: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--max-requests", "30"])
+        .collect();
+    let out = run(&w, &sb, "in.csv", &first).await;
+    out.expect_code(3);
+    assert!(
+        out.stdout
+            .contains("stopped early: --max-requests 30 reached."),
+        "{out:?}"
+    );
+    assert_eq!(sb.stats().requests, 30, "exactly the budget");
+    let before = sb.stats();
+
+    // What the second run still has to look up, from the ID map the first one left.
+    let mut known: HashMap<String, (bool, bool)> = HashMap::new();
+    for l in w.results("in.results.csv.ids.csv") {
+        let e = known.entry(l["key"].clone()).or_default();
+        e.0 |= !l["contact_id"].is_empty();
+        e.1 |= !l["conversation_id"].is_empty();
+    }
+    let expected: u64 = (0..10usize)
+        .map(|c| {
+            let key = if !c.is_multiple_of(3) {
+                format!("email:person{c}@example.com")
+            } else {
+                format!("phone:+1503555{c:04}")
+            };
+            match known.get(&key) {
+                Some((true, true)) => 0,
+                Some((true, false)) => 2,
+                _ => 4,
+            }
+        })
+        .sum();
+    assert!(expected < 40, "the first run resolved some contacts");
+
+    let out = run(&w, &sb, "in.csv", &args).await;
+    out.expect_code(0);
+    let after = sb.stats();
+    assert_eq!(lookups(&after) - lookups(&before), expected, "{out:?}");
+    assert_eq!(
+        (after.contacts_created, after.conversations_created),
+        (10, 10)
+    );
+    assert_eq!(after.accepted, 40);
+    let sent: HashSet<String> = record_lines(&w, "record.jsonl")
+        .iter()
+        .map(|v| v["body"]["altId"].as_str().expect("altId").to_owned())
+        .collect();
+    assert_eq!(sent.len(), 40, "every row stored once");
+
+    // Nothing left: a third run makes no request at all.
+    let out = run(&w, &sb, "in.csv", &args).await;
+    out.expect_code(0);
+    assert_eq!(sb.stats().requests, after.requests);
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_and_messages_together_keep_the_rate() {
+    let w = WorkDir::new();
+    // 8 new contacts × 4 rows: 32 messages + 32 lookups = 64 requests, over 3 windows of 20.
+    w.write("in.csv", migration(8, 4));
+    let rate = Rate {
+        max: 20,
+        period: Duration::from_secs(1),
+    };
+    let sb = start(SandboxConfig {
+        rate: Some(rate),
+        ..config(&w)
+    })
+    .await;
+    let started = Instant::now();
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &["--create-contacts", "--rate", "20/s", "--concurrency", "8"],
+    )
+    .await;
+    let elapsed = started.elapsed();
+    out.expect_code(0);
+    assert!(
+        out.stdout
+            .contains("requests  48 to 64 (32 messages + 16 to 32 lookups)"),
+        "{out:?}"
+    );
+    let s = sb.stats();
+    assert_eq!(s.rate_limited, 0, "no 429: {s:?}");
+    assert_eq!((s.requests, lookups(&s), s.accepted), (64, 32, 32));
+    // 64 requests at 20/s cannot all start before the fourth window opens.
+    assert!(elapsed >= Duration::from_secs(3), "{elapsed:?}");
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_contacts_fail_without_create_contacts() {
+    let w = WorkDir::new();
+    w.write(
+        "seed.csv",
+        format!("id,locationId,phone\nknownContact00000001,{LOCATION},+15035550001\n"),
+    );
+    w.write(
+        "in.csv",
+        "altId,contactPhone,type,direction,message\n\
+         a1,+1 503 555 0001,SMS,inbound,hi\n\
+         a2,+1 503 555 0002,SMS,inbound,hello\n",
+    );
+    let sb = start(SandboxConfig {
+        contacts: Some(w.path("seed.csv")),
+        ..config(&w)
+    })
+    .await;
+    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"]).await;
+    out.expect_code(1);
+    let results = w.results("in.results.csv");
+    assert_eq!(results[0]["status"], "sent");
+    assert_eq!(results[0]["contact_id"], "knownContact00000001");
+    assert_eq!(results[1]["status"], "failed");
+    assert_eq!(
+        results[1]["error"],
+        format!(
+            "not sent: no contact with phone +15035550002 in location {LOCATION}: add it in HighLevel, or run with --create-contacts"
+        )
+    );
+    let s = sb.stats();
+    assert_eq!(
+        (s.contact_upserts, s.contacts_created, s.accepted),
+        (0, 0, 1)
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_already_exists_answer_sends_it_back_to_searching() {
+    let w = WorkDir::new();
+    w.write(
+        "seed.csv",
+        format!(
+            "id,locationId,email,conversationId\nseededContact0000001,{LOCATION},ann@example.com,seededConversation01\n"
+        ),
+    );
+    w.write(
+        "in.csv",
+        "altId,contactEmail,type,direction,message\nb1,Ann@Example.com,Email,inbound,hi\n",
+    );
+    // The search index lags: the first search misses the conversation the contact has.
+    let sb = start(SandboxConfig {
+        contacts: Some(w.path("seed.csv")),
+        search_misses: 1,
+        ..config(&w)
+    })
+    .await;
+    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"]).await;
+    out.expect_code(0);
+    let s = sb.stats();
+    assert_eq!(
+        (
+            s.conversation_searches,
+            s.conversation_creates,
+            s.conversation_conflicts,
+            s.conversations_created
+        ),
+        (2, 1, 1, 0),
+        "{s:?}"
+    );
+    let r = &w.results("in.results.csv")[0];
+    assert_eq!(r["conversation_id"], "seededConversation01");
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_only_counts_and_creates_nothing() {
+    let w = WorkDir::new();
+    w.copy("samples/migration.csv");
+    let seed = w.copy("samples/migration-contacts.csv");
+    // One more contact whose e-mail is a seeded contact's and whose phone is Liam's: ambiguous.
+    let mut contacts = w.read("migration-contacts.csv");
+    contacts.push_str(&format!(
+        "ambiguousContact0001,{LOCATION},amb@example.com,,Amb,,\n"
+    ));
+    w.write("migration-contacts.csv", contacts);
+    let mut input = w.read("migration.csv");
+    input.push_str(
+        "old-crm-9999,+15035550110,amb@example.com,A,B,SMS,inbound,2023-04-01T10:00:00Z,hi,\n",
+    );
+    w.write("migration.csv", input);
+    let sb = start(SandboxConfig {
+        contacts: Some(seed),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "migration.csv",
+        &["--dry-run", "--resolve-only", "--rate", "100000/s"],
+    )
+    .await;
+    out.expect_code(1);
+    assert!(
+        out.stdout
+            .contains("resolve-only: 9 contact(s) in 30 row(s) of migration.csv"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("contacts       0 known from the ID map, 3 exist, 5 not found (the run fails their rows unless --create-contacts), 1 ambiguous"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains(
+            "conversations  0 known from the ID map, 1 exist, 7 would be created, 0 ambiguous"
+        ),
+        "{out:?}"
+    );
+    let s = sb.stats();
+    assert_eq!(
+        (s.accepted, s.contact_upserts, s.conversation_creates),
+        (0, 0, 0),
+        "nothing created, nothing sent: {s:?}"
+    );
+    assert!(!w.path("migration.results.csv").exists());
+    // What it found is kept: the run after it does not search those contacts again.
+    let ids = w.results("migration.results.csv.ids.csv");
+    assert_eq!(
+        ids.len(),
+        3 + 1,
+        "3 contacts found, one of them with its conversation"
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_endpoints_behave_like_the_api() {
+    let sb = start(SandboxConfig {
+        contacts: None,
+        ..SandboxConfig::unlimited()
+    })
+    .await;
+    // reqwest is built with `rustls-no-provider`: even a plain-http client needs one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let base = sb.base_url();
+    let send = |rb: reqwest::RequestBuilder| async move {
+        let r = rb
+            .header("Version", "2021-07-28")
+            .send()
+            .await
+            .expect("answer");
+        let status = r.status().as_u16();
+        let limit = r.headers().contains_key("x-ratelimit-remaining");
+        let body: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("JSON");
+        assert!(limit, "rate headers on every answer");
+        assert!(body["traceId"].is_string(), "{body}");
+        (status, body)
+    };
+    let auth = "Bearer sandbox-token";
+    // No token: 401.
+    let (status, _) = send(client.get(format!(
+        "{base}/contacts/search/duplicate?locationId=L1&number=%2B15035550001"
+    )))
+    .await;
+    assert_eq!(status, 401);
+    // An unknown property: 422 in the API's words.
+    let (status, body) = send(
+        client
+            .post(format!("{base}/contacts/upsert"))
+            .header("Authorization", auth)
+            .header("Content-Type", "application/json")
+            .body(json(
+                serde_json::json!({"locationId": "L1", "phone": "+15035550001", "colour": "red"}),
+            )),
+    )
+    .await;
+    assert_eq!(
+        (status, body["message"][0].as_str()),
+        (422, Some("property colour should not exist"))
+    );
+    let (status, body) = send(
+        client
+            .post(format!("{base}/contacts/upsert"))
+            .header("Authorization", auth)
+            .header("Content-Type", "application/json")
+            .body(json(
+                serde_json::json!({"locationId": "L1", "phone": "+15035550001"}),
+            )),
+    )
+    .await;
+    assert_eq!((status, &body["new"]), (200, &Value::Bool(true)));
+    let id = body["contact"]["id"].as_str().expect("id").to_owned();
+    // `+` must be sent as %2B: a raw `+` is read as a space and finds nothing.
+    for (query, found) in [("%2B15035550001", true), ("+15035550001", false)] {
+        let (status, body) = send(
+            client
+                .get(format!(
+                    "{base}/contacts/search/duplicate?locationId=L1&number={query}"
+                ))
+                .header("Authorization", auth),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body["contact"]["id"].as_str() == Some(&id),
+            found,
+            "{query}"
+        );
+    }
+    // One conversation per contact: the second create is the API's 400.
+    let create = || {
+        client
+            .post(format!("{base}/conversations/"))
+            .header("Authorization", auth)
+            .header("Content-Type", "application/json")
+            .body(json(
+                serde_json::json!({"locationId": "L1", "contactId": id}),
+            ))
+    };
+    let (status, body) = send(create()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = send(create()).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["message"],
+        format!("Conversation with the contact id:{id} already exists!")
+    );
+    sb.shutdown().await;
+}
+
+fn json(v: Value) -> Vec<u8> {
+    serde_json::to_vec(&v).expect("JSON")
+}

@@ -609,3 +609,49 @@ async fn the_lookup_endpoints_behave_like_the_api() {
 fn json(v: Value) -> Vec<u8> {
     serde_json::to_vec(&v).expect("JSON")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_waiting_for_lookups_survive_a_lane_spilling_to_disk() {
+    // 3 new contacts with 100 rows each: each lane holds far more than the 32 rows a lane keeps
+    // in memory, so rows still waiting for their IDs go through the spill file.
+    let w = WorkDir::new();
+    w.write("in.csv", migration(3, 100));
+    let sb = start(SandboxConfig {
+        latency: Some(DurationRange {
+            low: Duration::from_millis(1),
+            high: Duration::from_millis(3),
+        }),
+        ..config(&w)
+    })
+    .await;
+    let out = run(
+        &w,
+        &sb,
+        "in.csv",
+        &[
+            "--create-contacts",
+            "--concurrency",
+            "16",
+            "--rate",
+            "100000/s",
+        ],
+    )
+    .await;
+    out.expect_code(0);
+    let s = sb.stats();
+    assert_eq!((s.accepted, s.out_of_order), (300, 0), "{s:?}");
+    assert_eq!(
+        (s.contacts_created, s.conversations_created),
+        (3, 3),
+        "{s:?}"
+    );
+    let record = record_lines(&w, "record.jsonl");
+    let mut texts: Vec<&str> = record
+        .iter()
+        .map(|v| v["body"]["message"].as_str().unwrap())
+        .collect();
+    texts.sort_unstable();
+    texts.dedup();
+    assert_eq!(texts.len(), 300, "every row's own body arrived once");
+    sb.shutdown().await;
+}

@@ -39,6 +39,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Run the local fake API (for rehearsals, tests and benchmarks) until interrupted.
     Sandbox(crate::sandbox::SandboxArgs),
+    /// Summarise a results file: rows per status and the most frequent errors.
+    Report(crate::commands::report::ReportArgs),
 }
 
 /// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.

@@ -51,6 +51,7 @@ pub fn run(cli: cli::Cli) -> Exit {
         cli::Command::Run(args) => commands::run::run(args),
         cli::Command::Validate(args) => commands::validate::run(args),
         cli::Command::Sandbox(args) => sandbox::run_foreground(args),
+        cli::Command::Report(args) => commands::report::run(args),
     }
 }
 

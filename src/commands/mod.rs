@@ -1,4 +1,5 @@
 //! One module per subcommand; each turns its arguments into work and says how it ended.
 
+pub mod report;
 pub mod run;
 pub mod validate;

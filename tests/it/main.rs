@@ -1,6 +1,8 @@
 //! The one integration test binary: every test drives `lc-import` from outside, through the
 //! real binary or over real loopback sockets.
 
+mod crash;
+mod fixture;
 mod run;
 mod sandbox;
 mod support;

@@ -709,7 +709,17 @@ async fn deliver(job: Job, shared: &Shared) {
                 return;
             }
             Outcome::Unknown(why) => {
+                // Unanswered requests count as server failures: a server that accepts
+                // connections but never answers would otherwise turn every row of the input
+                // `unknown` (each after a full --timeout), and unknown rows cannot be resent
+                // safely. Stopping leaves the rest unrecorded, to be sent on resume.
+                let n = shared.server_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let stop = (n >= SERVER_FAILURE_LIMIT)
+                    .then(|| format!("{n} failures in a row, the last: {why}"));
                 finish(shared, &mut line, Status::Unknown, why);
+                if let Some(reason) = stop {
+                    shared.stop_with(StopReason::ServerFailing(reason));
+                }
                 return;
             }
             Outcome::Stop(reason) => {

@@ -2,6 +2,7 @@
 //! real binary or over real loopback sockets.
 
 mod crash;
+mod faults;
 mod fixture;
 mod run;
 mod sandbox;

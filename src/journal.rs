@@ -472,7 +472,12 @@ impl Inner {
     fn write_line(&mut self, line: &ResultLine) -> io::Result<u64> {
         self.buf.clear();
         encode_line(line, &mut self.buf);
-        (&self.file).write_all(&self.buf)?;
+        if let Err(e) = (&self.file).write_all(&self.buf) {
+            // A full disk can take part of the line: cut it off again, or the next line would
+            // run on from it and both be unreadable on resume.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
         let offset = self.len;
         self.len += self.buf.len() as u64;
         Ok(offset)

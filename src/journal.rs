@@ -384,7 +384,10 @@ impl Journal {
     pub fn append(&self, line: &ResultLine, is_final: bool) -> io::Result<()> {
         let mut inner = self.inner.lock().expect("journal lock");
         let offset = inner.write_line(line)?;
-        if is_final {
+        // A `sending` line stands for its row until the outcome line replaces it. Bug: when the
+        // outcome could not be written (disk full), compaction dropped the row's only line and
+        // the next run sent a stored message again; now it keeps `sending`, read back `unknown`.
+        if is_final || line.status == Some(Status::Sending) {
             inner.set_final(line.row, offset);
         }
         Ok(())

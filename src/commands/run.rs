@@ -437,10 +437,19 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
     if interrupt.is_cancelled() {
         shared.stop_with(StopReason::Interrupted);
     }
-    let stopped = shared.stop_reason.lock().expect("stop reason lock").clone();
+    let mut stopped = shared.stop_reason.lock().expect("stop reason lock").clone();
     drop(shared);
     let results = journal.path().to_owned();
-    journal.compact(&prior)?;
+    if let Err(e) = journal.compact(&prior) {
+        // Bug: this used to end the run with exit 2 ("nothing was sent") after rows were sent.
+        // The journal as appended is still whole and the next run reads it: resumable.
+        warn!("{e:#}");
+        stopped.get_or_insert(StopReason::ResultsFile(format!(
+            "{} (compacting it): {}",
+            results.display(),
+            e.root_cause()
+        )));
+    }
 
     let c = &counters;
     let report = Report {
@@ -676,9 +685,7 @@ async fn deliver(job: Job, shared: &Shared) {
             line.status = Some(Status::Sending);
             if let Err(e) = shared.journal.append(&line, false) {
                 // Without the write-ahead line the request must not leave.
-                shared.stop_with(StopReason::ServerFailing(format!(
-                    "cannot write the results journal: {e}"
-                )));
+                shared.stop_with(journal_error(shared, &e));
                 return;
             }
         }
@@ -785,10 +792,13 @@ fn finish(shared: &Shared, line: &mut ResultLine, status: Status, error: String)
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = shared.journal.append(line, true) {
-        shared.stop_with(StopReason::ServerFailing(format!(
-            "cannot write the results journal: {e}"
-        )));
+        shared.stop_with(journal_error(shared, &e));
     }
+}
+
+/// Bug: a full disk was reported as "the server keeps failing". Name the file and the error.
+fn journal_error(shared: &Shared, e: &std::io::Error) -> StopReason {
+    StopReason::ResultsFile(format!("{}: {e}", shared.journal.path().display()))
 }
 
 /// Takes in what the server said about its limits.

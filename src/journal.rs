@@ -184,8 +184,6 @@ pub fn key_id(key: &str) -> u128 {
 #[derive(Debug, Default)]
 pub struct Prior {
     entries: HashMap<u128, PriorEntry>,
-    /// Lines that could not be read (a line cut short by a crash), with their line numbers.
-    pub unreadable: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -290,6 +288,8 @@ impl Journal {
 
     fn read_prior(&self) -> Result<Prior> {
         let mut inner = self.inner.lock().expect("journal lock");
+        let len = inner.len;
+        let ends_with_newline = last_byte(&inner.file, len)? == Some(b'\n');
         let file = inner.file.try_clone()?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -333,9 +333,27 @@ impl Journal {
                     Some((row.to_owned(), key.to_owned(), status))
                 })
                 .flatten();
+            // Lines are appended whole, so only the last one can be cut short: by a crash of the
+            // machine (lines reach the OS, not the disk, before a request leaves) or a full disk
+            // in an older version.
+            let is_last = reader.position().byte() >= len;
+            if is_last && (!ends_with_newline || parsed.is_none()) {
+                let cut = CutLine::read(&record, line);
+                // Off with it: the lines this run appends must not run on from it.
+                inner.file.set_len(offset).with_context(|| {
+                    format!("cutting the broken last line off {}", self.path.display())
+                })?;
+                inner.len = offset;
+                self.repair(cut, &mut prior, &mut in_flight, &mut inner)?;
+                break;
+            }
             let Some((row, key, status)) = parsed else {
-                prior.unreadable.push(line);
-                continue;
+                // Not something lc-import writes: it may hide a row that was sent.
+                bail!(
+                    "results file {}: line {line} cannot be read (it does not have the {} fields of a results line, or its status is unknown): it may record a message already sent, so the run does not start. Fix or delete that line, then run again",
+                    self.path.display(),
+                    HEADER.len()
+                );
             };
             // A duplicate line says nothing about its key: the first row with it does.
             if matches!(status, Status::Duplicate | Status::Valid) {
@@ -377,6 +395,71 @@ impl Journal {
             );
         }
         Ok(prior)
+    }
+
+    /// Puts back what a cut last line still says (see [`CutLine`]), and says so.
+    fn repair(
+        &self,
+        cut: CutLine,
+        prior: &mut Prior,
+        in_flight: &mut HashMap<u128, (String, String)>,
+        inner: &mut Inner,
+    ) -> Result<()> {
+        let path = self.path.display();
+        let Some((row, key)) = cut.row_key else {
+            tracing::warn!(
+                "{path}: its last line (line {}) was cut short (a crash?) before its row key, and is dropped: if a request for that row was in flight it may be sent again",
+                cut.line
+            );
+            return Ok(());
+        };
+        let id = key_id(&key);
+        let earlier = prior.entries.get(&id).map(|e| e.status);
+        let repaired = match cut.status {
+            // The outcome is known; only the details after it were lost.
+            Some(status @ (Status::Sent | Status::Failed)) => Some(status),
+            // Nothing was in flight after such a line; the row is looked at afresh.
+            Some(Status::Invalid | Status::Duplicate | Status::Valid) => None,
+            // A row recorded sent is never attempted again: the cut line was a duplicate's.
+            _ if earlier == Some(Status::Sent) => None,
+            // `sending`, `unknown`, or a status cut in half: a request may have left.
+            _ => {
+                in_flight.insert(id, (row.to_string(), key.clone()));
+                tracing::warn!(
+                    "{path}: its last line (line {}) was cut short (a crash?); row {row} (key {key}) may have been sent, so it is recorded unknown",
+                    cut.line
+                );
+                return Ok(());
+            }
+        };
+        tracing::warn!(
+            "{path}: its last line (line {}) was cut short (a crash?); row {row} (key {key}) is recorded {} again from what was left",
+            cut.line,
+            repaired.map_or("as not done", Status::as_str)
+        );
+        let Some(status) = repaired else {
+            return Ok(());
+        };
+        in_flight.remove(&id);
+        let line = ResultLine {
+            row,
+            key,
+            status: Some(status),
+            error: "the rest of this line was lost: the results file was cut short here by a crash"
+                .into(),
+            finished_at: now_rfc3339(),
+            ..Default::default()
+        };
+        let offset = inner.write_line(&line)?;
+        prior.entries.insert(
+            id,
+            PriorEntry {
+                status,
+                offset,
+                matched: false,
+            },
+        );
+        Ok(())
     }
 
     /// Appends `line`, written through to the OS before returning. A final line is the one
@@ -469,6 +552,48 @@ impl Journal {
         // The lock stays on the old (now replaced) file until the journal is dropped.
         Ok(())
     }
+}
+
+/// What can still be read from a last line cut short: each field is whole only when a comma
+/// follows it.
+struct CutLine {
+    line: u64,
+    row_key: Option<(u64, String)>,
+    status: Option<Status>,
+}
+
+impl CutLine {
+    fn read(record: &csv::ByteRecord, line: u64) -> CutLine {
+        let field = |i: usize| {
+            (record.len() > i + 1)
+                .then(|| std::str::from_utf8(&record[i]).ok())
+                .flatten()
+        };
+        let row_key = field(0)
+            .and_then(|r| r.parse::<u64>().ok())
+            .zip(field(1).filter(|k| !k.is_empty()).map(str::to_owned));
+        let status = field(2).and_then(|s| s.parse().ok());
+        CutLine {
+            line,
+            row_key,
+            status,
+        }
+    }
+}
+
+/// The last byte of `file` (of length `len`), read without moving the shared file position.
+fn last_byte(file: &File, len: u64) -> io::Result<Option<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut file = file.try_clone()?;
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut byte)?;
+    // The reader that follows starts from this shared position: put it back at the start.
+    file.seek(SeekFrom::Start(0))?;
+    Ok(Some(byte[0]))
 }
 
 impl Inner {

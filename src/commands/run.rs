@@ -343,14 +343,6 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         warn!("{}: {w}", settings.input.display());
     }
     let (journal, prior) = Journal::open(&settings.results)?;
-    if !prior.unreadable.is_empty() {
-        warn!(
-            "{}: {} line(s) could not be read and are ignored (first at line {}): a crash may have cut them short",
-            settings.results.display(),
-            prior.unreadable.len(),
-            prior.unreadable[0]
-        );
-    }
     if !prior.is_empty() {
         info!(
             "resuming from {}: {} row(s) sent earlier will be skipped, {} unknown{}",

@@ -192,6 +192,8 @@ struct PriorEntry {
     offset: u64,
     /// Seen in this run's input: its line is placed with the row, not kept at the end.
     matched: bool,
+    /// [`conversation_tag`] of the conversation the API stored the message in (sent rows).
+    conversation: u32,
 }
 
 /// What an earlier run said about a key.
@@ -200,6 +202,19 @@ pub struct PriorOutcome {
     pub status: Status,
     /// Where its line is, for [`Journal::keep_prior`].
     pub offset: u64,
+    /// [`conversation_tag`] of the recorded `conversation_id`; 0 when none was recorded.
+    pub conversation: u32,
+}
+
+/// A 32-bit tag of a conversation ID (0 for none), to tell a row that was sent from a different
+/// row with the same key, as in a results file of another input, at no cost in memory (it
+/// fits in the padding of a prior entry).
+pub fn conversation_tag(conversation_id: &str) -> u32 {
+    if conversation_id.is_empty() {
+        0
+    } else {
+        (xxhash_rust::xxh3::xxh3_64(conversation_id.as_bytes()) as u32).max(1)
+    }
 }
 
 impl Prior {
@@ -218,6 +233,7 @@ impl Prior {
         Some(PriorOutcome {
             status: entry.status,
             offset: entry.offset,
+            conversation: entry.conversation,
         })
     }
 
@@ -330,7 +346,13 @@ impl Journal {
                     let key = std::str::from_utf8(&record[1]).ok()?;
                     let status: Status = std::str::from_utf8(&record[2]).ok()?.parse().ok()?;
                     row.parse::<u64>().ok()?;
-                    Some((row.to_owned(), key.to_owned(), status))
+                    let conversation = std::str::from_utf8(&record[4]).ok()?;
+                    Some((
+                        row.to_owned(),
+                        key.to_owned(),
+                        status,
+                        conversation_tag(conversation),
+                    ))
                 })
                 .flatten();
             // Lines are appended whole, so only the last one can be cut short: by a crash of the
@@ -347,7 +369,7 @@ impl Journal {
                 self.repair(cut, &mut prior, &mut in_flight, &mut inner)?;
                 break;
             }
-            let Some((row, key, status)) = parsed else {
+            let Some((row, key, status, conversation)) = parsed else {
                 // Not something lc-import writes: it may hide a row that was sent.
                 bail!(
                     "results file {}: line {line} cannot be read (it does not have the {} fields of a results line, or its status is unknown): it may record a message already sent, so the run does not start. Fix or delete that line, then run again",
@@ -371,6 +393,7 @@ impl Journal {
                     status,
                     offset,
                     matched: false,
+                    conversation,
                 },
             );
         }
@@ -391,6 +414,7 @@ impl Journal {
                     status: Status::Unknown,
                     offset,
                     matched: false,
+                    conversation: 0,
                 },
             );
         }
@@ -457,6 +481,7 @@ impl Journal {
                 status,
                 offset,
                 matched: false,
+                conversation: 0,
             },
         );
         Ok(())

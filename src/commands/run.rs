@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use crate::Exit;
 use crate::cli::{RunArgs, ValidateArgs};
 use crate::config::{self, FileConfig};
-use crate::journal::{Journal, Prior, ResultLine, Status, key_id, now_rfc3339};
+use crate::journal::{Journal, Prior, ResultLine, Status, conversation_tag, key_id, now_rfc3339};
 use crate::mapping::{Mapping, MappingOptions, record_hash};
 use crate::rate::Rate;
 use crate::ratelimit::RateLimit;
@@ -531,6 +531,20 @@ fn read_rows(
         }
         match prior.take(&key) {
             Some(p) if p.status == Status::Sent => {
+                // The same key for another conversation: not this row, but a row of another
+                // input sharing the results file (both numbered from 1, say). Skipping it as
+                // sent would lose it; refuse instead, naming the way out.
+                if let Ok(m) = &outcome
+                    && p.conversation != 0
+                    && p.conversation != conversation_tag(&m.conversation_id)
+                {
+                    bail!(
+                        "{results} records key {key} as sent to another conversation than row {row} of {input} has ({conversation}): the results file seems to belong to another input, and going on would skip this row as sent. Give {input} its own --results file (or, if you changed that row's conversationId on purpose, delete its line from {results} to send it again)",
+                        results = journal.path().display(),
+                        input = path.display(),
+                        conversation = m.conversation_id,
+                    );
+                }
                 counters.sent_before.fetch_add(1, Ordering::Relaxed);
                 journal.keep_prior(row, p);
                 continue;

@@ -4,6 +4,7 @@
 mod crash;
 mod faults;
 mod fixture;
+mod hostile;
 mod results_file;
 mod run;
 mod sandbox;

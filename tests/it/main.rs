@@ -8,5 +8,6 @@ mod hostile;
 mod results_file;
 mod run;
 mod sandbox;
+mod security;
 mod support;
 mod validate;

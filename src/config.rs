@@ -77,7 +77,21 @@ impl FileConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow!("config file {}: {e}", path.display()))
+        toml::from_str(&text).map_err(|e| {
+            // Not `{e}`: it quotes the offending line of the file, and a user who put the token
+            // in the config file would see it printed (and logged by a batch job).
+            let at = e.span().map_or(String::new(), |span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" line {line}, column {column}:")
+            });
+            anyhow!(
+                "config file {}:{at} {}",
+                path.display(),
+                e.message().trim_end()
+            )
+        })
     }
 }
 

@@ -13,33 +13,51 @@ use std::path::{Path, PathBuf};
 /// One record.
 pub type Record = [u64; 3];
 
-/// Records held in memory before a run is written: 256 Ki × 24 bytes = 6 MiB.
-pub const RUN: usize = 256 * 1024;
+/// Records held in memory before a run is written: 64 Ki × 24 bytes = 1.5 MiB. Small, so that
+/// even a modest input fills it: memory is then the same for a hundred thousand rows as for ten
+/// million (a larger buffer only partly touched would make small inputs look cheaper).
+pub const RUN: usize = 64 * 1024;
+
+/// Runs kept at most: past this many, they are merged into one, so the final merge holds at most
+/// this many read buffers and open files whatever the number of records.
+const MAX_RUNS: usize = 64;
+
+/// Read buffer of each run in a merge.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// Sorts records pushed in any order.
 pub struct ExternalSort {
     dir: PathBuf,
     buffer: Vec<Record>,
     runs: Vec<File>,
+    run_len: usize,
+    max_runs: usize,
 }
 
 impl ExternalSort {
     /// Temp files go in `dir` (unnamed: the OS removes them however the process ends).
     pub fn new(dir: &Path) -> ExternalSort {
+        ExternalSort::with_sizes(dir, RUN, MAX_RUNS)
+    }
+
+    /// With other sizes than [`RUN`] and the run limit, for tests.
+    fn with_sizes(dir: &Path, run_len: usize, max_runs: usize) -> ExternalSort {
         ExternalSort {
             dir: dir.to_owned(),
             buffer: Vec::new(),
             runs: Vec::new(),
+            run_len,
+            max_runs,
         }
     }
 
     pub fn push(&mut self, record: Record) -> io::Result<()> {
         if self.buffer.capacity() == 0 {
             // Allocated whole at once, so memory does not depend on how many records come.
-            self.buffer.reserve_exact(RUN);
+            self.buffer.reserve_exact(self.run_len);
         }
         self.buffer.push(record);
-        if self.buffer.len() == RUN {
+        if self.buffer.len() == self.run_len {
             self.spill()?;
         }
         Ok(())
@@ -60,6 +78,10 @@ impl ExternalSort {
         file.seek(SeekFrom::Start(0))?;
         self.runs.push(file);
         self.buffer.clear();
+        if self.runs.len() >= self.max_runs {
+            let merged = merge_into_file(std::mem::take(&mut self.runs), &self.dir)?;
+            self.runs.push(merged);
+        }
         Ok(())
     }
 
@@ -72,19 +94,39 @@ impl ExternalSort {
         if !self.buffer.is_empty() {
             self.spill()?;
         }
-        let mut readers: Vec<BufReader<File>> = self
-            .runs
-            .drain(..)
-            .map(|f| BufReader::with_capacity(16 * 1024, f))
-            .collect();
-        let mut heap = BinaryHeap::with_capacity(readers.len());
-        for (i, r) in readers.iter_mut().enumerate() {
-            if let Some(record) = read_record(r)? {
-                heap.push(Reverse((record, i)));
+        merge(std::mem::take(&mut self.runs))
+    }
+}
+
+/// A k-way merge of sorted runs.
+fn merge(runs: Vec<File>) -> io::Result<Sorted> {
+    let mut readers: Vec<BufReader<File>> = runs
+        .into_iter()
+        .map(|f| BufReader::with_capacity(READ_BUFFER, f))
+        .collect();
+    let mut heap = BinaryHeap::with_capacity(readers.len());
+    for (i, r) in readers.iter_mut().enumerate() {
+        if let Some(record) = read_record(r)? {
+            heap.push(Reverse((record, i)));
+        }
+    }
+    Ok(Sorted::Merge { readers, heap })
+}
+
+/// Merges `runs` into one new run.
+fn merge_into_file(runs: Vec<File>, dir: &Path) -> io::Result<File> {
+    let mut file = tempfile::tempfile_in(dir)?;
+    {
+        let mut w = BufWriter::with_capacity(64 * 1024, &mut file);
+        for record in merge(runs)? {
+            for n in record? {
+                w.write_all(&n.to_le_bytes())?;
             }
         }
-        Ok(Sorted::Merge { readers, heap })
+        w.flush()?;
     }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
 }
 
 fn read_record(r: &mut impl Read) -> io::Result<Option<Record>> {
@@ -131,12 +173,14 @@ mod tests {
     use super::*;
 
     fn sorted(n: usize, seed: u64) -> (Vec<Record>, Vec<Record>) {
+        const RUN: usize = 1000;
+        const MAX_RUNS: usize = 4;
         let mut rng = fastrand::Rng::with_seed(seed);
         let input: Vec<Record> = (0..n)
             .map(|_| [rng.u64(0..50), rng.u64(..), rng.u64(..)])
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let mut sort = ExternalSort::new(dir.path());
+        let mut sort = ExternalSort::with_sizes(dir.path(), RUN, MAX_RUNS);
         for r in &input {
             sort.push(*r).unwrap();
         }
@@ -148,7 +192,17 @@ mod tests {
 
     #[test]
     fn sorts_in_memory_and_across_runs() {
-        for (n, seed) in [(0, 1), (1, 2), (1000, 3), (RUN, 4), (RUN * 2 + 17, 5)] {
+        const RUN: usize = 1000;
+        const MAX_RUNS: usize = 4;
+        // Up to past MAX_RUNS runs, so the cascade merge is exercised too.
+        for (n, seed) in [
+            (0, 1),
+            (1, 2),
+            (1000, 3),
+            (RUN, 4),
+            (RUN * 2 + 17, 5),
+            (RUN * (MAX_RUNS + 1) + 5, 6),
+        ] {
             let (got, want) = sorted(n, seed);
             assert_eq!(got.len(), n);
             assert!(got == want, "n = {n}");

@@ -182,36 +182,53 @@ pub struct Prior {
     entries: Vec<PriorEntry>,
     /// One bit per entry: its key is in this run's input (its line goes with the row).
     matched: Vec<u64>,
-    /// Lines that could not be read (a line cut short by a crash), with their line numbers.
-    pub unreadable: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct PriorEntry {
     key: [u64; 2],
-    /// The line's offset, with the status in the top two bits (see `pack`).
+    /// Status (2 bits), conversation tag (22 bits) and the line's offset (40 bits: results
+    /// files up to 1 TiB), see `pack`.
     packed: u64,
 }
 
 const STATUS_SHIFT: u32 = 62;
-const OFFSET_MASK: u64 = (1 << STATUS_SHIFT) - 1;
+const TAG_SHIFT: u32 = 40;
+const TAG_BITS: u32 = STATUS_SHIFT - TAG_SHIFT;
+const OFFSET_MASK: u64 = (1 << TAG_SHIFT) - 1;
 
-fn pack(status: Status, offset: u64) -> u64 {
+fn pack(status: Status, tag: u32, offset: u64) -> u64 {
     let s = match status {
         Status::Sent => 0,
         Status::Unknown => 1,
         _ => 2,
     };
-    (s << STATUS_SHIFT) | (offset & OFFSET_MASK)
+    (s << STATUS_SHIFT)
+        | (u64::from(tag & ((1 << TAG_BITS) - 1)) << TAG_SHIFT)
+        | (offset & OFFSET_MASK)
 }
 
-fn unpack(packed: u64) -> (Status, u64) {
+fn unpack(packed: u64) -> (Status, u32, u64) {
     let status = match packed >> STATUS_SHIFT {
         0 => Status::Sent,
         1 => Status::Unknown,
         _ => Status::Failed,
     };
-    (status, packed & OFFSET_MASK)
+    let tag = ((packed >> TAG_SHIFT) & ((1 << TAG_BITS) - 1)) as u32;
+    (status, tag, packed & OFFSET_MASK)
+}
+
+/// A 22-bit tag of a conversation ID (0 for none), to tell a row that was sent from a different
+/// row with the same key, as in a results file of another input, at no cost in memory (it
+/// shares the prior entry's word with the offset). Equal IDs always have equal tags; two
+/// different IDs share one with a chance of one in four million.
+pub fn conversation_tag(conversation_id: &str) -> u32 {
+    if conversation_id.is_empty() {
+        0
+    } else {
+        ((xxhash_rust::xxh3::xxh3_64(conversation_id.as_bytes()) as u32) & ((1 << TAG_BITS) - 1))
+            .max(1)
+    }
 }
 
 fn split_id(id: u128) -> [u64; 2] {
@@ -224,12 +241,14 @@ pub struct PriorOutcome {
     pub status: Status,
     /// Where its line is, for [`Journal::keep_prior`].
     pub offset: u64,
+    /// [`conversation_tag`] of the recorded `conversation_id`; 0 when none was recorded.
+    pub conversation: u32,
 }
 
 impl Prior {
     /// From every outcome line read, in file order: the last line of each key wins, and only
     /// keys that ended `sent` or `unknown` are kept.
-    fn from_lines(mut lines: Vec<PriorEntry>, unreadable: Vec<u64>) -> Prior {
+    fn from_lines(mut lines: Vec<PriorEntry>) -> Prior {
         // Stable by key, so within a key the file order (the offset) decides: last wins.
         lines.sort_by_key(|e| (e.key, e.packed & OFFSET_MASK));
         let mut entries: Vec<PriorEntry> = Vec::with_capacity(lines.len());
@@ -242,11 +261,7 @@ impl Prior {
         entries.retain(|e| matches!(unpack(e.packed).0, Status::Sent | Status::Unknown));
         entries.shrink_to_fit();
         let matched = vec![0; entries.len().div_ceil(64)];
-        Prior {
-            entries,
-            matched,
-            unreadable,
-        }
+        Prior { entries, matched }
     }
 
     pub fn len(&self) -> usize {
@@ -267,12 +282,20 @@ impl Prior {
         Some(unpack(self.entries[self.find(key)?].packed).0)
     }
 
+    fn outcome(&self, i: usize) -> PriorOutcome {
+        let (status, conversation, offset) = unpack(self.entries[i].packed);
+        PriorOutcome {
+            status,
+            offset,
+            conversation,
+        }
+    }
+
     /// The earlier outcome of `key`, marking it as present in this input.
     pub fn take(&mut self, key: &str) -> Option<PriorOutcome> {
         let i = self.find(key)?;
         self.matched[i / 64] |= 1 << (i % 64);
-        let (status, offset) = unpack(self.entries[i].packed);
-        Some(PriorOutcome { status, offset })
+        Some(self.outcome(i))
     }
 
     /// How many keys end in `status`.
@@ -355,13 +378,14 @@ impl Journal {
 
     fn read_prior(&self) -> Result<Prior> {
         let mut inner = self.inner.lock().expect("journal lock");
+        let len = inner.len;
+        let ends_with_newline = last_byte(&inner.file, len)? == Some(b'\n');
         let file = inner.file.try_clone()?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .from_reader(BufReader::with_capacity(256 * 1024, file));
         let mut lines: Vec<PriorEntry> = Vec::new();
-        let mut unreadable = Vec::new();
         let mut record = csv::ByteRecord::new();
         let mut first = true;
         // Rows whose last line is `sending`: (row, key) to mark unknown below.
@@ -396,12 +420,36 @@ impl Journal {
                     let key = std::str::from_utf8(&record[1]).ok()?;
                     let status: Status = std::str::from_utf8(&record[2]).ok()?.parse().ok()?;
                     row.parse::<u64>().ok()?;
-                    Some((row.to_owned(), key.to_owned(), status))
+                    let conversation = std::str::from_utf8(&record[4]).ok()?;
+                    Some((
+                        row.to_owned(),
+                        key.to_owned(),
+                        status,
+                        conversation_tag(conversation),
+                    ))
                 })
                 .flatten();
-            let Some((row, key, status)) = parsed else {
-                unreadable.push(line);
-                continue;
+            // Lines are appended whole, so only the last one can be cut short: by a crash of the
+            // machine (lines reach the OS, not the disk, before a request leaves) or a full disk
+            // in an older version.
+            let is_last = reader.position().byte() >= len;
+            if is_last && (!ends_with_newline || parsed.is_none()) {
+                let cut = CutLine::read(&record, line);
+                // Off with it: the lines this run appends must not run on from it.
+                inner.file.set_len(offset).with_context(|| {
+                    format!("cutting the broken last line off {}", self.path.display())
+                })?;
+                inner.len = offset;
+                self.repair(cut, &mut lines, &mut in_flight, &mut inner)?;
+                break;
+            }
+            let Some((row, key, status, conversation)) = parsed else {
+                // Not something lc-import writes: it may hide a row that was sent.
+                bail!(
+                    "results file {}: line {line} cannot be read (it does not have the {} fields of a results line, or its status is unknown): it may record a message already sent, so the run does not start. Fix or delete that line, then run again",
+                    self.path.display(),
+                    HEADER.len()
+                );
             };
             // A duplicate line says nothing about its key: the first row with it does.
             if matches!(status, Status::Duplicate | Status::Valid) {
@@ -415,7 +463,7 @@ impl Journal {
             in_flight.remove(&id);
             lines.push(PriorEntry {
                 key: split_id(id),
-                packed: pack(status, offset),
+                packed: pack(status, conversation, offset),
             });
         }
         // A request that was in flight when an earlier run died: it may be stored.
@@ -431,10 +479,76 @@ impl Journal {
             let offset = inner.write_line(&line)?;
             lines.push(PriorEntry {
                 key: split_id(id),
-                packed: pack(Status::Unknown, offset),
+                packed: pack(Status::Unknown, 0, offset),
             });
         }
-        Ok(Prior::from_lines(lines, unreadable))
+        Ok(Prior::from_lines(lines))
+    }
+
+    /// Puts back what a cut last line still says (see [`CutLine`]), and says so.
+    fn repair(
+        &self,
+        cut: CutLine,
+        lines: &mut Vec<PriorEntry>,
+        in_flight: &mut HashMap<u128, (String, String)>,
+        inner: &mut Inner,
+    ) -> Result<()> {
+        let path = self.path.display();
+        let Some((row, key)) = cut.row_key else {
+            tracing::warn!(
+                "{path}: its last line (line {}) was cut short (a crash?) before its row key, and is dropped: if a request for that row was in flight it may be sent again",
+                cut.line
+            );
+            return Ok(());
+        };
+        let id = key_id(&key);
+        // The key's last complete outcome before the cut line (lines are in file order).
+        let earlier = lines
+            .iter()
+            .rev()
+            .find(|e| e.key == split_id(id))
+            .map(|e| unpack(e.packed).0);
+        let repaired = match cut.status {
+            // The outcome is known; only the details after it were lost.
+            Some(status @ (Status::Sent | Status::Failed)) => Some(status),
+            // Nothing was in flight after such a line; the row is looked at afresh.
+            Some(Status::Invalid | Status::Duplicate | Status::Valid) => None,
+            // A row recorded sent is never attempted again: the cut line was a duplicate's.
+            _ if earlier == Some(Status::Sent) => None,
+            // `sending`, `unknown`, or a status cut in half: a request may have left.
+            _ => {
+                in_flight.insert(id, (row.to_string(), key.clone()));
+                tracing::warn!(
+                    "{path}: its last line (line {}) was cut short (a crash?); row {row} (key {key}) may have been sent, so it is recorded unknown",
+                    cut.line
+                );
+                return Ok(());
+            }
+        };
+        tracing::warn!(
+            "{path}: its last line (line {}) was cut short (a crash?); row {row} (key {key}) is recorded {} again from what was left",
+            cut.line,
+            repaired.map_or("as not done", Status::as_str)
+        );
+        let Some(status) = repaired else {
+            return Ok(());
+        };
+        in_flight.remove(&id);
+        let line = ResultLine {
+            row,
+            key,
+            status: Some(status),
+            error: "the rest of this line was lost: the results file was cut short here by a crash"
+                .into(),
+            finished_at: now_rfc3339(),
+            ..Default::default()
+        };
+        let offset = inner.write_line(&line)?;
+        lines.push(PriorEntry {
+            key: split_id(id),
+            packed: pack(status, 0, offset),
+        });
+        Ok(())
     }
 
     /// Appends `line`, written through to the OS before returning. A final line is the one
@@ -442,7 +556,10 @@ impl Journal {
     pub fn append(&self, line: &ResultLine, is_final: bool) -> io::Result<()> {
         let mut inner = self.inner.lock().expect("journal lock");
         let offset = inner.write_line(line)?;
-        if is_final {
+        // A `sending` line stands for its row until the outcome line replaces it. Bug: when the
+        // outcome could not be written (disk full), compaction dropped the row's only line and
+        // the next run sent a stored message again; now it keeps `sending`, read back `unknown`.
+        if is_final || line.status == Some(Status::Sending) {
             inner.finals.push([line.row, offset, 0])?;
         }
         Ok(())
@@ -581,11 +698,58 @@ impl LineReader {
     }
 }
 
+/// What can still be read from a last line cut short: each field is whole only when a comma
+/// follows it.
+struct CutLine {
+    line: u64,
+    row_key: Option<(u64, String)>,
+    status: Option<Status>,
+}
+
+impl CutLine {
+    fn read(record: &csv::ByteRecord, line: u64) -> CutLine {
+        let field = |i: usize| {
+            (record.len() > i + 1)
+                .then(|| std::str::from_utf8(&record[i]).ok())
+                .flatten()
+        };
+        let row_key = field(0)
+            .and_then(|r| r.parse::<u64>().ok())
+            .zip(field(1).filter(|k| !k.is_empty()).map(str::to_owned));
+        let status = field(2).and_then(|s| s.parse().ok());
+        CutLine {
+            line,
+            row_key,
+            status,
+        }
+    }
+}
+
+/// The last byte of `file` (of length `len`), read without moving the shared file position.
+fn last_byte(file: &File, len: u64) -> io::Result<Option<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut file = file.try_clone()?;
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut byte)?;
+    // The reader that follows starts from this shared position: put it back at the start.
+    file.seek(SeekFrom::Start(0))?;
+    Ok(Some(byte[0]))
+}
+
 impl Inner {
     fn write_line(&mut self, line: &ResultLine) -> io::Result<u64> {
         self.buf.clear();
         encode_line(line, &mut self.buf);
-        (&self.file).write_all(&self.buf)?;
+        if let Err(e) = (&self.file).write_all(&self.buf) {
+            // A full disk can take part of the line: cut it off again, or the next line would
+            // run on from it and both be unreadable on resume.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
         let offset = self.len;
         self.len += self.buf.len() as u64;
         Ok(offset)
@@ -663,20 +827,17 @@ mod tests {
     fn prior_keeps_the_last_outcome_of_sent_and_unknown_keys() {
         let e = |key: &str, status, offset| PriorEntry {
             key: split_id(key_id(key)),
-            packed: pack(status, offset),
+            packed: pack(status, conversation_tag("c1"), offset),
         };
-        let mut prior = Prior::from_lines(
-            vec![
-                e("a", Status::Failed, 10),
-                e("b", Status::Sent, 20),
-                e("a", Status::Sent, 30),
-                e("c", Status::Sent, 40),
-                e("c", Status::Failed, 50),
-                e("d", Status::Unknown, 60),
-                e("e", Status::Invalid, 70),
-            ],
-            vec![],
-        );
+        let mut prior = Prior::from_lines(vec![
+            e("a", Status::Failed, 10),
+            e("b", Status::Sent, 20),
+            e("a", Status::Sent, 30),
+            e("c", Status::Sent, 40),
+            e("c", Status::Failed, 50),
+            e("d", Status::Unknown, 60),
+            e("e", Status::Invalid, 70),
+        ]);
         assert_eq!(
             prior.len(),
             3,
@@ -688,7 +849,8 @@ mod tests {
             prior.take("d"),
             Some(PriorOutcome {
                 status: Status::Unknown,
-                offset: 60
+                offset: 60,
+                conversation: conversation_tag("c1"),
             })
         );
         assert_eq!(prior.status("zzz"), None);
@@ -696,7 +858,8 @@ mod tests {
             prior.take("a"),
             Some(PriorOutcome {
                 status: Status::Sent,
-                offset: 30
+                offset: 30,
+                conversation: conversation_tag("c1"),
             })
         );
         assert_eq!(
@@ -707,8 +870,8 @@ mod tests {
         unmatched.sort();
         assert_eq!(unmatched, vec![20], "a and d were taken");
         assert_eq!(
-            unpack(pack(Status::Unknown, OFFSET_MASK)),
-            (Status::Unknown, OFFSET_MASK)
+            unpack(pack(Status::Unknown, 5, OFFSET_MASK)),
+            (Status::Unknown, 5, OFFSET_MASK)
         );
     }
 

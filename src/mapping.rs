@@ -355,6 +355,14 @@ impl Mapping {
         }
     }
 
+    /// The row's `conversationId` as written in its cell (or `--set`), trimmed; not checked.
+    pub fn conversation_cell<'a>(&'a self, cells: &'a ByteRecord) -> Option<&'a str> {
+        match self.sources[Field::ConversationId.index()].as_ref()? {
+            Source::Constant(v) => Some(v.as_str()),
+            Source::Column(i) => std::str::from_utf8(cells.get(*i)?).ok().map(str::trim),
+        }
+    }
+
     /// The row's identity for resume and duplicate detection: the key column's value, or
     /// `h:` and a 128-bit hash of every cell (also when the key cell is empty).
     pub fn key(&self, cells: &ByteRecord) -> String {

@@ -47,6 +47,8 @@ pub enum StopReason {
     TokenRejected(String),
     DailyBudget,
     ServerFailing(String),
+    /// The results file could not be written (disk full, file too large): `path: error`.
+    ResultsFile(String),
     Interrupted,
     Limit(u64),
     /// `--max-requests` reached.
@@ -61,6 +63,10 @@ impl std::fmt::Display for StopReason {
                 f.write_str("the daily request budget is spent (X-RateLimit-Daily-Remaining: 0)")
             }
             StopReason::ServerFailing(why) => write!(f, "the server keeps failing ({why})"),
+            StopReason::ResultsFile(why) => write!(
+                f,
+                "cannot write the results file {why}; make room (or fix the file), then resume"
+            ),
             StopReason::Interrupted => f.write_str("interrupted"),
             StopReason::Limit(n) => write!(f, "--limit {n} reached"),
             StopReason::MaxRequests(n) => write!(f, "--max-requests {n} reached"),

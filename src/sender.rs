@@ -151,13 +151,33 @@ impl Sender {
 
 /// A connect failure happened before anything was written; anything else may have been.
 fn transport_error(e: &reqwest::Error) -> Attempt {
-    if e.is_connect() {
+    if e.is_connect() && is_tls(e) {
+        // rustls words such as "received corrupt message of type InvalidContentType" do not
+        // say what went wrong in the user's terms.
+        Attempt::NotConnected(format!(
+            "TLS handshake failed (is the server speaking https, with a valid certificate for this host?): {}",
+            chain(e)
+        ))
+    } else if e.is_connect() {
         Attempt::NotConnected(chain(e))
     } else if e.is_timeout() {
         Attempt::NoAnswer("no answer within --timeout".into())
     } else {
         Attempt::NoAnswer(chain(e))
     }
+}
+
+/// Whether a rustls error is among the causes (it sits inside an `io::Error`, whose `source`
+/// skips it, so look inside each `io::Error` too).
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    let inside_io = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| is_tls(inner));
+    inside_io || e.source().is_some_and(is_tls)
 }
 
 /// The error and its causes on one line, without the URL (which is the same for every row).

@@ -273,6 +273,9 @@ impl DateReader {
         }
         let what = if date_only {
             "has no time of day".to_owned()
+        } else if why.to_string().contains("Unix timestamp") {
+            // Well formed, but past what a timestamp holds (jiff ends at 9999-12-30T22:00Z).
+            "is outside the range of dates that can be sent (1970 to 9999-12-30)".to_owned()
         } else {
             format!("is not an RFC 3339 / ISO 8601 date-time ({why})")
         };
@@ -531,7 +534,11 @@ mod tests {
             (&plain, "0000-01-01T00:00:00Z", Err("before 1970")),
             (&plain, "1900-01-01T00:00:00Z", Err("before 1970")),
             (&plain, "9999-12-30T22:00:00Z", Ok("9999-12-30T22:00:00Z")),
-            (&plain, "9999-12-31T23:59:59Z", Err("is not an RFC 3339")),
+            (
+                &plain,
+                "9999-12-31T23:59:59Z",
+                Err("outside the range of dates"),
+            ),
             (&plain, "10000-01-01T00:00:00Z", Err("is not an RFC 3339")),
             // A leap second is read as the last second of the minute.
             (&plain, "2016-12-31T23:59:60Z", Ok("2016-12-31T23:59:59Z")),

@@ -29,7 +29,9 @@ use crate::Exit;
 use crate::cli::{RunArgs, ValidateArgs};
 use crate::config::{self, FileConfig};
 use crate::extsort::ExternalSort;
-use crate::journal::{Journal, Prior, ResultLine, Status, folder_of, key_id, now_rfc3339};
+use crate::journal::{
+    Journal, Prior, ResultLine, Status, conversation_tag, folder_of, key_id, now_rfc3339,
+};
 use crate::mapping::{MappedRow, Mapping, MappingOptions, record_hash};
 use crate::rate::Rate;
 use crate::ratelimit::RateLimit;
@@ -363,14 +365,6 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         warn!("{}: {w}", settings.input.display());
     }
     let (journal, prior) = Journal::open(&settings.results)?;
-    if !prior.unreadable.is_empty() {
-        warn!(
-            "{}: {} line(s) could not be read and are ignored (first at line {}): a crash may have cut them short",
-            settings.results.display(),
-            prior.unreadable.len(),
-            prior.unreadable[0]
-        );
-    }
     if !prior.is_empty() {
         info!(
             "resuming from {}: {} row(s) sent earlier will be skipped, {} unknown{}",
@@ -479,11 +473,20 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
     if interrupt.is_cancelled() {
         shared.stop_with(StopReason::Interrupted);
     }
-    let stopped = shared.stop_reason.lock().expect("stop reason lock").clone();
+    let mut stopped = shared.stop_reason.lock().expect("stop reason lock").clone();
     let resolved = shared.resolver.as_ref().map(resolve_summary);
     drop(shared);
     let results = journal.path().to_owned();
-    journal.compact(&prior)?;
+    if let Err(e) = journal.compact(&prior) {
+        // Bug: this used to end the run with exit 2 ("nothing was sent") after rows were sent.
+        // The journal as appended is still whole and the next run reads it: resumable.
+        warn!("{e:#}");
+        stopped.get_or_insert(StopReason::ResultsFile(format!(
+            "{} (compacting it): {}",
+            results.display(),
+            e.root_cause()
+        )));
+    }
 
     let c = &counters;
     let report = Report {
@@ -573,6 +576,21 @@ fn read_rows(
         }
         match prior.take(&key) {
             Some(p) if p.status == Status::Sent => {
+                // The same key for another conversation: not this row, but a row of another
+                // input sharing the results file (both numbered from 1, say). Skipping it as
+                // sent would lose it; refuse instead, naming the way out.
+                // The raw cell is enough: mapping a row sent earlier would cost every resume.
+                let conversation = mapping.conversation_cell(record.cells).unwrap_or("");
+                if p.conversation != 0
+                    && !conversation.is_empty()
+                    && p.conversation != conversation_tag(conversation)
+                {
+                    bail!(
+                        "{results} records key {key} as sent to another conversation than row {row} of {input} has ({conversation}): the results file seems to belong to another input, and going on would skip this row as sent. Give {input} its own --results file (or, if you changed that row's conversationId on purpose, delete its line from {results} to send it again)",
+                        results = journal.path().display(),
+                        input = path.display(),
+                    );
+                }
                 counters.sent_before.fetch_add(1, Ordering::Relaxed);
                 journal
                     .keep_prior(row, p)
@@ -829,9 +847,7 @@ async fn deliver(mut job: Job, shared: &Shared) {
             line.status = Some(Status::Sending);
             if let Err(e) = shared.journal.append(&line, false) {
                 // Without the write-ahead line the request must not leave.
-                shared.stop_with(StopReason::ServerFailing(format!(
-                    "cannot write the results journal: {e}"
-                )));
+                shared.stop_with(journal_error(shared, &e));
                 return;
             }
         }
@@ -870,7 +886,17 @@ async fn deliver(mut job: Job, shared: &Shared) {
                 return;
             }
             Outcome::Unknown(why) => {
+                // Unanswered requests count as server failures: a server that accepts
+                // connections but never answers would otherwise turn every row of the input
+                // `unknown` (each after a full --timeout), and unknown rows cannot be resent
+                // safely. Stopping leaves the rest unrecorded, to be sent on resume.
+                let n = shared.server_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let stop = (n >= SERVER_FAILURE_LIMIT)
+                    .then(|| format!("{n} failures in a row, the last: {why}"));
                 finish(shared, &mut line, Status::Unknown, why);
+                if let Some(reason) = stop {
+                    shared.stop_with(StopReason::ServerFailing(reason));
+                }
                 return;
             }
             Outcome::Stop(reason) => {
@@ -1027,10 +1053,13 @@ fn finish(shared: &Shared, line: &mut ResultLine, status: Status, error: String)
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = shared.journal.append(line, true) {
-        shared.stop_with(StopReason::ServerFailing(format!(
-            "cannot write the results journal: {e}"
-        )));
+        shared.stop_with(journal_error(shared, &e));
     }
+}
+
+/// Bug: a full disk was reported as "the server keeps failing". Name the file and the error.
+fn journal_error(shared: &Shared, e: &std::io::Error) -> StopReason {
+    StopReason::ResultsFile(format!("{}: {e}", shared.journal.path().display()))
 }
 
 /// Takes in what the server said about its limits.

@@ -11,7 +11,7 @@ use crate::Exit;
 use crate::cli::ValidateArgs;
 use crate::config::{self, FileConfig};
 use crate::journal::{ResultLine, ResultsWriter, Status};
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, MappingOptions};
 use crate::reader::CsvInput;
 use crate::summary::ErrorTally;
 
@@ -146,4 +146,73 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     }
     writeln!(out, "results: {}", results.display())?;
     Ok(report)
+}
+
+/// What [`check_bytes`] found: rows that map to a request body, and rows with errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    pub valid: u64,
+    pub invalid: u64,
+}
+
+/// Reads `bytes` as a CSV export and maps, validates and keys every row exactly as `validate`
+/// and `run` do (the reader, the mapping, the row key, the JSON body), with no results file.
+/// For the fuzzer (`fuzz/`) and property tests: any input must come back as `Ok` counts or a
+/// usage error such as an empty file or a header that is not UTF-8, never a panic.
+pub fn check_bytes(bytes: &[u8], options: &MappingOptions, delimiter: u8) -> Result<Checked> {
+    // The reader streams from a file, as in a real run; a temp file keeps that path exercised.
+    let mut file = tempfile::NamedTempFile::new().context("creating a temp file")?;
+    file.write_all(bytes).context("writing the temp file")?;
+    let mut input = CsvInput::open(file.path(), delimiter)?;
+    let mapping = Mapping::new(input.header(), options)?;
+    let mut checked = Checked::default();
+    while let Some(record) = input.next_record()? {
+        let key = match record.broken {
+            Some(_) => crate::mapping::record_hash(record.cells),
+            None => mapping.key(record.cells),
+        };
+        debug_assert!(!key.is_empty(), "every row has a key");
+        let outcome = match record.broken {
+            Some(e) => Err(vec![e]),
+            None => mapping.map(record.cells, record.line),
+        };
+        match outcome {
+            Ok(message) => {
+                serde_json::to_vec(&message).context("serialising a request body")?;
+                checked.valid += 1;
+            }
+            Err(errors) => {
+                assert!(!errors.is_empty(), "an invalid row says why");
+                // Every error renders (line, column, reason) without panicking.
+                let _ = errors.iter().map(ToString::to_string).count();
+                checked.invalid += 1;
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// The fuzzer's case format: the first byte picks the reading options (delimiter, list
+/// separator, a `--date-format` with `--timezone`, a key column), the rest is the file. Shared by
+/// `fuzz/fuzz_targets/check_bytes.rs` and the stable test that replays its corpus.
+pub fn check_fuzz_case(data: &[u8]) -> Result<Checked> {
+    let Some((&choice, csv)) = data.split_first() else {
+        return Ok(Checked::default());
+    };
+    let mut options = MappingOptions::default();
+    let delimiter = [b',', b';', b'\t', b'|'][usize::from(choice & 3)];
+    if choice & 4 != 0 {
+        options.list_sep = ',';
+    }
+    if choice & 8 != 0 {
+        options.dates = crate::validate::DateReader {
+            format: Some("%d/%m/%Y %H:%M".into()),
+            timezone: jiff::tz::TimeZone::get("Europe/Berlin").ok(),
+            timezone_name: Some("Europe/Berlin".into()),
+        };
+    }
+    if choice & 16 != 0 {
+        options.key_column = Some("altId".into());
+    }
+    check_bytes(csv, &options, delimiter)
 }

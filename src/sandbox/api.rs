@@ -18,8 +18,8 @@
 //! Every answer carries the five `X-RateLimit-*` headers, and every JSON answer a `traceId`.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -57,8 +57,9 @@ pub struct DropConnection;
 /// Everything the routes share. Owned by the router (one `Arc` per connection) and by
 /// [`super::Sandbox`]; dropped when the last connection ends after shutdown.
 pub struct Shared {
-    /// The exact `Authorization` value accepted: `Bearer <token>`.
-    bearer: String,
+    /// The exact `Authorization` value accepted: `Bearer <token>`. Behind a lock so a test can
+    /// revoke the token mid-run ([`super::Sandbox::set_token`]); uncontended reads are cheap.
+    bearer: RwLock<String>,
     retry_after: bool,
     fail_rate: f64,
     drop_rate: f64,
@@ -80,7 +81,7 @@ impl Shared {
     pub fn new(config: &SandboxConfig, recorder: Option<Recorder>, book: Book) -> Self {
         let budget = Budget::new(config.rate, config.daily);
         Shared {
-            bearer: format!("Bearer {}", config.token),
+            bearer: RwLock::new(format!("Bearer {}", config.token)),
             retry_after: config.retry_after,
             fail_rate: config.fail_rate,
             drop_rate: config.drop_rate,
@@ -172,9 +173,15 @@ impl Shared {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
+        let bearer = self.bearer.read().unwrap_or_else(|p| p.into_inner());
         headers
             .get(AUTHORIZATION)
-            .is_some_and(|v| v.as_bytes() == self.bearer.as_bytes())
+            .is_some_and(|v| v.as_bytes() == bearer.as_bytes())
+    }
+
+    /// From now on accept only `token` (the old one is answered 401, as a revoked token is).
+    pub fn set_token(&self, token: &str) {
+        *self.bearer.write().unwrap_or_else(|p| p.into_inner()) = format!("Bearer {token}");
     }
 
     /// Steps 1 to 8 of the module comment.

@@ -255,6 +255,18 @@ impl Sandbox {
         self.shared.book.directory()
     }
 
+    /// Accepts only `token` from now on, as if the old one had been revoked: requests with the
+    /// old token are answered 401. For rehearsing a token revoked mid-run.
+    pub fn set_token(&self, token: &str) -> Result<(), ConfigError> {
+        let config = SandboxConfig {
+            token: token.to_owned(),
+            ..SandboxConfig::unlimited()
+        };
+        config.check()?;
+        self.shared.set_token(token);
+        Ok(())
+    }
+
     /// Stops accepting, lets requests in flight finish (bounded wait), syncs the record file.
     pub async fn shutdown(self) {
         self.cancel.cancel();

@@ -1,9 +1,15 @@
 //! The one integration test binary: every test drives `lc-import` from outside, through the
 //! real binary or over real loopback sockets.
 
+mod crash;
+mod faults;
+mod fixture;
+mod hostile;
 mod report;
 mod resolve;
+mod results_file;
 mod run;
 mod sandbox;
+mod security;
 mod support;
 mod validate;

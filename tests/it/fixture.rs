@@ -1,0 +1,151 @@
+//! Helpers shared by the reliability tests (`crash`, `faults`, `results_file`, `security`): an
+//! in-process sandbox on a loopback port, the real binary run against it (to the end, or as a
+//! child to signal), and readers for what both sides recorded.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lc_import::sandbox::{self, Sandbox, SandboxConfig};
+use serde_json::Value;
+
+use crate::support::{self, BIN, Output, WorkDir};
+
+pub const TOKEN: &str = "sandbox-token";
+
+/// A sandbox on a free loopback port.
+pub async fn start(config: SandboxConfig) -> Sandbox {
+    start_at(config, "127.0.0.1:0".parse().expect("address")).await
+}
+
+pub async fn start_at(config: SandboxConfig, addr: SocketAddr) -> Sandbox {
+    sandbox::start(config, addr).await.expect("sandbox starts")
+}
+
+/// No limits, no faults, every stored message recorded in `record.jsonl`.
+pub fn recorded(w: &WorkDir) -> SandboxConfig {
+    SandboxConfig {
+        record: Some(w.path("record.jsonl")),
+        ..SandboxConfig::unlimited()
+    }
+}
+
+/// `run INPUT --base-url BASE ARGS…`, as owned strings.
+pub fn run_args(input: &str, base_url: &str, args: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = vec![
+        "run".into(),
+        input.into(),
+        "--base-url".into(),
+        base_url.into(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    all
+}
+
+/// Runs `lc-import run INPUT --base-url BASE ARGS…` to its end with `token` in `LC_TOKEN`.
+pub async fn run(w: &WorkDir, base_url: &str, input: &str, args: &[&str], token: &str) -> Output {
+    let all = run_args(input, base_url, args);
+    let dir = w.path("");
+    let env = vec![("LC_TOKEN".to_owned(), token.to_owned())];
+    tokio::task::spawn_blocking(move || support::run_in(&dir, &all, &env))
+        .await
+        .expect("the run finishes")
+}
+
+/// Starts the binary as a child with `LC_TOKEN`; its stdout and stderr go to `log` in the work
+/// directory (a file, so a child that is killed never blocks on a full pipe).
+pub fn spawn_logged(w: &WorkDir, args: &[String], token: &str, log: &str) -> Child {
+    let out = File::create(w.path(log)).expect("create a log file");
+    let err = out.try_clone().expect("clone the log file");
+    Command::new(BIN)
+        .args(args)
+        .current_dir(w.path(""))
+        .env_remove("LC_BASE_URL")
+        .env("LC_TOKEN", token)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start lc-import")
+}
+
+/// One line of the sandbox's record.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub message_id: String,
+    pub alt_id: String,
+}
+
+/// The sandbox's record in `record.jsonl`: altId → the message IDs it was stored under.
+pub fn stored(w: &WorkDir) -> HashMap<String, Vec<String>> {
+    stored_in(&w.path("record.jsonl"))
+}
+
+pub fn stored_in(path: &Path) -> HashMap<String, Vec<String>> {
+    let mut by_alt: HashMap<String, Vec<String>> = HashMap::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).expect("a record line is JSON");
+        let alt = v["body"]["altId"].as_str().expect("rows carry altId");
+        let id = v["messageId"].as_str().expect("a message ID");
+        by_alt
+            .entry(alt.to_owned())
+            .or_default()
+            .push(id.to_owned());
+    }
+    by_alt
+}
+
+/// Asserts `r0..r{n}` are each stored exactly once, and nothing else is stored.
+pub fn assert_each_stored_once(w: &WorkDir, n: usize) {
+    let counts = stored(w);
+    let twice: Vec<_> = counts.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("r{i}"))
+        .filter(|k| !counts.contains_key(k))
+        .collect();
+    assert!(missing.is_empty(), "never stored: {missing:?}");
+    assert_eq!(counts.len(), n, "only the input's rows are stored");
+}
+
+/// A results file as rows of named cells (through the csv crate, as a user's tool would read it).
+pub fn results(path: &Path) -> Vec<HashMap<String, String>> {
+    let mut reader =
+        csv::Reader::from_path(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    reader
+        .deserialize()
+        .map(|r| r.unwrap_or_else(|e| panic!("a results line of {}: {e}", path.display())))
+        .collect()
+}
+
+/// How many rows of a results file end in each status.
+pub fn statuses(path: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in results(path) {
+        *counts.entry(r["status"].clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Polls `cond` every few milliseconds until it holds; panics with `what` after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+pub fn path_string(p: PathBuf) -> String {
+    p.to_string_lossy().into_owned()
+}

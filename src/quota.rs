@@ -157,6 +157,7 @@ fn human(d: Duration) -> String {
 }
 
 /// Reads the input once to count what this run will do.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     input: &std::path::Path,
     delimiter: u8,
@@ -165,6 +166,7 @@ pub fn plan(
     resend_unknown: bool,
     ids: Option<&IdMap>,
     create_contacts: bool,
+    on_key: &mut dyn FnMut(u64, &str) -> Result<()>,
 ) -> Result<Plan> {
     let path = input;
     let mut input = CsvInput::open(path, delimiter)?;
@@ -177,10 +179,16 @@ pub fn plan(
         .next_record()
         .with_context(|| format!("reading {}", path.display()))?
     {
+        // Every row's key goes to `on_key` (the run finds duplicate keys in this same pass).
+        let key = match record.broken {
+            Some(_) => crate::mapping::record_hash(record.cells),
+            None => mapping.key(record.cells),
+        };
+        on_key(record.row, &key)?;
         if record.broken.is_some() {
             continue;
         }
-        match prior.status(&mapping.key(record.cells)) {
+        match prior.status(&key) {
             Some(Status::Sent) => {
                 plan.done_before += 1;
                 continue;

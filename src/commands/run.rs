@@ -379,6 +379,10 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         );
     }
     let resolver = open_resolver(&settings, &mapping)?;
+    // One pass before sending: the quota plan, and the `(key, row)` pairs that find duplicate
+    // keys (sorted on disk, so memory stays flat however many rows there are).
+    let temp = folder_of(&settings.results);
+    let mut pairs = ExternalSort::new(&temp);
     let plan = crate::quota::plan(
         &settings.input,
         settings.delimiter,
@@ -387,7 +391,14 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         settings.resend_unknown,
         resolver.as_ref().map(|r| &r.ids),
         settings.create_contacts,
+        &mut |row, key| {
+            let id = key_id(key);
+            pairs
+                .push([(id >> 64) as u64, id as u64, row])
+                .context("sorting row keys in a temp file")
+        },
     )?;
+    let duplicates = DuplicateRows::from_pairs(pairs, &temp)?;
     print!("{}", plan.describe(settings.rate, settings.max_requests));
     let journal = Arc::new(journal);
     let counters = Arc::new(Counters::default());
@@ -434,7 +445,6 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         let stop = stop.clone();
         let limit = settings.limit;
         let resend_unknown = settings.resend_unknown;
-        let delimiter = settings.delimiter;
         std::thread::Builder::new()
             .name("reader".into())
             .spawn(move || {
@@ -448,7 +458,7 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
                     job_tx,
                     limit,
                     resend_unknown,
-                    delimiter,
+                    duplicates,
                 )
             })
             .context("starting the reader thread")?
@@ -523,7 +533,7 @@ fn read_rows(
     jobs: mpsc::Sender<Vec<Job>>,
     limit: Option<u64>,
     resend_unknown: bool,
-    delimiter: u8,
+    mut duplicates: DuplicateRows,
 ) -> Result<(Prior, Option<StopReason>)> {
     const BATCH: usize = 64;
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
@@ -536,7 +546,6 @@ fn read_rows(
                 .is_ok()
     };
     let path = input.path().to_owned();
-    let mut duplicates = duplicate_rows(&path, delimiter, mapping, &folder_of(journal.path()))?;
     let mut handed = 0u64;
     let write = |line: &ResultLine| {
         journal
@@ -694,38 +703,24 @@ impl DuplicateRows {
     }
 }
 
-fn duplicate_rows(
-    path: &std::path::Path,
-    delimiter: u8,
-    mapping: &Mapping,
-    temp: &std::path::Path,
-) -> Result<DuplicateRows> {
-    let context = || format!("looking for duplicate keys in {}", path.display());
-    let mut input = CsvInput::open(path, delimiter)?;
-    let mut pairs = ExternalSort::new(temp);
-    while let Some(record) = input.next_record().with_context(context)? {
-        let key = match record.broken {
-            Some(_) => record_hash(record.cells),
-            None => mapping.key(record.cells),
-        };
-        let id = key_id(&key);
-        pairs
-            .push([(id >> 64) as u64, id as u64, record.row])
-            .with_context(context)?;
-    }
-    let mut rows = ExternalSort::new(temp);
-    let mut previous = None;
-    for pair in pairs.finish().with_context(context)? {
-        let [hi, lo, row] = pair.with_context(context)?;
-        // Sorted by key then row: every row after the first of its key is a duplicate.
-        if previous == Some((hi, lo)) {
-            rows.push([row, 0, 0]).with_context(context)?;
+impl DuplicateRows {
+    /// From `[key hi, key lo, row]` pairs of every row: every row after the first of its key.
+    fn from_pairs(pairs: ExternalSort, temp: &std::path::Path) -> Result<DuplicateRows> {
+        let context = || "finding duplicate keys in a temp file";
+        let mut rows = ExternalSort::new(temp);
+        let mut previous = None;
+        for pair in pairs.finish().with_context(context)? {
+            let [hi, lo, row] = pair.with_context(context)?;
+            // Sorted by key then row: every row after the first of its key is a duplicate.
+            if previous == Some((hi, lo)) {
+                rows.push([row, 0, 0]).with_context(context)?;
+            }
+            previous = Some((hi, lo));
         }
-        previous = Some((hi, lo));
+        Ok(DuplicateRows(
+            rows.finish().with_context(context)?.peekable(),
+        ))
     }
-    Ok(DuplicateRows(
-        rows.finish().with_context(context)?.peekable(),
-    ))
 }
 
 /// The scheduler: per-conversation lanes ([`Lanes`]) so one conversation's rows go one at a

@@ -98,6 +98,12 @@ def wrk(url, connections, seconds):
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
+def reqwest_loop(url, connections):
+    out = subprocess.run(["target/release/examples/reqwest_loop", url, "200000", str(connections)],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
 def achieved_rate(record, period):
     """Requests per second over the whole windows of PERIOD from the first arrival."""
     times = []
@@ -122,16 +128,18 @@ def bench_validate():
 
 def bench_rate():
     seconds = int(os.environ.get("RATE_SECONDS", "180"))
-    cases = [("100/10s", 100, 10, "100/10s"), ("1000/10s", 1000, 10, "1000/10s"), ("limit unknown", 100, 10, "none")]
+    # Concurrency must cover rate x latency (Little's law): 100/s at up to 300 ms needs 30 in flight.
+    cases = [("100/10s", 100, 10, "100/10s", 16), ("1000/10s", 1000, 10, "1000/10s", 48),
+             ("limit unknown", 100, 10, "none", 16)]
     results = {}
 
-    def one(label, n, period, client_rate):
+    def one(label, n, period, client_rate, concurrency):
         rows = int(n / period * (seconds + 2 * period))
         path = generate(rows, max(rows // 20, 1))
         record = os.path.join(TMP, f"rate-{label.replace(' ', '_').replace('/', '_')}.jsonl")
         sb = Sandbox("--rate", f"{n}/{period}s", "--daily", "none", "--latency", "50ms..300ms", record=record)
         try:
-            importer(path, sb.url, "--rate", client_rate, "--concurrency", "16")
+            importer(path, sb.url, "--rate", client_rate, "--concurrency", str(concurrency))
             results[label] = (achieved_rate(record, period), sb.stats()["rate_limited"], n / period)
         finally:
             sb.stop()
@@ -141,7 +149,7 @@ def bench_rate():
         t.start()
     for t in threads:
         t.join()
-    for label, _, _, _ in cases:
+    for label, _, _, _, _ in cases:
         (rate, count), r429, limit = results[label]
         row(f"rate {label}: achieved req/s over {seconds}s+ ({count:,} req)", rate, limit, note="goal ratio >= 0.99")
         row(f"rate {label}: responses 429", r429, 0, ratio=float(r429), note="goal 0" + (" (a handful at start)" if "unknown" in label else ""))
@@ -155,8 +163,10 @@ def bench_throughput():
         sb = Sandbox("--rate", "none", "--daily", "none")
         try:
             raw = wrk(sb.url, conc, wrk_seconds)
+            client = reqwest_loop(sb.url, conc)
             s, rss, _ = importer(path, sb.url, "--rate", "none", "--concurrency", str(conc))
             row(f"wrk raw req/s, {conc} connections", raw, raw)
+            row(f"bare reqwest loop req/s, {conc} in flight", client, round(raw))
             row(f"run {n:,} rows, concurrency {conc}: rows/s", n / s, round(raw), note="goal ratio >= 0.60")
         finally:
             sb.stop()

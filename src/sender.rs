@@ -130,7 +130,10 @@ impl Sender {
             // The status came, the body was cut: for a 2xx the message may be stored.
             Err(e) if (200..300).contains(&status) => {
                 return (
-                    Attempt::NoAnswer(format!("HTTP {status} but the body was cut: {}", chain(&e))),
+                    Attempt::NoAnswer(format!(
+                        "HTTP {status} but the body was cut: {}",
+                        error_chain(&e)
+                    )),
                     limits,
                 );
             }
@@ -156,14 +159,14 @@ fn transport_error(e: &reqwest::Error) -> Attempt {
         // say what went wrong in the user's terms.
         Attempt::NotConnected(format!(
             "TLS handshake failed (is the server speaking https, with a valid certificate for this host?): {}",
-            chain(e)
+            error_chain(e)
         ))
     } else if e.is_connect() {
-        Attempt::NotConnected(chain(e))
+        Attempt::NotConnected(error_chain(e))
     } else if e.is_timeout() {
         Attempt::NoAnswer("no answer within --timeout".into())
     } else {
-        Attempt::NoAnswer(chain(e))
+        Attempt::NoAnswer(error_chain(e))
     }
 }
 
@@ -181,7 +184,7 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The error and its causes on one line, without the URL (which is the same for every row).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![];
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {

@@ -607,7 +607,7 @@ impl Resolver {
             env.requests.fetch_add(1, Ordering::Relaxed);
             self.counters.lookups.fetch_add(1, Ordering::Relaxed);
             let (reason, after) = match request().send().await {
-                Err(e) => (format!("{what}: {}", error_chain(&e)), None),
+                Err(e) => (format!("{what}: {}", crate::sender::error_chain(&e)), None),
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let limits = server_limits(response.headers());
@@ -690,20 +690,6 @@ fn server_limits(headers: &reqwest::header::HeaderMap) -> ServerLimits {
         remaining: header_number(headers, "x-ratelimit-remaining"),
         daily_remaining: header_number(headers, "x-ratelimit-daily-remaining"),
     }
-}
-
-/// The error and its causes on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = vec![];
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

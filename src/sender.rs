@@ -62,6 +62,35 @@ pub fn check_base_url(base: &str) -> Result<reqwest::Url> {
     Ok(url)
 }
 
+/// The HTTP client of a run, for messages and lookups alike: rustls (ring), the token in a
+/// header marked sensitive so no debug output shows it, `headers` on every request, a pooled
+/// keep-alive connection per slot of `pool`, and no redirects.
+pub(crate) fn api_client(
+    token: &str,
+    timeout: Duration,
+    pool: usize,
+    mut headers: HeaderMap,
+) -> Result<reqwest::Client> {
+    // reqwest is built without a default TLS crypto provider; ring is the lean one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .context("the token has characters that cannot go in an HTTP header")?;
+    auth.set_sensitive(true);
+    headers.insert(AUTHORIZATION, auth);
+    headers.insert("Accept", HeaderValue::from_static("application/json"));
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(pool)
+        .tcp_nodelay(true)
+        // A redirect of a POST would replay it elsewhere (or drop it): answer it as it is.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("lc-import/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
+}
+
 impl Sender {
     pub fn new(
         base: &reqwest::Url,
@@ -70,31 +99,14 @@ impl Sender {
         timeout: Duration,
         concurrency: usize,
     ) -> Result<Sender> {
-        // reqwest is built without a default TLS crypto provider; ring is the lean one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut headers = HeaderMap::new();
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-            .context("the token has characters that cannot go in an HTTP header")?;
-        auth.set_sensitive(true);
-        headers.insert(AUTHORIZATION, auth);
         headers.insert(
             "Version",
             HeaderValue::from_str(api_version)
                 .context("--api-version is not a valid header value")?,
         );
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("Accept", HeaderValue::from_static("application/json"));
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(concurrency)
-            .tcp_nodelay(true)
-            // A redirect of a POST would replay it elsewhere (or drop it): answer it as it is.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("lc-import/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
+        let client = api_client(token, timeout, concurrency, headers)?;
         let url = base
             .join(&format!(
                 "{}{INBOUND_PATH}",

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use anyhow::Result;
+use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -189,21 +189,8 @@ impl Resolver {
         create_contacts: bool,
         ids: IdMap,
     ) -> Result<Resolver> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut headers = HeaderMap::new();
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-            .context("the token has characters that cannot go in an HTTP header")?;
-        auth.set_sensitive(true);
-        headers.insert(AUTHORIZATION, auth);
-        headers.insert("Accept", HeaderValue::from_static("application/json"));
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .tcp_nodelay(true)
-            .user_agent(concat!("lc-import/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTP client")?;
+        // Lookups share the sender's client settings; each sets its own Version header.
+        let client = crate::sender::api_client(token, timeout, 8, HeaderMap::new())?;
         Ok(Resolver {
             client,
             base: base.clone(),

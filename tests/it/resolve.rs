@@ -5,18 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use lc_import::rate::{DurationRange, Rate};
-use lc_import::sandbox::{self, Sandbox, SandboxConfig, Stats};
+use lc_import::sandbox::{Sandbox, SandboxConfig, Stats};
 use serde_json::Value;
 
 use crate::support::{self, Output, WorkDir};
 
 const LOCATION: &str = "sandboxLocation0001";
 
-async fn start(config: SandboxConfig) -> Sandbox {
-    sandbox::start(config, "127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("sandbox starts")
-}
+use crate::fixture::start;
 
 fn config(w: &WorkDir) -> SandboxConfig {
     SandboxConfig {

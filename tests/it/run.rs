@@ -4,57 +4,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lc_import::rate::{DurationRange, Rate};
-use lc_import::sandbox::{self, Sandbox, SandboxConfig};
+use lc_import::sandbox::SandboxConfig;
 use serde_json::Value;
 
-use crate::support::{self, BIN, Output, WorkDir};
-
-async fn start(config: SandboxConfig) -> Sandbox {
-    sandbox::start(config, "127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("sandbox starts")
-}
-
-fn config(w: &WorkDir) -> SandboxConfig {
-    SandboxConfig {
-        record: Some(w.path("record.jsonl")),
-        ..SandboxConfig::unlimited()
-    }
-}
-
-/// Runs `lc-import run INPUT --base-url <sandbox> ARGS…` with `token` in LC_TOKEN.
-async fn run(w: &WorkDir, sb: &Sandbox, input: &str, args: &[&str], token: &str) -> Output {
-    let mut all: Vec<String> = vec![
-        "run".into(),
-        input.into(),
-        "--base-url".into(),
-        sb.base_url(),
-    ];
-    all.extend(args.iter().map(|s| s.to_string()));
-    let dir = w.path("");
-    let env = vec![("LC_TOKEN".to_owned(), token.to_owned())];
-    tokio::task::spawn_blocking(move || support::run_in(&dir, &all, &env))
-        .await
-        .expect("the run finishes")
-}
-
-/// The sandbox's record: altId → how many times it was stored.
-fn stored(w: &WorkDir) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    let text = std::fs::read_to_string(w.path("record.jsonl")).unwrap_or_default();
-    for line in text.lines() {
-        let v: Value = serde_json::from_str(line).expect("a record line is JSON");
-        let alt = v["body"]["altId"]
-            .as_str()
-            .expect("rows carry altId")
-            .to_owned();
-        *counts.entry(alt).or_default() += 1;
-    }
-    counts
-}
+use crate::fixture;
+use crate::support::{self, BIN, WorkDir};
 
 fn record_lines(w: &WorkDir) -> Vec<Value> {
     std::fs::read_to_string(w.path("record.jsonl"))
@@ -64,34 +21,13 @@ fn record_lines(w: &WorkDir) -> Vec<Value> {
         .collect()
 }
 
-/// Asserts every `r0..r{n}` is stored exactly once.
-fn assert_each_stored_once(w: &WorkDir, n: usize) {
-    let counts = stored(w);
-    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "stored more than once: {twice:?}");
-    let missing: Vec<String> = (0..n)
-        .map(|i| format!("r{i}"))
-        .filter(|k| !counts.contains_key(k))
-        .collect();
-    assert!(missing.is_empty(), "never stored: {missing:?}");
-    assert_eq!(counts.len(), n);
-}
-
-fn statuses(w: &WorkDir, results: &str) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for r in w.results(results) {
-        *counts.entry(r["status"].clone()).or_default() += 1;
-    }
-    counts
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sample_imports_and_bad_rows_are_invalid() {
     let w = WorkDir::new();
     w.copy("samples/messages.csv");
     w.copy("samples/bad.csv");
-    let sb = start(config(&w)).await;
-    let out = run(&w, &sb, "messages.csv", &[], "sandbox-token").await;
+    let sb = fixture::start(fixture::recorded(&w)).await;
+    let out = fixture::run(&w, &sb.base_url(), "messages.csv", &[], "sandbox-token").await;
     out.expect_code(0);
     let results = w.results("messages.results.csv");
     assert_eq!(results.len(), 200);
@@ -114,10 +50,10 @@ async fn the_sample_imports_and_bad_rows_are_invalid() {
         assert!(!r["trace_id"].is_empty());
     }
 
-    let out = run(&w, &sb, "bad.csv", &[], "sandbox-token").await;
+    let out = fixture::run(&w, &sb.base_url(), "bad.csv", &[], "sandbox-token").await;
     out.expect_code(1);
     assert_eq!(
-        statuses(&w, "bad.results.csv"),
+        fixture::statuses(&w.path("bad.results.csv")),
         HashMap::from([("invalid".to_owned(), 25)])
     );
     assert_eq!(sb.stats().requests, 200, "no invalid row reached the API");
@@ -160,14 +96,14 @@ async fn the_rate_is_reached_and_never_tripped() {
         max: 20,
         period: Duration::from_secs(1),
     };
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         rate: Some(rate),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
-    let out = run(
+    let out = fixture::run(
         &w,
-        &sb,
+        &sb.base_url(),
         "in.csv",
         &["--rate", "20/s", "--concurrency", "8"],
         "sandbox-token",
@@ -196,17 +132,17 @@ async fn the_rate_is_reached_and_never_tripped() {
 async fn rows_of_one_conversation_arrive_in_order() {
     let w = WorkDir::new();
     w.write("in.csv", support::export(400, 6));
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         latency: Some(DurationRange {
             low: Duration::from_millis(1),
             high: Duration::from_millis(15),
         }),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
-    let out = run(
+    let out = fixture::run(
         &w,
-        &sb,
+        &sb.base_url(),
         "in.csv",
         &["--concurrency", "8", "--rate", "100000/s"],
         "sandbox-token",
@@ -225,15 +161,15 @@ async fn rows_of_one_conversation_arrive_in_order() {
 async fn server_errors_are_retried_until_sent() {
     let w = WorkDir::new();
     w.write("in.csv", support::export(300, 30));
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         fail_rate: 0.2,
         seed: Some(7),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
-    let out = run(
+    let out = fixture::run(
         &w,
-        &sb,
+        &sb.base_url(),
         "in.csv",
         &["--rate", "100000/s", "--max-retries", "8"],
         "sandbox-token",
@@ -246,10 +182,10 @@ async fn server_errors_are_retried_until_sent() {
         sb.stats()
     );
     assert_eq!(
-        statuses(&w, "in.results.csv"),
+        fixture::statuses(&w.path("in.results.csv")),
         HashMap::from([("sent".to_owned(), 300)])
     );
-    assert_each_stored_once(&w, 300);
+    fixture::assert_each_stored_once(&w, 300);
     sb.shutdown().await;
 }
 
@@ -257,15 +193,15 @@ async fn server_errors_are_retried_until_sent() {
 async fn dropped_answers_end_unknown_and_are_never_resent() {
     let w = WorkDir::new();
     w.write("in.csv", support::export(400, 40));
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         drop_rate: 0.05,
         seed: Some(11),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
-    let out = run(
+    let out = fixture::run(
         &w,
-        &sb,
+        &sb.base_url(),
         "in.csv",
         &["--rate", "100000/s", "--timeout", "5s"],
         "sandbox-token",
@@ -274,7 +210,7 @@ async fn dropped_answers_end_unknown_and_are_never_resent() {
     out.expect_code(1);
     let dropped = sb.stats().dropped as usize;
     assert!(dropped > 5, "{:?}", sb.stats());
-    let counts = statuses(&w, "in.results.csv");
+    let counts = fixture::statuses(&w.path("in.results.csv"));
     assert_eq!(counts.get("unknown").copied(), Some(dropped), "{counts:?}");
     assert_eq!(
         counts.get("sent").copied(),
@@ -283,10 +219,17 @@ async fn dropped_answers_end_unknown_and_are_never_resent() {
     );
     assert!(out.stdout.contains("--resend-unknown"), "{out:?}");
     // Every row is stored once: the dropped ones too (the sandbox stored them).
-    assert_each_stored_once(&w, 400);
+    fixture::assert_each_stored_once(&w, 400);
 
     let requests = sb.stats().requests;
-    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "100000/s"],
+        "sandbox-token",
+    )
+    .await;
     out.expect_code(1);
     assert_eq!(sb.stats().requests, requests, "a resume sends nothing new");
     assert!(
@@ -300,7 +243,9 @@ async fn dropped_answers_end_unknown_and_are_never_resent() {
         "{out:?}"
     );
     assert_eq!(
-        statuses(&w, "in.results.csv").get("unknown").copied(),
+        fixture::statuses(&w.path("in.results.csv"))
+            .get("unknown")
+            .copied(),
         Some(dropped)
     );
     sb.shutdown().await;
@@ -310,10 +255,10 @@ async fn dropped_answers_end_unknown_and_are_never_resent() {
 async fn limit_then_resume_sends_every_row_once() {
     let w = WorkDir::new();
     w.write("in.csv", support::export(120, 12));
-    let sb = start(config(&w)).await;
-    let out = run(
+    let sb = fixture::start(fixture::recorded(&w)).await;
+    let out = fixture::run(
         &w,
-        &sb,
+        &sb.base_url(),
         "in.csv",
         &["--rate", "100000/s", "--limit", "50"],
         "sandbox-token",
@@ -326,13 +271,20 @@ async fn limit_then_resume_sends_every_row_once() {
     );
     assert_eq!(sb.stats().accepted, 50);
     assert_eq!(w.results("in.results.csv").len(), 50);
-    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "100000/s"],
+        "sandbox-token",
+    )
+    .await;
     out.expect_code(0);
     assert!(
         out.stdout.contains("(70 now, 50 in earlier runs)"),
         "{out:?}"
     );
-    assert_each_stored_once(&w, 120);
+    fixture::assert_each_stored_once(&w, 120);
     let rows = w.results("in.results.csv");
     assert_eq!(rows.len(), 120);
     assert!(
@@ -361,25 +313,16 @@ fn lines_in(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Waits (polling, bounded) until `cond` holds.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
     let w = WorkDir::new();
     w.write("in.csv", support::export(300, 30));
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         latency: Some(DurationRange {
             low: Duration::from_millis(20),
             high: Duration::from_millis(30),
         }),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
     let args: Vec<String> = [
@@ -397,7 +340,10 @@ async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
     .collect();
     let child = spawn(&w, &args, "sandbox-token");
     let results = w.path("in.results.csv");
-    wait_for("some rows sent", || lines_in(&results) > 40).await;
+    fixture::wait_for("some rows sent", Duration::from_secs(30), || {
+        lines_in(&results) > 40
+    })
+    .await;
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -422,9 +368,16 @@ async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
         "in-flight requests were drained"
     );
 
-    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "100000/s"],
+        "sandbox-token",
+    )
+    .await;
     out.expect_code(0);
-    assert_each_stored_once(&w, 300);
+    fixture::assert_each_stored_once(&w, 300);
     assert_eq!(w.results("in.results.csv").len(), 300);
     sb.shutdown().await;
 }
@@ -433,10 +386,10 @@ async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
 async fn a_rejected_token_stops_at_once() {
     let w = WorkDir::new();
     w.write("in.csv", support::export(200, 20));
-    let sb = start(config(&w)).await;
-    let out = run(
+    let sb = fixture::start(fixture::recorded(&w)).await;
+    let out = fixture::run(
         &w,
-        &sb,
+        &sb.base_url(),
         "in.csv",
         &["--rate", "100000/s", "--concurrency", "2"],
         "wrong-token",
@@ -453,9 +406,16 @@ async fn a_rejected_token_stops_at_once() {
         "{rows:?}"
     );
     // With the right token the same command resumes and sends everything once.
-    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "100000/s"],
+        "sandbox-token",
+    )
+    .await;
     out.expect_code(0);
-    assert_each_stored_once(&w, 200);
+    fixture::assert_each_stored_once(&w, 200);
     sb.shutdown().await;
 }
 
@@ -463,14 +423,14 @@ async fn a_rejected_token_stops_at_once() {
 async fn a_spent_daily_budget_stops_and_the_next_day_resumes() {
     let w = WorkDir::new();
     w.write("in.csv", support::export(100, 10));
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         daily: Some(30),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
-    let out = run(
+    let out = fixture::run(
         &w,
-        &sb,
+        &sb.base_url(),
         "in.csv",
         &["--rate", "100000/s", "--concurrency", "4"],
         "sandbox-token",
@@ -485,14 +445,21 @@ async fn a_spent_daily_budget_stops_and_the_next_day_resumes() {
     assert_eq!(sb.stats().accepted, 30);
     sb.shutdown().await;
     // "The next day": a fresh budget, same record file.
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         daily: Some(1000),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
-    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "100000/s"],
+        "sandbox-token",
+    )
+    .await;
     out.expect_code(0);
-    assert_each_stored_once(&w, 100);
+    fixture::assert_each_stored_once(&w, 100);
     sb.shutdown().await;
 }
 
@@ -500,12 +467,12 @@ async fn a_spent_daily_budget_stops_and_the_next_day_resumes() {
 async fn a_second_run_on_the_same_results_file_refuses() {
     let w = WorkDir::new();
     w.write("in.csv", support::export(200, 20));
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         latency: Some(DurationRange {
             low: Duration::from_millis(20),
             high: Duration::from_millis(30),
         }),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
     let args: Vec<String> = [
@@ -523,8 +490,20 @@ async fn a_second_run_on_the_same_results_file_refuses() {
     .collect();
     let mut first = spawn(&w, &args, "sandbox-token");
     let results = w.path("in.results.csv");
-    wait_for("the first run to start sending", || lines_in(&results) > 2).await;
-    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"], "sandbox-token").await;
+    fixture::wait_for(
+        "the first run to start sending",
+        Duration::from_secs(30),
+        || lines_in(&results) > 2,
+    )
+    .await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "100000/s"],
+        "sandbox-token",
+    )
+    .await;
     out.expect_code(2);
     assert!(
         out.stderr.contains("is in use by another lc-import run"),
@@ -535,7 +514,7 @@ async fn a_second_run_on_the_same_results_file_refuses() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert_each_stored_once(&w, 200);
+    fixture::assert_each_stored_once(&w, 200);
     sb.shutdown().await;
 }
 
@@ -548,16 +527,16 @@ async fn the_token_never_reaches_any_output() {
         "bad.csv",
         "conversationId,contactId,type,direction,message\nc1,k1,Text,inbound,hi\n",
     );
-    let sb = start(SandboxConfig {
+    let sb = fixture::start(SandboxConfig {
         token: TOKEN.into(),
-        ..config(&w)
+        ..fixture::recorded(&w)
     })
     .await;
     for args in [
         vec!["-vv", "--results", "text.csv"],
         vec!["-vv", "--log-format", "json", "--results", "json.csv"],
     ] {
-        let out = run(&w, &sb, "in.csv", &args, TOKEN).await;
+        let out = fixture::run(&w, &sb.base_url(), "in.csv", &args, TOKEN).await;
         out.expect_code(0);
         assert!(
             out.stderr.contains("sending"),
@@ -569,7 +548,14 @@ async fn the_token_never_reaches_any_output() {
         );
     }
     // A rejected token is not echoed either.
-    let out = run(&w, &sb, "bad.csv", &["-vv"], "tok-Other-Secret-1234").await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "bad.csv",
+        &["-vv"],
+        "tok-Other-Secret-1234",
+    )
+    .await;
     assert!(
         !out.stdout.contains("tok-Other-Secret-1234")
             && !out.stderr.contains("tok-Other-Secret-1234")
@@ -637,8 +623,15 @@ async fn a_key_seen_twice_in_one_input_is_sent_once() {
         "r5,conv0000000000000002,cont0000000000000002,SMS,inbound,2024-01-02T00:00:01Z,message 5\n",
     );
     w.write("in.csv", csv);
-    let sb = start(config(&w)).await;
-    let out = run(&w, &sb, "in.csv", &["--rate", "none"], "sandbox-token").await;
+    let sb = fixture::start(fixture::recorded(&w)).await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "none"],
+        "sandbox-token",
+    )
+    .await;
     out.expect_code(0);
     assert!(out.stdout.contains("duplicate             2"), "{out:?}");
     let rows = w.results("in.results.csv");
@@ -650,14 +643,21 @@ async fn a_key_seen_twice_in_one_input_is_sent_once() {
         rows[10]
     );
     assert_eq!(rows[11]["status"], "duplicate");
-    assert_each_stored_once(&w, 10);
+    fixture::assert_each_stored_once(&w, 10);
     // On resume the duplicates stay duplicates and the first rows stay sent.
-    let out = run(&w, &sb, "in.csv", &["--rate", "none"], "sandbox-token").await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "none"],
+        "sandbox-token",
+    )
+    .await;
     out.expect_code(0);
     assert!(
         out.stdout.contains("(0 now, 10 in earlier runs)"),
         "{out:?}"
     );
-    assert_each_stored_once(&w, 10);
+    fixture::assert_each_stored_once(&w, 10);
     sb.shutdown().await;
 }

@@ -18,11 +18,7 @@ const TYPES: &str = "type must be one of the following values: SMS, RCS, Email, 
     IG, FB, Custom, WebChat, Live_Chat, Call, IVR_Call, Campaign_Call, Campaign_VoiceMail, \
     TIKTOK, ALL_IN_ONE_CHAT, FORM_SUBMISSION";
 
-async fn start(config: SandboxConfig) -> Sandbox {
-    sandbox::start(config, "127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("sandbox starts")
-}
+use crate::fixture::start;
 
 fn client() -> reqwest::Client {
     // reqwest is built with `rustls-no-provider`: even a plain-http client needs a crypto

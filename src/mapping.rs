@@ -363,6 +363,15 @@ impl Mapping {
         }
     }
 
+    /// The identity of a record as read: [`Mapping::key`], or the hash of every cell when the
+    /// record is broken (its cells are shifted, so the key column cannot be trusted).
+    pub fn record_key(&self, record: &crate::reader::Record<'_>) -> String {
+        match record.broken {
+            Some(_) => record_hash(record.cells),
+            None => self.key(record.cells),
+        }
+    }
+
     /// The row's identity for resume and duplicate detection: the key column's value, or
     /// `h:` and a 128-bit hash of every cell (also when the key cell is empty).
     pub fn key(&self, cells: &ByteRecord) -> String {

@@ -180,10 +180,7 @@ pub fn plan(
         .with_context(|| format!("reading {}", path.display()))?
     {
         // Every row's key goes to `on_key` (the run finds duplicate keys in this same pass).
-        let key = match record.broken {
-            Some(_) => crate::mapping::record_hash(record.cells),
-            None => mapping.key(record.cells),
-        };
+        let key = mapping.record_key(&record);
         on_key(record.row, &key)?;
         if record.broken.is_some() {
             continue;

@@ -32,7 +32,7 @@ use crate::extsort::ExternalSort;
 use crate::journal::{
     Journal, Prior, ResultLine, Status, conversation_tag, folder_of, key_id, now_rfc3339,
 };
-use crate::mapping::{MappedRow, Mapping, MappingOptions, record_hash};
+use crate::mapping::{MappedRow, Mapping, MappingOptions};
 use crate::rate::Rate;
 use crate::ratelimit::RateLimit;
 use crate::reader::CsvInput;
@@ -563,10 +563,7 @@ fn read_rows(
             break;
         };
         let (row, line_no) = (record.row, record.line);
-        let key = match record.broken {
-            Some(_) => record_hash(record.cells),
-            None => mapping.key(record.cells),
-        };
+        let key = mapping.record_key(&record);
         counters.rows.fetch_add(1, Ordering::Relaxed);
 
         if duplicates.contains(row)? {

@@ -80,11 +80,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     {
         report.rows += 1;
         line_out.row = record.row;
-        // A broken record's cells are shifted, so its key column cannot be trusted.
-        line_out.key = match record.broken {
-            Some(_) => crate::mapping::record_hash(record.cells),
-            None => mapping.key(record.cells),
-        };
+        line_out.key = mapping.record_key(&record);
         line_out.error.clear();
         let outcome = match record.broken {
             Some(e) => Err(vec![e]),
@@ -167,10 +163,7 @@ pub fn check_bytes(bytes: &[u8], options: &MappingOptions, delimiter: u8) -> Res
     let mapping = Mapping::new(input.header(), options)?;
     let mut checked = Checked::default();
     while let Some(record) = input.next_record()? {
-        let key = match record.broken {
-            Some(_) => crate::mapping::record_hash(record.cells),
-            None => mapping.key(record.cells),
-        };
+        let key = mapping.record_key(&record);
         debug_assert!(!key.is_empty(), "every row has a key");
         let outcome = match record.broken {
             Some(e) => Err(vec![e]),

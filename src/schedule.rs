@@ -31,8 +31,6 @@ pub struct Job {
     pub body: Bytes,
     /// The row's contact or conversation ID is still to be looked up.
     pub pending: bool,
-    /// Input bytes read up to this row, for progress.
-    pub input_bytes: u64,
 }
 
 /// The rows waiting for a slot, by conversation.
@@ -179,7 +177,6 @@ impl Spill {
     fn push(&mut self, job: &Job) -> io::Result<()> {
         let p = &mut self.pending;
         p.extend_from_slice(&job.row.to_le_bytes());
-        p.extend_from_slice(&job.input_bytes.to_le_bytes());
         p.push(u8::from(job.pending));
         p.extend_from_slice(&(job.key.len() as u64).to_le_bytes());
         p.extend_from_slice(job.key.as_bytes());
@@ -237,7 +234,6 @@ impl Spill {
             return Ok(None);
         }
         let row = self.number()?;
-        let input_bytes = self.number()?;
         let pending = self.take(1)?[0] != 0;
         let key_len = self.number()? as usize;
         let key = String::from_utf8(self.take(key_len)?.to_vec())
@@ -251,7 +247,6 @@ impl Spill {
             conversation_id: lane.clone(),
             body,
             pending,
-            input_bytes,
         }))
     }
 }
@@ -270,7 +265,6 @@ mod tests {
                 "x".repeat((row % 700) as usize)
             )),
             pending: row.is_multiple_of(3),
-            input_bytes: row * 10,
         }
     }
 

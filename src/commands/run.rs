@@ -321,11 +321,6 @@ pub fn signals() -> CancellationToken {
     token
 }
 
-/// Progress position of a batch: where its last row ended.
-fn input_bytes(batch: &[Job]) -> u64 {
-    batch.last().map_or(0, |j| j.input_bytes)
-}
-
 /// State every deliver task shares.
 struct Shared {
     sender: Sender,
@@ -538,8 +533,9 @@ fn read_rows(
     const BATCH: usize = 64;
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     // Hands the batch over; false once the scheduler has stopped taking rows.
-    let flush = |batch: &mut Vec<Job>| -> bool {
-        counters.bytes.store(input_bytes(batch), Ordering::Relaxed);
+    // `read`: input bytes read so far, for progress.
+    let flush = |batch: &mut Vec<Job>, read: u64| -> bool {
+        counters.bytes.store(read, Ordering::Relaxed);
         batch.is_empty()
             || jobs
                 .blocking_send(std::mem::replace(batch, Vec::with_capacity(BATCH)))
@@ -638,7 +634,7 @@ fn read_rows(
             }
         };
         if limit.is_some_and(|n| handed >= n) {
-            flush(&mut batch);
+            flush(&mut batch, input.bytes_read());
             return Ok((prior, Some(StopReason::Limit(handed))));
         }
         handed += 1;
@@ -666,14 +662,12 @@ fn read_rows(
             conversation_id: lane,
             body,
             pending,
-            input_bytes: input.bytes_read(),
         });
-        if batch.len() >= BATCH && !flush(&mut batch) {
+        if batch.len() >= BATCH && !flush(&mut batch, input.bytes_read()) {
             return Ok((prior, None));
         }
     }
-    flush(&mut batch);
-    counters.bytes.store(input.bytes_read(), Ordering::Relaxed);
+    flush(&mut batch, input.bytes_read());
     Ok((prior, None))
 }
 
@@ -698,9 +692,7 @@ impl DuplicateRows {
         }
         Ok(false)
     }
-}
 
-impl DuplicateRows {
     /// From `[key hi, key lo, row]` pairs of every row: every row after the first of its key.
     fn from_pairs(pairs: ExternalSort, temp: &std::path::Path) -> Result<DuplicateRows> {
         let context = || "finding duplicate keys in a temp file";

@@ -382,6 +382,42 @@ async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
     sb.shutdown().await;
 }
 
+/// The run has one worker thread; a long blocking phase (here the quota plan's pass over a big
+/// input, seconds in a debug build) must not keep Ctrl-C from being heard: the second one
+/// exits at once, before the plan is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_is_heard_during_the_pass_before_sending() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(200_000, 2_000));
+    let args = fixture::run_args("in.csv", "http://127.0.0.1:9", &["--rate", "none"]);
+    let child = spawn(&w, &args, "sandbox-token");
+    let results = w.path("in.results.csv");
+    fixture::wait_for("the results file", Duration::from_secs(30), || {
+        results.exists()
+    })
+    .await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stderr.contains("exiting at once"), "{stderr}");
+    assert!(
+        !stdout.contains("quota plan"),
+        "the pass ran to its end before the signal was heard:\n{stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_stops_at_once() {
     let w = WorkDir::new();

@@ -316,6 +316,9 @@ impl Prior {
     }
 }
 
+/// Bytes of outcome lines held before they are written whatever comes next.
+const PENDING_MAX: usize = 64 * 1024;
+
 /// The results file of a run, open and locked.
 pub struct Journal {
     path: PathBuf,
@@ -329,8 +332,11 @@ struct Inner {
     /// `[row, offset of its final line, 0]` for every row that has one, sorted on disk at
     /// compaction: no per-row memory, whatever the size of the input.
     finals: ExternalSort,
-    /// One encoded line, reused.
-    buf: Vec<u8>,
+    /// Outcome lines encoded but not yet written: they go out ahead of the next line written
+    /// (a `sending` line, in one `write`), or at the next [`Journal::flush`].
+    pending: Vec<u8>,
+    /// `[row, offset, 0]` of the pending lines, for `finals` once they are written.
+    pending_finals: Vec<[u64; 3]>,
 }
 
 impl Journal {
@@ -365,7 +371,8 @@ impl Journal {
                 file,
                 len,
                 finals: ExternalSort::new(&folder_of(path)),
-                buf: Vec::with_capacity(512),
+                pending: Vec::with_capacity(PENDING_MAX + 512),
+                pending_finals: Vec::new(),
             }),
         };
         let prior = journal.read_prior()?;
@@ -551,18 +558,38 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends `line`, written through to the OS before returning. A final line is the one
-    /// the row keeps when the journal is compacted.
-    pub fn append(&self, line: &ResultLine, is_final: bool) -> io::Result<()> {
+    /// Appends a row's `sending` line, written through to the OS (with any outcome lines
+    /// waiting ahead of it, in one `write`) before returning: the request may leave only
+    /// after this returns `Ok`.
+    pub fn write_ahead(&self, line: &ResultLine) -> io::Result<()> {
         let mut inner = self.inner.lock().expect("journal lock");
         let offset = inner.write_line(line)?;
         // A `sending` line stands for its row until the outcome line replaces it. Bug: when the
         // outcome could not be written (disk full), compaction dropped the row's only line and
         // the next run sent a stored message again; now it keeps `sending`, read back `unknown`.
-        if is_final || line.status == Some(Status::Sending) {
-            inner.finals.push([line.row, offset, 0])?;
+        inner.finals.push([line.row, offset, 0])
+    }
+
+    /// Records a row's final line (an outcome, or invalid, duplicate…). It waits in memory
+    /// until the next `sending` line is written or the next [`flush`](Journal::flush) (a run
+    /// flushes every few milliseconds): one `write` per row instead of two, which was 15 % of
+    /// a run's CPU. A crash before it is written leaves the row `sending`, read back as
+    /// `unknown`, never sent twice; and since outcomes go out ahead of the next `sending` line,
+    /// rows left that way are never more than the requests that were in flight.
+    pub fn record(&self, line: &ResultLine) -> io::Result<()> {
+        let mut inner = self.inner.lock().expect("journal lock");
+        let offset = inner.len + inner.pending.len() as u64;
+        encode_line(line, &mut inner.pending);
+        inner.pending_finals.push([line.row, offset, 0]);
+        if inner.pending.len() >= PENDING_MAX {
+            inner.flush()?;
         }
         Ok(())
+    }
+
+    /// Writes the lines waiting in memory.
+    pub fn flush(&self) -> io::Result<()> {
+        self.inner.lock().expect("journal lock").flush()
     }
 
     /// The row keeps the line an earlier run wrote (a row sent earlier, or left unknown).
@@ -576,6 +603,7 @@ impl Journal {
     pub fn compact(&self, prior: &Prior) -> Result<()> {
         let mut inner = self.inner.lock().expect("journal lock");
         let context = || format!("compacting results file {}", self.path.display());
+        inner.flush().with_context(context)?;
         let dir = folder_of(&self.path);
         let finals = std::mem::replace(&mut inner.finals, ExternalSort::new(&dir))
             .finish()
@@ -621,6 +649,17 @@ impl Journal {
         }
         // The lock stays on the old (now replaced) file until the journal is dropped.
         Ok(())
+    }
+}
+
+impl Drop for Journal {
+    /// Lines still in memory are written (a run that ends on an error still records them).
+    fn drop(&mut self) {
+        let inner = match self.inner.get_mut() {
+            Ok(inner) => inner,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let _ = inner.flush();
     }
 }
 
@@ -802,18 +841,37 @@ fn last_byte(file: &File, len: u64) -> io::Result<Option<u8>> {
 }
 
 impl Inner {
+    /// Writes `line` now, after the pending lines; returns its offset.
     fn write_line(&mut self, line: &ResultLine) -> io::Result<u64> {
-        self.buf.clear();
-        encode_line(line, &mut self.buf);
-        if let Err(e) = (&self.file).write_all(&self.buf) {
-            // A full disk can take part of the line: cut it off again, or the next line would
+        let before = self.pending.len();
+        let offset = self.len + before as u64;
+        encode_line(line, &mut self.pending);
+        match self.flush() {
+            Ok(()) => Ok(offset),
+            Err(e) => {
+                // The pending lines stay for the next write; this one is not written.
+                self.pending.truncate(before);
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = (&self.file).write_all(&self.pending) {
+            // A full disk can take part of the lines: cut it off again, or the next line would
             // run on from it and both be unreadable on resume.
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
-        let offset = self.len;
-        self.len += self.buf.len() as u64;
-        Ok(offset)
+        self.len += self.pending.len() as u64;
+        self.pending.clear();
+        for entry in self.pending_finals.drain(..) {
+            self.finals.push(entry)?;
+        }
+        Ok(())
     }
 }
 

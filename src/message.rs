@@ -59,10 +59,19 @@ pub struct CallData {
 /// Lower-cases and drops `_`, `-`, `.` and spaces: the form in which user spellings of column
 /// names and enum values are compared (`Live Chat`, `live_chat` and `LIVE-CHAT` are one).
 pub fn fold(s: &str) -> String {
+    folded(s).collect()
+}
+
+fn folded(s: &str) -> impl Iterator<Item = char> + '_ {
     s.chars()
         .filter(|c| !matches!(c, '_' | '-' | '.' | ' ' | '\t'))
         .flat_map(char::to_lowercase)
-        .collect()
+}
+
+/// `fold(a) == fold(b)` without building either string (every row's enum cells go through
+/// this).
+fn fold_eq(a: &str, b: &str) -> bool {
+    a == b || folded(a).eq(folded(b))
 }
 
 /// An enum of the spec with its exact spellings, parsed leniently from user input.
@@ -76,10 +85,10 @@ pub trait SpecEnum: Sized + Copy + 'static {
 
     /// Case, `_`, `-`, `.` and spaces ignored. On failure, the closest value if one is close.
     fn parse_lenient(input: &str) -> Result<Self, Option<Self>> {
-        let folded = fold(input);
-        if let Some(v) = Self::ALL.iter().find(|v| fold(v.as_str()) == folded) {
+        if let Some(v) = Self::ALL.iter().find(|v| fold_eq(v.as_str(), input)) {
             return Ok(*v);
         }
+        let folded = fold(input);
         if let Some((_, v)) = Self::SYNONYMS.iter().find(|(w, _)| *w == folded) {
             return Err(Some(*v));
         }

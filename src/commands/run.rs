@@ -42,6 +42,8 @@ use crate::sender::{self, Sender, ServerLimits};
 
 /// The API root when none is given.
 pub const DEFAULT_BASE_URL: &str = "https://services.leadconnectorhq.com";
+/// How long an outcome line may wait in memory for the next `sending` line to carry it.
+const JOURNAL_FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// Consecutive server errors or refused connections, across all rows, that stop the run.
 const SERVER_FAILURE_LIMIT: u32 = 25;
 
@@ -468,6 +470,21 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
             .context("starting the reader thread")?
     };
     let progress = Progress::start(counters.clone(), input_len);
+    // Outcome lines wait in memory for the next `sending` line; when none comes soon (the
+    // run is paced, or ending), this writes them.
+    let flusher = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let mut tick = tokio::time::interval(JOURNAL_FLUSH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = shared.journal.flush() {
+                    shared.stop_with(journal_error(&shared, &e));
+                }
+            }
+        }
+    });
     schedule(
         job_rx,
         shared.clone(),
@@ -476,6 +493,8 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         &folder_of(&settings.results),
     )
     .await;
+    flusher.abort();
+    let _ = flusher.await;
 
     let (prior, reader_stop) = reader
         .join()
@@ -554,7 +573,7 @@ fn read_rows(
     let mut handed = 0u64;
     let write = |line: &ResultLine| {
         journal
-            .append(line, true)
+            .record(line)
             .with_context(|| format!("writing {}", journal.path().display()))
     };
     loop {
@@ -838,7 +857,7 @@ async fn deliver(mut job: Job, shared: &Shared) {
         }
         if line.attempts == 0 {
             line.status = Some(Status::Sending);
-            if let Err(e) = shared.journal.append(&line, false) {
+            if let Err(e) = shared.journal.write_ahead(&line) {
                 // Without the write-ahead line the request must not leave.
                 shared.stop_with(journal_error(shared, &e));
                 return;
@@ -1045,7 +1064,7 @@ fn finish(shared: &Shared, line: &mut ResultLine, status: Status, error: String)
         _ => &shared.counters.failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = shared.journal.append(line, true) {
+    if let Err(e) = shared.journal.record(line) {
         shared.stop_with(journal_error(shared, &e));
     }
 }

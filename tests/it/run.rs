@@ -382,6 +382,38 @@ async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
     sb.shutdown().await;
 }
 
+/// Messages go through hyper directly, unless the environment names a proxy: then through
+/// reqwest, which speaks to proxies. Here the "proxy" is the sandbox itself (it answers a
+/// request in absolute form as any other) and the base URL has no server behind it, so a row
+/// is stored only if the proxy carried it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_named_in_the_environment_carries_the_requests() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(20, 4));
+    let sb = fixture::start(fixture::recorded(&w)).await;
+    let nobody = "http://127.0.0.1:9";
+    let env: Vec<(String, String)> = [
+        ("LC_TOKEN", "sandbox-token".to_string()),
+        ("HTTP_PROXY", sb.base_url()),
+        ("http_proxy", sb.base_url()),
+        ("NO_PROXY", String::new()),
+        ("no_proxy", String::new()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let args = fixture::run_args("in.csv", nobody, &["--rate", "none"]);
+    let out = tokio::task::spawn_blocking({
+        let dir = w.path("");
+        move || support::run_in(&dir, &args, &env)
+    })
+    .await
+    .unwrap();
+    out.expect_code(0);
+    fixture::assert_each_stored_once(&w, 20);
+    sb.shutdown().await;
+}
+
 /// The run has one worker thread; a long blocking phase (here the quota plan's pass over a big
 /// input, seconds in a debug build) must not keep Ctrl-C from being heard: the second one
 /// exits at once, before the plan is printed.

@@ -98,8 +98,8 @@ def wrk(url, connections, seconds):
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
-def reqwest_loop(url, connections):
-    out = subprocess.run(["target/release/examples/reqwest_loop", url, "200000", str(connections)],
+def client_loop(url, connections):
+    out = subprocess.run(["target/release/examples/client_loop", url, "200000", str(connections)],
                          stdout=subprocess.PIPE, text=True, check=True).stdout
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -163,10 +163,10 @@ def bench_throughput():
         sb = Sandbox("--rate", "none", "--daily", "none")
         try:
             raw = wrk(sb.url, conc, wrk_seconds)
-            client = reqwest_loop(sb.url, conc)
+            client = client_loop(sb.url, conc)
             s, rss, _ = importer(path, sb.url, "--rate", "none", "--concurrency", str(conc))
             row(f"wrk raw req/s, {conc} connections", raw, raw)
-            row(f"bare reqwest loop req/s, {conc} in flight", client, round(raw))
+            row(f"importer's HTTP client alone req/s, {conc} in flight", client, round(raw))
             row(f"run {n:,} rows, concurrency {conc}: rows/s", n / s, round(raw), note="goal ratio >= 0.60")
         finally:
             sb.stop()

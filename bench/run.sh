@@ -10,5 +10,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk" >&2; exit 2; }
-cargo build --release --quiet --bin lc-import --example generate --example reqwest_loop
+cargo build --release --quiet --bin lc-import --example generate --example client_loop
 exec python3 bench/run.py

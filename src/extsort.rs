@@ -57,7 +57,8 @@ impl ExternalSort {
             self.buffer.reserve_exact(self.run_len);
         }
         self.buffer.push(record);
-        if self.buffer.len() == self.run_len {
+        // After a failed spill the buffer keeps its records and grows: try again a run later.
+        if self.buffer.len().is_multiple_of(self.run_len) {
             self.spill()?;
         }
         Ok(())

@@ -4,8 +4,10 @@
 //! - [`Journal::open`] locks the file for the run and reads what earlier runs recorded into a
 //!   [`Prior`]: per row key, the last status and where its line is. A `sending` line with no
 //!   outcome after it (a crash or `kill -9` mid-request) becomes `unknown` at once.
-//! - [`Journal::append`] writes one whole line with one `write(2)`, so each line reaches the OS
-//!   before the caller goes on: a `sending` line is on disk before its request leaves.
+//! - [`Journal::write_ahead`] writes a row's `sending` line with one `write(2)` before its
+//!   request leaves; [`Journal::record`] keeps an outcome line in memory until it can go out in
+//!   that same `write` with the next `sending` line (or a flush within 10 ms): outcomes always
+//!   reach the file ahead of the next request.
 //! - [`Journal::compact`] rewrites the file atomically (temp file in the same folder, fsync,
 //!   rename) to one line per row in input order, keeping lines of earlier runs whose rows are no
 //!   longer in the input after them, so no record of a sent message is ever dropped.
@@ -592,6 +594,28 @@ impl Journal {
         self.inner.lock().expect("journal lock").flush()
     }
 
+    /// Writes the lines waiting in memory before the process exits at once, waiting at most
+    /// `limit` for the lock (a compaction holding it has nothing waiting).
+    pub fn flush_before_exit(&self, limit: std::time::Duration) {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            match self.inner.try_lock() {
+                Ok(mut inner) => {
+                    let _ = inner.flush();
+                    return;
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    let _ = p.into_inner().flush();
+                    return;
+                }
+                Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
+        }
+    }
+
     /// The row keeps the line an earlier run wrote (a row sent earlier, or left unknown).
     pub fn keep_prior(&self, row: u64, prior: PriorOutcome) -> io::Result<()> {
         let mut inner = self.inner.lock().expect("journal lock");
@@ -750,6 +774,8 @@ impl LineReader {
         let window = &mut self.windows[index];
         window.start = offset.saturating_sub(Self::BEHIND);
         window.data.clear();
+        // A window grown for one long line goes back to its size.
+        window.data.shrink_to(Self::WINDOW);
         let from = (offset - window.start) as usize;
         loop {
             // Read until the line ends; a line longer than the window grows it.
@@ -849,8 +875,12 @@ impl Inner {
         match self.flush() {
             Ok(()) => Ok(offset),
             Err(e) => {
-                // The pending lines stay for the next write; this one is not written.
-                self.pending.truncate(before);
+                // When the write failed, the pending lines stay for the next one and this line
+                // is dropped (its request must not leave). When only the sort's spill failed,
+                // the lines are written and the run stops on the error.
+                if self.pending.len() > before {
+                    self.pending.truncate(before);
+                }
                 Err(e)
             }
         }
@@ -868,10 +898,17 @@ impl Inner {
         }
         self.len += self.pending.len() as u64;
         self.pending.clear();
+        // Every entry goes in (a push keeps its record even when a spill to disk fails), and
+        // the first error is reported.
+        let mut pushed = Ok(());
         for entry in self.pending_finals.drain(..) {
-            self.finals.push(entry)?;
+            if let Err(e) = self.finals.push(entry)
+                && pushed.is_ok()
+            {
+                pushed = Err(e);
+            }
         }
-        Ok(())
+        pushed
     }
 }
 

@@ -32,10 +32,47 @@ pub struct Sender {
     url: reqwest::Url,
 }
 
-type HyperClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
+type HyperClient = hyper_util::client::legacy::Client<TimedConnector, Full<Bytes>>;
+type HttpsConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// The connector with one time limit on the whole connection: name lookup, TCP and the TLS
+/// handshake (hyper's own limit covers TCP alone). A connection that is not made in time is a
+/// connect error: nothing was sent, so the row is retried, not left `unknown`.
+#[derive(Clone)]
+struct TimedConnector {
+    inner: HttpsConnector,
+    limit: Duration,
+}
+
+impl tower_service::Service<hyper::Uri> for TimedConnector {
+    type Response = <HttpsConnector as tower_service::Service<hyper::Uri>>::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {} s", limit.as_secs_f64()),
+                )) as Self::Error),
+            }
+        })
+    }
+}
 
 // One per run: the size of the larger variant does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -174,29 +211,30 @@ impl Sender {
                 *request.method_mut() = hyper::Method::POST;
                 *request.uri_mut() = uri.clone();
                 *request.headers_mut() = headers.clone();
-                let exchange = async {
-                    let response = client.request(request).await?;
-                    let (parts, body) = response.into_parts();
-                    Ok::<_, hyper_util::client::legacy::Error>((
-                        parts,
-                        body.collect().await.map(|b| b.to_bytes()),
-                    ))
+                // One deadline for the answer and its body, as reqwest's `timeout` was.
+                let deadline = tokio::time::Instant::now() + *timeout;
+                let response =
+                    match tokio::time::timeout_at(deadline, client.request(request)).await {
+                        Err(_) => {
+                            return (
+                                Attempt::NoAnswer("no answer within --timeout".into()),
+                                ServerLimits::default(),
+                            );
+                        }
+                        Ok(Err(e)) => {
+                            return (
+                                transport_error(&e, e.is_connect(), false),
+                                ServerLimits::default(),
+                            );
+                        }
+                        Ok(Ok(response)) => response,
+                    };
+                let (parts, body) = response.into_parts();
+                let body = match tokio::time::timeout_at(deadline, body.collect()).await {
+                    Err(_) => Err("no answer within --timeout".to_string()),
+                    Ok(collected) => collected.map(|b| b.to_bytes()).map_err(|e| error_chain(&e)),
                 };
-                match tokio::time::timeout(*timeout, exchange).await {
-                    Err(_) => (
-                        Attempt::NoAnswer("no answer within --timeout".into()),
-                        ServerLimits::default(),
-                    ),
-                    Ok(Err(e)) => (
-                        transport_error(&e, e.is_connect(), false),
-                        ServerLimits::default(),
-                    ),
-                    Ok(Ok((parts, body))) => answered(
-                        parts.status.as_u16(),
-                        &parts.headers,
-                        body.map_err(|e| error_chain(&e)),
-                    ),
-                }
+                answered(parts.status.as_u16(), &parts.headers, body)
             }
             Client::Proxied(client) => {
                 let response = match client.post(self.url.clone()).body(body).send().await {
@@ -235,13 +273,19 @@ fn hyper_client(timeout: Duration, pool: usize) -> Result<HyperClient> {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
-    let https = hyper_rustls::HttpsConnector::from((http, tls));
+    http.set_keepalive(Some(Duration::from_secs(15)));
+    let connector = TimedConnector {
+        inner: hyper_rustls::HttpsConnector::from((http, tls)),
+        // Within --timeout, so a connection that cannot be made ends as one (retried), not
+        // as a request without an answer.
+        limit: (timeout * 9 / 10).min(Duration::from_secs(10)),
+    };
     // No redirects: hyper's client follows none (a redirect of a POST would replay it).
     Ok(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_max_idle_per_host(pool)
-            .build(https),
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector),
     )
 }
 

@@ -295,6 +295,10 @@ fn read_token(file: Option<&std::path::Path>) -> Result<String> {
     Ok(token)
 }
 
+/// The run's journal, for the second Ctrl-C: it exits at once, after writing the outcome
+/// lines still in memory.
+static JOURNAL: Mutex<Option<std::sync::Weak<Journal>>> = Mutex::new(None);
+
 /// Ctrl-C and SIGTERM: the first cancels the returned token, the second exits at once.
 pub fn signals() -> CancellationToken {
     let token = CancellationToken::new();
@@ -320,6 +324,10 @@ pub fn signals() -> CancellationToken {
                 );
                 first.cancel();
             } else {
+                let journal = JOURNAL.lock().ok().and_then(|j| j.as_ref()?.upgrade());
+                if let Some(journal) = journal {
+                    journal.flush_before_exit(Duration::from_millis(200));
+                }
                 eprintln!(
                     "exiting at once: the results journal is on disk; run the same command to resume"
                 );
@@ -382,7 +390,7 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
             }
         );
     }
-    let resolver = open_resolver(&settings, &mapping)?;
+    let resolver = tokio::task::block_in_place(|| open_resolver(&settings, &mapping))?;
     // One pass before sending: the quota plan, and the `(key, row)` pairs that find duplicate
     // keys (sorted on disk, so memory stays flat however many rows there are).
     let temp = folder_of(&settings.results);
@@ -397,16 +405,40 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
             resolver.as_ref().map(|r| &r.ids),
             settings.create_contacts,
             &mut |row, key| {
+                // Ctrl-C during the pass ends it (a pass over a big input takes seconds).
+                if interrupt.is_cancelled() {
+                    bail!("interrupted");
+                }
                 let id = key_id(key);
                 pairs
                     .push([(id >> 64) as u64, id as u64, row])
                     .context("sorting row keys in a temp file")
             },
         )
-    })?;
+    });
+    if interrupt.is_cancelled() {
+        // Nothing was sent; the results file is as it was.
+        let report = Report {
+            stopped: Some(StopReason::Interrupted),
+            rows: 0,
+            sent: 0,
+            sent_before: 0,
+            invalid: 0,
+            failed: 0,
+            unknown: 0,
+            unknown_before: 0,
+            duplicate: 0,
+            requests: 0,
+            elapsed: started.elapsed(),
+        };
+        print_summary(&report, &settings, journal.path());
+        return Ok(report);
+    }
+    let plan = plan?;
     let duplicates = tokio::task::block_in_place(|| DuplicateRows::from_pairs(pairs, &temp))?;
     print!("{}", plan.describe(settings.rate, settings.max_requests));
     let journal = Arc::new(journal);
+    *JOURNAL.lock().expect("journal slot") = Some(Arc::downgrade(&journal));
     let counters = Arc::new(Counters::default());
     let stop = interrupt.child_token();
     let shared = Arc::new(Shared {
@@ -496,8 +528,7 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
     flusher.abort();
     let _ = flusher.await;
 
-    let (prior, reader_stop) = reader
-        .join()
+    let (prior, reader_stop) = tokio::task::block_in_place(|| reader.join())
         .map_err(|_| anyhow!("the reader thread panicked"))??;
     if let Some(reason) = reader_stop {
         shared.stop_with(reason);

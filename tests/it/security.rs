@@ -175,3 +175,36 @@ async fn https_to_a_server_without_valid_tls_fails_as_a_tls_error_and_sends_noth
     assert_eq!(sb.stats().accepted, 0, "nothing was stored");
     sb.shutdown().await;
 }
+
+/// A server that takes the connection and never answers the TLS handshake: the connection was
+/// never made, so nothing can have been sent and the row is `failed` (retried on the next run),
+/// not `unknown`. The time limit covers the handshake, not only TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_ends_is_a_failed_connection_not_an_unknown_row() {
+    let w = WorkDir::new();
+    w.write("in.csv", support::export(3, 3));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts and holds every connection, silent.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let out = fixture::run(
+        &w,
+        &format!("https://{addr}"),
+        "in.csv",
+        &["--rate", "none", "--max-retries", "0", "--timeout", "2s"],
+        TOKEN,
+    )
+    .await;
+    assert_ne!(out.code, Some(0), "{out:?}");
+    let results = fixture::results(&w.path("in.results.csv"));
+    assert_eq!(results.len(), 3, "{results:?}");
+    for r in &results {
+        assert_eq!(r["status"], "failed", "{r:?}");
+        assert!(r["error"].contains("no connection within"), "{r:?}");
+    }
+}

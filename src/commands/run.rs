@@ -86,7 +86,7 @@ pub struct Counters {
 }
 
 /// What a finished run reports.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Report {
     pub stopped: Option<StopReason>,
     pub rows: u64,
@@ -420,16 +420,8 @@ pub async fn import(settings: Settings, interrupt: &CancellationToken) -> Result
         // Nothing was sent; the results file is as it was.
         let report = Report {
             stopped: Some(StopReason::Interrupted),
-            rows: 0,
-            sent: 0,
-            sent_before: 0,
-            invalid: 0,
-            failed: 0,
-            unknown: 0,
-            unknown_before: 0,
-            duplicate: 0,
-            requests: 0,
             elapsed: started.elapsed(),
+            ..Report::default()
         };
         print_summary(&report, &settings, journal.path());
         return Ok(report);

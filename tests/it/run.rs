@@ -307,6 +307,25 @@ fn spawn(w: &WorkDir, args: &[String], token: &str) -> std::process::Child {
         .expect("start lc-import")
 }
 
+/// Sends the child Ctrl-C (SIGINT), waits for it to end, and checks it stopped as an
+/// interrupted run does: exit 3 and "stopped early: interrupted." Returns its stdout.
+async fn interrupt(child: std::process::Child) -> String {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("stopped early: interrupted."), "{stdout}");
+    stdout
+}
+
 fn lines_in(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .map(|s| s.lines().count())
@@ -344,19 +363,7 @@ async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
         lines_in(&results) > 40
     })
     .await;
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
-    assert!(stdout.contains("stopped early: interrupted."), "{stdout}");
+    let stdout = interrupt(child).await;
     assert!(
         stdout.contains("to resume, run the same command again"),
         "{stdout}"
@@ -431,22 +438,10 @@ async fn ctrl_c_during_the_pass_before_sending_stops_the_run() {
     .await;
     // Time for the signal handler to be installed; far less than the pass takes.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
     let signalled = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let stdout = interrupt(child).await;
     // The pass checks for Ctrl-C at every row; it does not run on to its end (seconds here).
     let heard_after = signalled.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
-    assert!(stdout.contains("stopped early: interrupted."), "{stdout}");
     assert!(
         heard_after < Duration::from_millis(1500),
         "the run went on for {heard_after:?} after Ctrl-C"

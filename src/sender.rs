@@ -131,24 +131,18 @@ pub(crate) fn api_client(
     token: &str,
     timeout: Duration,
     pool: usize,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
 ) -> Result<reqwest::Client> {
     // reqwest is built without a default TLS crypto provider; ring is the lean one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-        .context("the token has characters that cannot go in an HTTP header")?;
-    auth.set_sensitive(true);
-    headers.insert(AUTHORIZATION, auth);
-    headers.insert("Accept", HeaderValue::from_static("application/json"));
     reqwest::Client::builder()
-        .default_headers(headers)
+        .default_headers(request_headers(token, headers)?)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(pool)
         .tcp_nodelay(true)
         // A redirect of a POST would replay it elsewhere (or drop it): answer it as it is.
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("lc-import/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("building the HTTP client")
 }
@@ -289,7 +283,8 @@ fn hyper_client(timeout: Duration, pool: usize) -> Result<HyperClient> {
     )
 }
 
-/// Every request's headers: `headers`, the token (marked sensitive), JSON, the user agent.
+/// Every request's headers, for both clients: `headers`, the token (marked sensitive), JSON,
+/// the user agent.
 fn request_headers(token: &str, mut headers: HeaderMap) -> Result<HeaderMap> {
     let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
         .context("the token has characters that cannot go in an HTTP header")?;

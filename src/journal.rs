@@ -741,24 +741,22 @@ impl LineReader {
     /// The record at `offset`, up to and including its line end outside quotes.
     fn line_at(&mut self, offset: u64) -> io::Result<&[u8]> {
         self.clock += 1;
-        let hit = self.windows.iter().position(|w| {
-            offset >= w.start
-                && line_end(&w.data[(offset - w.start).min(w.data.len() as u64) as usize..])
-                    .is_some()
-        });
-        let index = match hit {
-            Some(index) => index,
+        let hit = self
+            .windows
+            .iter()
+            .enumerate()
+            .find_map(|(i, w)| Some((i, w.line(offset)?)));
+        let (index, line) = match hit {
+            Some(hit) => hit,
             None => self.load(offset)?,
         };
         let window = &mut self.windows[index];
         window.last_used = self.clock;
-        let from = (offset - window.start) as usize;
-        let end = line_end(&window.data[from..]).expect("the window holds the whole line");
-        Ok(&window.data[from..from + end])
+        Ok(&window.data[line])
     }
 
     /// Loads a window holding the whole line at `offset` in place of the least recently used.
-    fn load(&mut self, offset: u64) -> io::Result<usize> {
+    fn load(&mut self, offset: u64) -> io::Result<(usize, std::ops::Range<usize>)> {
         let index = if self.windows.len() < Self::WINDOWS {
             self.windows.push(Window {
                 start: 0,
@@ -776,7 +774,6 @@ impl LineReader {
         window.data.clear();
         // A window grown for one long line goes back to its size.
         window.data.shrink_to(Self::WINDOW);
-        let from = (offset - window.start) as usize;
         loop {
             // Read until the line ends; a line longer than the window grows it.
             let len = window.data.len();
@@ -784,8 +781,8 @@ impl LineReader {
             window.data.resize(want, 0);
             let read = window.file_read(&self.file, len)?;
             window.data.truncate(len + read);
-            if window.data.len() > from && line_end(&window.data[from..]).is_some() {
-                return Ok(index);
+            if let Some(line) = window.line(offset) {
+                return Ok((index, line));
             }
             if read == 0 {
                 return Err(io::Error::new(
@@ -798,6 +795,13 @@ impl LineReader {
 }
 
 impl Window {
+    /// Where the line at `offset` is in `data`, if all of it is there.
+    fn line(&self, offset: u64) -> Option<std::ops::Range<usize>> {
+        let from = usize::try_from(offset.checked_sub(self.start)?).ok()?;
+        let end = line_end(self.data.get(from..)?)?;
+        Some(from..from + end)
+    }
+
     /// Reads into `data[len..]` from the file at the matching offset; returns the bytes read.
     fn file_read(&mut self, file: &File, len: usize) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;

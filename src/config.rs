@@ -1,16 +1,139 @@
 //! Turns raw flags and the optional `--config` TOML file into the checked options the rest of
-//! the program takes. Flags win over the file; a value that cannot work stops here, before any
-//! row is read (exit 2).
+//! the program takes: the mapping options, and for `run` the whole [`Settings`], built once.
+//! Flags win over the file; a value that cannot work stops here, before any row is read
+//! (exit 2). The sandbox of `run --sandbox` is an input here ([`Target`]), not a patch applied
+//! to the settings afterwards.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
-use crate::cli::{MappingArgs, parse_pair};
+use crate::cli::{MappingArgs, RunArgs, parse_pair};
 use crate::mapping::MappingOptions;
+use crate::rate::Rate;
+use crate::retry::Backoff;
 use crate::validate::DateReader;
+
+/// The API root when none is given.
+pub const DEFAULT_BASE_URL: &str = "https://services.leadconnectorhq.com";
+
+/// Everything a run needs, checked.
+pub struct Settings {
+    pub input: PathBuf,
+    pub results: PathBuf,
+    pub base_url: reqwest::Url,
+    pub token: String,
+    pub api_version: String,
+    /// `None`: no limit (only for the in-process sandbox).
+    pub rate: Option<Rate>,
+    pub concurrency: usize,
+    pub max_retries: u32,
+    pub timeout: Duration,
+    pub limit: Option<u64>,
+    pub resend_unknown: bool,
+    pub mapping: MappingOptions,
+    pub delimiter: u8,
+    pub backoff: Backoff,
+    /// ID resolution: `--create-contacts`.
+    pub create_contacts: bool,
+    /// `--max-requests`.
+    pub max_requests: Option<u64>,
+}
+
+/// An API the run is pointed at instead of the flags' (the in-process sandbox of `--sandbox`):
+/// its base URL and token, and no pace of the run's own.
+pub struct Target {
+    pub base_url: String,
+    pub token: String,
+}
+
+impl Settings {
+    /// Flags over the config file over defaults, checked. With a `target`, its base URL and
+    /// token are used and `--base-url`, the token and `--rate` are not needed.
+    pub fn new(args: RunArgs, target: Option<Target>) -> Result<Settings> {
+        let mut file = FileConfig::load(args.mapping.config.as_deref())?;
+        let (mapping, delimiter) = mapping_options(&args.mapping, &mut file)?;
+        let base = args
+            .base_url
+            .or(file.base_url.take())
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+        let mut base_url = crate::sender::check_base_url(&base)?;
+        let mut token = String::new();
+        if target.is_none() {
+            token = read_token(args.token_file.as_deref().or(file.token_file.as_deref()))?;
+        }
+        let mut rate = match (args.rate, file.rate.as_deref()) {
+            (Some(r), _) => r.0,
+            (None, Some(r)) => {
+                r.parse::<crate::rate::Limit<Rate>>()
+                    .map_err(|e| anyhow!("config rate: {e}"))?
+                    .0
+            }
+            (None, None) => Some("100/10s".parse().expect("the default rate parses")),
+        };
+        if let Some(target) = target {
+            base_url = crate::sender::check_base_url(&target.base_url)?;
+            token = target.token;
+            // The sandbox has no limits: pace as fast as the sender goes.
+            rate = None;
+        }
+        let timeout = match (args.timeout, file.timeout.as_deref()) {
+            (Some(t), _) => t,
+            (None, Some(t)) => {
+                crate::rate::parse_duration(t).map_err(|e| anyhow!("config timeout: {e}"))?
+            }
+            (None, None) => Duration::from_secs(30),
+        };
+        let concurrency = args.concurrency.or(file.concurrency).unwrap_or(8);
+        if concurrency == 0 {
+            bail!("--concurrency 0 would send nothing: give 1 or more");
+        }
+        Ok(Settings {
+            results: args
+                .results
+                .or(file.results.take())
+                .unwrap_or_else(|| beside_input(&args.input, ".results.csv")),
+            input: args.input,
+            base_url,
+            token,
+            api_version: args
+                .api_version
+                .or(file.api_version.take())
+                .unwrap_or_else(|| "2021-07-28".to_owned()),
+            rate,
+            concurrency,
+            max_retries: args.max_retries.or(file.max_retries).unwrap_or(5),
+            timeout,
+            limit: args.limit.or(file.limit),
+            resend_unknown: args.resend_unknown,
+            mapping,
+            delimiter,
+            backoff: Backoff::default(),
+            create_contacts: args.create_contacts || file.create_contacts.unwrap_or(false),
+            max_requests: args.max_requests.or(file.max_requests),
+        })
+    }
+}
+
+/// The token from `--token-file`, else from `LC_TOKEN`. Never from the command line, where
+/// other users of the machine could read it.
+fn read_token(file: Option<&Path>) -> Result<String> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --token-file {}", path.display()))?,
+        None => std::env::var("LC_TOKEN").unwrap_or_default(),
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        bail!(
+            "no API token: set the environment variable LC_TOKEN, or give --token-file PATH (a file holding only the token). Use a sub-account Private Integration token or a location OAuth token"
+        );
+    }
+    Ok(token)
+}
 
 /// The `--config` file: the same keys as the flags, in kebab-case.
 #[derive(Debug, Default, Deserialize)]

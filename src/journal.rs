@@ -279,9 +279,14 @@ impl Prior {
         self.entries.binary_search_by_key(&id, |e| e.key).ok()
     }
 
-    /// The earlier status of `key`, without marking it seen (for the quota plan).
+    /// The earlier status of `key`, without marking it seen.
     pub fn status(&self, key: &str) -> Option<Status> {
-        Some(unpack(self.entries[self.find(key)?].packed).0)
+        self.get(key).map(|p| p.status)
+    }
+
+    /// The earlier outcome of `key`, without marking it seen (for the pass before sending).
+    pub fn get(&self, key: &str) -> Option<PriorOutcome> {
+        Some(self.outcome(self.find(key)?))
     }
 
     fn outcome(&self, i: usize) -> PriorOutcome {

@@ -2,15 +2,26 @@
 //! `POST /conversations/messages/inbound`.
 //!
 //! The binary is a thin shell over [`run`]: tests and other programs drive the whole tool
-//! in-process through the same entry point.
+//! in-process through the same entry point. `run` is also the one place the exit code is
+//! decided, from how the command ended ([`summary::Ending`]).
+//!
+//! The import (`lc-import run`) is a chain of stages, each a module, wired by
+//! [`commands::run`]: [`config`] → [`preflight`] → [`intake`] → [`schedule`] → [`deliver`]
+//! (through [`gate`], [`sender`] and [`retry`]) → [`results`], with [`shutdown`], [`progress`]
+//! and [`summary`] beside them.
 
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deliver;
 pub mod extsort;
+pub mod gate;
+pub mod intake;
 pub mod journal;
 pub mod mapping;
 pub mod message;
+pub mod preflight;
+pub mod progress;
 pub mod quota;
 pub mod rate;
 pub mod ratelimit;
@@ -20,6 +31,7 @@ pub mod retry;
 pub mod sandbox;
 pub mod schedule;
 pub mod sender;
+pub mod shutdown;
 pub mod summary;
 pub mod validate;
 
@@ -47,11 +59,29 @@ impl From<Exit> for ExitCode {
 /// Runs one command line to its end and says how it ended.
 pub fn run(cli: cli::Cli) -> Exit {
     init_logging(&cli);
-    match cli.command {
+    let ended = match cli.command {
         cli::Command::Run(args) => commands::run::run(args),
         cli::Command::Validate(args) => commands::validate::run(args),
         cli::Command::Sandbox(args) => sandbox::run_foreground(args),
         cli::Command::Report(args) => commands::report::run(args),
+    };
+    exit_code(ended)
+}
+
+/// The exit code, decided here and nowhere else (DESIGN "What the user sees"). An error is a
+/// usage or setup error: commands return one only when nothing was sent (after the first
+/// request, every error is a stop).
+pub fn exit_code(ended: anyhow::Result<summary::Ending>) -> Exit {
+    match ended {
+        Err(e) => {
+            summary::say_err(&format!("error: {e:#}"));
+            Exit::Usage
+        }
+        Ok(summary::Ending {
+            stopped: Some(_), ..
+        }) => Exit::Stopped,
+        Ok(ending) if ending.attention > 0 => Exit::RowsNeedAttention,
+        Ok(_) => Exit::Success,
     }
 }
 
@@ -65,9 +95,12 @@ fn init_logging(cli: &cli::Cli) {
         (false, _) => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::new(format!("warn,lc_import={ours}"));
+    // `log_internal_errors(false)`: with stderr a closed pipe, the subscriber would report the
+    // failed write with `eprintln!`, which panics in whatever task logged.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_target(false);
     let _ = match cli.log_format {
         cli::LogFormat::Json => builder.json().try_init(),

@@ -1,22 +1,15 @@
-//! The request budget of a run: the quota plan printed before anything is sent, and
-//! `--max-requests`, which stops a run cleanly (exit 3, resumable) once it has made N requests.
+//! The request budget of a run: the quota [`Plan`] printed before anything is sent (counted by
+//! the pass before sending, `preflight`), and `--max-requests` ([`Quota`]), which stops a run
+//! cleanly (exit 3, resumable) once it has made N requests.
 //!
-//! The plan reads the input once more before sending (a pass that only maps rows, far faster than
-//! the API can take them) and counts what this run still has to do: rows not sent earlier, and
-//! contacts and conversations the ID map does not know. A lookup that finds its ID costs one
-//! request, one that creates costs two, so lookups are given as a range.
+//! The plan counts what this run still has to do: rows not sent earlier, and contacts and
+//! conversations the ID map does not know. A lookup that finds its ID costs one request, one
+//! that creates costs two, so lookups are given as a range.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-
-use crate::journal::{Prior, Status};
-use crate::mapping::Mapping;
 use crate::rate::Rate;
-use crate::reader::CsvInput;
-use crate::resolve::IdMap;
 
 /// The API's daily budget per location (FACTS §5), for the plan's share.
 pub const DAILY_BUDGET: u64 = 200_000;
@@ -154,77 +147,6 @@ fn human(d: Duration) -> String {
         60..3600 => format!("{}m {:02}s", s / 60, s % 60),
         _ => format!("{}h {:02}m", s / 3600, s / 60 % 60),
     }
-}
-
-/// Reads the input once to count what this run will do.
-#[allow(clippy::too_many_arguments)]
-pub fn plan(
-    input: &std::path::Path,
-    delimiter: u8,
-    mapping: &Mapping,
-    prior: &Prior,
-    resend_unknown: bool,
-    ids: Option<&IdMap>,
-    create_contacts: bool,
-    on_key: &mut dyn FnMut(u64, &str) -> Result<()>,
-) -> Result<Plan> {
-    let path = input;
-    let mut input = CsvInput::open(path, delimiter)?;
-    let mut plan = Plan {
-        contact_cost: if create_contacts { 2 } else { 1 },
-        ..Plan::default()
-    };
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    while let Some(record) = input
-        .next_record()
-        .with_context(|| format!("reading {}", path.display()))?
-    {
-        // Every row's key goes to `on_key` (the run finds duplicate keys in this same pass).
-        let key = mapping.record_key(&record);
-        on_key(record.row, &key)?;
-        if record.broken.is_some() {
-            continue;
-        }
-        match prior.status(&key) {
-            Some(Status::Sent) => {
-                plan.done_before += 1;
-                continue;
-            }
-            Some(Status::Unknown) if !resend_unknown => {
-                plan.done_before += 1;
-                continue;
-            }
-            _ => {}
-        }
-        let Ok(row) = mapping.map_row(record.cells, record.line) else {
-            continue;
-        };
-        plan.messages += 1;
-        let (Some(lookup), Some(ids)) = (row.lookup, ids) else {
-            continue;
-        };
-        let m = &row.message;
-        let location = lookup.location_id.clone();
-        let key = lookup.key(&m.contact_id);
-        if !seen.insert((location.clone(), key.clone())) {
-            continue;
-        }
-        let contact = if m.contact_id.is_empty() {
-            let known = ids.contact(&location, &key).map(|k| k.id);
-            if known.is_none() {
-                plan.contacts += 1;
-            }
-            known
-        } else {
-            Some(m.contact_id.clone())
-        };
-        if m.conversation_id.is_empty()
-            && contact.is_none_or(|c| ids.conversation(&location, &c).is_none())
-        {
-            plan.conversations += 1;
-        }
-    }
-    Ok(plan)
 }
 
 #[cfg(test)]

@@ -1,7 +1,29 @@
-//! What one attempt came to, and when to try again. Two pure pieces kept apart, as in vector's
-//! HTTP sink: [`classify`] decides *whether* (DESIGN "Outcome of each attempt") and
-//! [`Backoff`] decides *when* (exponential, full jitter, `Retry-After` honoured).
+//! What one attempt came to, and what happens next. Three pieces kept apart, as in vector's
+//! HTTP sink: [`classify`] decides *whether* (DESIGN "Outcome of each attempt"), [`Backoff`]
+//! decides *when* (exponential, full jitter, `Retry-After` honoured), and [`Policy`] puts them
+//! together for messages and lookups alike: retry, record, or stop the run.
+//!
+//! ```
+//! use lc_import::retry::{Attempt, Next, Policy, Request, classify};
+//!
+//! let policy = Policy::new(5, Default::default());
+//! let throttled = Attempt::Answered {
+//!     status: 429,
+//!     body: br#"{"message":"Too Many Requests"}"#.to_vec(),
+//!     retry_after: Some(std::time::Duration::from_secs(2)),
+//!     daily_remaining: Some(1000),
+//!     interval: None,
+//! };
+//! let decision = policy.decide(classify(&throttled), 1, Request::Message, 0.5);
+//! // A 429 stored nothing: every request pauses for the server's 2 s, then this one goes again.
+//! assert!(matches!(
+//!     decision.next,
+//!     Next::Retry { pause: Some(p), .. } if p.as_secs() == 2
+//! ));
+//! assert!(decision.stop.is_none());
+//! ```
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,9 +51,11 @@ pub enum Outcome {
     /// 2xx with a `messageId`.
     Sent(Accepted),
     /// Not stored; worth another try after a pause (`after` is the server's own word).
+    /// `throttled`: the answer was a 429, so every request should wait, not only this one.
     Retry {
         reason: String,
         after: Option<Duration>,
+        throttled: bool,
     },
     /// Refused for good: a 4xx other than 401/429, or a 2xx without a `messageId`.
     Failed(String),
@@ -49,6 +73,9 @@ pub enum StopReason {
     ServerFailing(String),
     /// The results file could not be written (disk full, file too large): `path: error`.
     ResultsFile(String),
+    /// Any other error after sending started (the input could not be read, a temp file could
+    /// not be written): the run stops as it would on Ctrl-C, so nothing in flight is lost.
+    Error(String),
     Interrupted,
     Limit(u64),
     /// `--max-requests` reached.
@@ -67,6 +94,7 @@ impl std::fmt::Display for StopReason {
                 f,
                 "cannot write the results file {why}; make room (or fix the file), then resume"
             ),
+            StopReason::Error(why) => write!(f, "{why}"),
             StopReason::Interrupted => f.write_str("interrupted"),
             StopReason::Limit(n) => write!(f, "--limit {n} reached"),
             StopReason::MaxRequests(n) => write!(f, "--max-requests {n} reached"),
@@ -86,8 +114,6 @@ pub struct Accepted {
     pub contact_id: String,
     #[serde(default)]
     pub trace_id: String,
-    #[serde(skip)]
-    pub status: u16,
 }
 
 /// An error body as the API writes it: `message` is a string or a list of strings.
@@ -140,6 +166,7 @@ pub fn classify(attempt: &Attempt) -> Outcome {
             return Outcome::Retry {
                 reason: format!("could not connect: {why}"),
                 after: None,
+                throttled: false,
             };
         }
         Attempt::NoAnswer(why) => {
@@ -157,9 +184,7 @@ pub fn classify(attempt: &Attempt) -> Outcome {
     };
     match status {
         200..=299 => match serde_json::from_slice::<Accepted>(body) {
-            Ok(accepted) if !accepted.message_id.is_empty() => {
-                Outcome::Sent(Accepted { status, ..accepted })
-            }
+            Ok(accepted) if !accepted.message_id.is_empty() => Outcome::Sent(accepted),
             _ => Outcome::Failed(format!(
                 "HTTP {status} without a messageId: the API stored nothing (seen for type Custom without a conversationProviderId)"
             )),
@@ -170,10 +195,12 @@ pub fn classify(attempt: &Attempt) -> Outcome {
             reason: describe(status, body),
             // Without Retry-After, wait out the window the server named.
             after: retry_after.or(interval),
+            throttled: true,
         },
         500 | 502 | 503 | 504 => Outcome::Retry {
             reason: describe(status, body),
             after: retry_after,
+            throttled: false,
         },
         _ => Outcome::Failed(describe(status, body)),
     }
@@ -210,6 +237,141 @@ impl Backoff {
     }
 }
 
+/// Consecutive server errors or unanswered requests, across all rows and lookups, that stop the
+/// run: a server that keeps failing would otherwise turn every row `failed` (or, if it accepts
+/// connections and never answers, `unknown`, which cannot be resent safely). Stopping leaves the
+/// rest unrecorded, to be sent on resume.
+pub const SERVER_FAILURE_LIMIT: u32 = 25;
+
+/// What kind of request an attempt was: it decides what a lost answer means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// An inbound message: no idempotency key, so a lost answer is `unknown`, never retried.
+    Message,
+    /// A contact or conversation lookup: a search, or a create that the next search finds, so
+    /// a lost answer is retried.
+    Lookup,
+}
+
+/// How a row (or lookup) goes on after an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Stored: record it `sent`.
+    Sent(Accepted),
+    /// Not stored, and not retried in this run: record it `failed` (tried again on the next).
+    Failed(String),
+    /// The request left and no answer came: record it `unknown`.
+    Unknown(String),
+    /// Try again after `delay`. `pause`: first hold every request of the run that long (a 429).
+    Retry {
+        reason: String,
+        delay: Duration,
+        pause: Option<Duration>,
+    },
+}
+
+/// What [`Policy::decide`] says: how this row goes on, and whether the whole run stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub next: Next,
+    pub stop: Option<StopReason>,
+}
+
+/// The one retry policy of a run, for messages and lookups: how many retries a row gets, how
+/// long it waits, and when failures in a row mean the server is down. The consecutive-failure
+/// count is the only state; one `Policy` is shared by every request of the run.
+#[derive(Debug)]
+pub struct Policy {
+    max_retries: u32,
+    backoff: Backoff,
+    failures: AtomicU32,
+}
+
+impl Policy {
+    pub fn new(max_retries: u32, backoff: Backoff) -> Policy {
+        Policy {
+            max_retries,
+            backoff,
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    pub fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    /// Decides what follows the `attempts`-th attempt (1-based) that came to `outcome`.
+    /// `unit` is a uniform random number in [0, 1) for the backoff's jitter.
+    pub fn decide(&self, outcome: Outcome, attempts: u32, kind: Request, unit: f64) -> Decision {
+        let decision = |next, stop| Decision { next, stop };
+        let outcome = match (outcome, kind) {
+            // A lookup is safe to repeat: a lost answer is one more failure to retry.
+            (Outcome::Unknown(why), Request::Lookup) => Outcome::Retry {
+                reason: why,
+                after: None,
+                throttled: false,
+            },
+            (outcome, _) => outcome,
+        };
+        match outcome {
+            Outcome::Sent(accepted) => {
+                self.failures.store(0, Ordering::Relaxed);
+                decision(Next::Sent(accepted), None)
+            }
+            Outcome::Failed(why) => {
+                self.failures.store(0, Ordering::Relaxed);
+                decision(Next::Failed(why), None)
+            }
+            Outcome::Unknown(why) => {
+                let stop = self.failed_again(&why);
+                decision(Next::Unknown(why), stop)
+            }
+            // 401 and the spent daily budget stored nothing: failed, retried on the next run.
+            Outcome::Stop(reason) => {
+                decision(Next::Failed(format!("not stored: {reason}")), Some(reason))
+            }
+            Outcome::Retry {
+                reason,
+                after,
+                throttled,
+            } => {
+                let pause = if throttled {
+                    self.failures.store(0, Ordering::Relaxed);
+                    Some(after.unwrap_or(Duration::from_secs(1)))
+                } else if let Some(stop) = self.failed_again(&reason) {
+                    return decision(Next::Failed(format!("not stored: {reason}")), Some(stop));
+                } else {
+                    None
+                };
+                if attempts > self.max_retries {
+                    let why = format!("gave up after {attempts} attempts: {reason}");
+                    return decision(Next::Failed(why), None);
+                }
+                let delay = self.backoff.delay(attempts, after, unit);
+                decision(
+                    Next::Retry {
+                        reason,
+                        delay,
+                        pause,
+                    },
+                    None,
+                )
+            }
+        }
+    }
+
+    /// Counts one more failure in a row; the stop when that makes [`SERVER_FAILURE_LIMIT`].
+    fn failed_again(&self, why: &str) -> Option<StopReason> {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        (n >= SERVER_FAILURE_LIMIT)
+            .then(|| StopReason::ServerFailing(format!("{n} failures in a row, the last: {why}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +397,6 @@ mod tests {
                     conversation_id: "c1".into(),
                     contact_id: "k1".into(),
                     trace_id: "t1".into(),
-                    status: 200,
                 }),
             ),
             (
@@ -259,24 +420,24 @@ mod tests {
             (answered(404, "not here"), Outcome::Failed("HTTP 404: not here".into())),
             (
                 answered(429, r#"{"statusCode":429,"message":"Too Many Requests"}"#),
-                Outcome::Retry { reason: "HTTP 429: Too Many Requests".into(), after: Some(Duration::from_secs(10)) },
+                Outcome::Retry { reason: "HTTP 429: Too Many Requests".into(), after: Some(Duration::from_secs(10)), throttled: true },
             ),
             (
                 Attempt::Answered { status: 429, body: vec![], retry_after: Some(Duration::from_secs(3)), daily_remaining: Some(5), interval: Some(Duration::from_secs(10)) },
-                Outcome::Retry { reason: "HTTP 429 with an empty body".into(), after: Some(Duration::from_secs(3)) },
+                Outcome::Retry { reason: "HTTP 429 with an empty body".into(), after: Some(Duration::from_secs(3)), throttled: true },
             ),
             (
                 Attempt::Answered { status: 429, body: vec![], retry_after: None, daily_remaining: Some(0), interval: None },
                 Outcome::Stop(StopReason::DailyBudget),
             ),
-            (answered(500, r#"{"statusCode":500,"message":"Internal server error"}"#), Outcome::Retry { reason: "HTTP 500: Internal server error".into(), after: None }),
-            (answered(502, ""), Outcome::Retry { reason: "HTTP 502 with an empty body".into(), after: None }),
-            (answered(503, ""), Outcome::Retry { reason: "HTTP 503 with an empty body".into(), after: None }),
-            (answered(504, ""), Outcome::Retry { reason: "HTTP 504 with an empty body".into(), after: None }),
+            (answered(500, r#"{"statusCode":500,"message":"Internal server error"}"#), Outcome::Retry { reason: "HTTP 500: Internal server error".into(), after: None, throttled: false }),
+            (answered(502, ""), Outcome::Retry { reason: "HTTP 502 with an empty body".into(), after: None, throttled: false }),
+            (answered(503, ""), Outcome::Retry { reason: "HTTP 503 with an empty body".into(), after: None, throttled: false }),
+            (answered(504, ""), Outcome::Retry { reason: "HTTP 504 with an empty body".into(), after: None, throttled: false }),
             (answered(501, ""), Outcome::Failed("HTTP 501 with an empty body".into())),
             (
                 Attempt::NotConnected("connection refused".into()),
-                Outcome::Retry { reason: "could not connect: connection refused".into(), after: None },
+                Outcome::Retry { reason: "could not connect: connection refused".into(), after: None, throttled: false },
             ),
             (
                 Attempt::NoAnswer("timed out after 30s".into()),
@@ -309,5 +470,119 @@ mod tests {
             Duration::from_secs(7),
             "Retry-After wins"
         );
+    }
+
+    fn policy() -> Policy {
+        Policy::new(
+            2,
+            Backoff {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(1),
+            },
+        )
+    }
+
+    fn server_error() -> Outcome {
+        classify(&answered(500, ""))
+    }
+
+    #[test]
+    fn policy_retries_until_the_retries_run_out() {
+        let p = policy();
+        let retry = |attempts| p.decide(server_error(), attempts, Request::Message, 1.0);
+        assert_eq!(
+            retry(1).next,
+            Next::Retry {
+                reason: "HTTP 500 with an empty body".into(),
+                delay: Duration::from_millis(100),
+                pause: None
+            }
+        );
+        assert!(
+            matches!(retry(2).next, Next::Retry { delay, .. } if delay == Duration::from_millis(200))
+        );
+        assert_eq!(
+            retry(3),
+            Decision {
+                next: Next::Failed("gave up after 3 attempts: HTTP 500 with an empty body".into()),
+                stop: None
+            }
+        );
+    }
+
+    #[test]
+    fn policy_stops_the_run_after_failures_in_a_row_and_a_success_resets_them() {
+        let p = policy();
+        for _ in 0..SERVER_FAILURE_LIMIT - 1 {
+            assert_eq!(
+                p.decide(server_error(), 1, Request::Message, 0.0).stop,
+                None
+            );
+        }
+        // A success in between starts the count again.
+        let ok = classify(&answered(200, r#"{"messageId":"m"}"#));
+        assert!(matches!(
+            p.decide(ok, 1, Request::Message, 0.0).next,
+            Next::Sent(_)
+        ));
+        for _ in 0..SERVER_FAILURE_LIMIT - 1 {
+            assert_eq!(p.decide(server_error(), 1, Request::Lookup, 0.0).stop, None);
+        }
+        let last = p.decide(server_error(), 1, Request::Message, 0.0);
+        assert_eq!(
+            last.next,
+            Next::Failed("not stored: HTTP 500 with an empty body".into())
+        );
+        assert!(
+            matches!(&last.stop, Some(StopReason::ServerFailing(why)) if why.starts_with("25 failures in a row")),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn policy_pauses_every_request_on_a_429_and_counts_it_as_no_failure() {
+        let p = policy();
+        for _ in 0..SERVER_FAILURE_LIMIT - 1 {
+            p.decide(server_error(), 1, Request::Message, 0.0);
+        }
+        let throttled = classify(&answered(429, ""));
+        let d = p.decide(throttled, 1, Request::Message, 0.0);
+        assert_eq!(
+            d.next,
+            Next::Retry {
+                reason: "HTTP 429 with an empty body".into(),
+                // The window the server named (`interval`), for this row and as a pause for all.
+                delay: Duration::from_secs(10),
+                pause: Some(Duration::from_secs(10))
+            }
+        );
+        assert_eq!(
+            p.decide(server_error(), 1, Request::Message, 0.0).stop,
+            None,
+            "the 429 reset the count"
+        );
+    }
+
+    #[test]
+    fn a_lost_answer_is_unknown_for_a_message_and_retried_for_a_lookup() {
+        let p = policy();
+        let lost = || classify(&Attempt::NoAnswer("timed out".into()));
+        assert!(matches!(
+            p.decide(lost(), 1, Request::Message, 0.0).next,
+            Next::Unknown(_)
+        ));
+        assert!(matches!(
+            p.decide(lost(), 1, Request::Lookup, 0.0).next,
+            Next::Retry { .. }
+        ));
+        let refused = classify(&answered(401, r#"{"message":"Invalid token"}"#));
+        let d = p.decide(refused, 1, Request::Lookup, 0.0);
+        assert_eq!(
+            d.next,
+            Next::Failed(
+                "not stored: the API rejected the token (401: HTTP 401: Invalid token)".into()
+            )
+        );
+        assert!(matches!(d.stop, Some(StopReason::TokenRejected(_))));
     }
 }

@@ -1,6 +1,7 @@
-//! Per-conversation lanes: rows of one `conversationId` go one at a time, in input order
-//! (timeline order and e-mail threading depend on it); rows of different conversations go side
-//! by side.
+//! The scheduler: per-conversation lanes, so rows of one `conversationId` go one at a time, in
+//! input order (timeline order and e-mail threading depend on it), rows of different
+//! conversations side by side, at most `--concurrency` in flight. [`run`] is the loop that takes
+//! jobs from intake into [`Lanes`] and spawns the deliver step (passed in) for each ready row.
 //!
 //! Memory stays bounded however conversations interleave: a lane keeps at most [`LANE_MEMORY`]
 //! rows in memory and spills the rest, in order, to an unnamed temp file that it reads back as it
@@ -15,7 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
+use crate::gate::Gate;
+use crate::retry::StopReason;
 
 /// Rows a busy lane holds in memory before it spills to disk.
 pub const LANE_MEMORY: usize = 32;
@@ -252,6 +257,76 @@ impl Spill {
             pending,
         }))
     }
+}
+
+/// Takes jobs from `jobs` into lanes and runs `deliver` for each as its lane and a slot free up:
+/// at most `concurrency` at once, at most `max_queued` rows held in memory (a busy lane spills
+/// the rest to `spill_dir`). Returns when every job is delivered, or, once the run stops, when
+/// the deliveries in flight have finished (rows still queued stay unrecorded for the next run).
+pub async fn run<F, Fut>(
+    mut jobs: mpsc::Receiver<Vec<Job>>,
+    gate: &Gate,
+    deliver: F,
+    concurrency: usize,
+    max_queued: usize,
+    spill_dir: &Path,
+) where
+    F: Fn(Job) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut lanes = Lanes::new(spill_dir);
+    let mut in_flight = 0usize;
+    let mut reader_done = false;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Arc<str>>();
+    // Every deliver task is tracked, so the run ends only when all have finished.
+    let tasks = tokio_util::task::TaskTracker::new();
+    let spill_failed = |e: io::Error| {
+        gate.stop_with(StopReason::Error(format!(
+            "cannot spill queued rows to a temp file in {}: {e}",
+            spill_dir.display()
+        )))
+    };
+    loop {
+        let stopping = gate.is_stopping();
+        while in_flight < concurrency && !stopping {
+            let Some(job) = lanes.next_ready() else { break };
+            in_flight += 1;
+            let lane = job.conversation_id.clone();
+            let delivered = deliver(job);
+            let done = done_tx.clone();
+            tasks.spawn(async move {
+                delivered.await;
+                // The scheduler outlives every task, so the send cannot fail.
+                let _ = done.send(lane);
+            });
+        }
+        if in_flight == 0 && (stopping || (reader_done && lanes.is_idle())) {
+            break;
+        }
+        let accepting = !reader_done && !stopping && lanes.in_memory() < max_queued;
+        tokio::select! {
+            Some(lane) = done_rx.recv(), if in_flight > 0 => {
+                in_flight -= 1;
+                if let Err(e) = lanes.done(&lane) {
+                    spill_failed(e);
+                }
+            }
+            batch = jobs.recv(), if accepting => match batch {
+                Some(batch) => {
+                    for job in batch {
+                        if let Err(e) = lanes.push(job) {
+                            spill_failed(e);
+                        }
+                    }
+                }
+                None => reader_done = true,
+            },
+            _ = gate.stopping(), if !stopping => {}
+        }
+    }
+    jobs.close();
+    tasks.close();
+    tasks.wait().await;
 }
 
 #[cfg(test)]

@@ -1,11 +1,190 @@
-//! Counting what happened to rows and saying it at the end: counts per status and the most
-//! frequent errors grouped by kind, each with its first example.
+//! What the user sees at the end: the counters a run keeps, the [`Report`] they become, the
+//! summary printed from it, and the most frequent row errors grouped by kind. Also the two ways
+//! every command writes to the terminal, [`say`] and [`say_err`], which never fail: a closed
+//! stdout (`run … | head`) or stderr (a dead log collector) loses the text, not the run.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::reader::RowError;
+use crate::retry::StopReason;
 use crate::validate::Problem;
+
+/// Text on stdout that never fails the caller.
+pub fn say(text: &str) {
+    let _ = Stdout.write_all(text.as_bytes());
+}
+
+/// Standard output as a writer whose writes always succeed: what cannot be written (the reader
+/// of the pipe has gone) is dropped, and the command goes on to its end and its exit code.
+pub struct Stdout;
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stdout().lock().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stdout().lock().flush();
+        Ok(())
+    }
+}
+
+/// A line on stderr that never fails the caller.
+pub fn say_err(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// How a command ended, in the terms the exit code is decided from (in `lib.rs`, once).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// Stopped early and resumable.
+    pub stopped: Option<StopReason>,
+    /// Rows (or contacts) that need the user: invalid, failed, unknown, ambiguous.
+    pub attention: u64,
+}
+
+/// Counters of a run, shared by the stages; the [`Report`] is read from them at the end.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub rows: AtomicU64,
+    /// Input bytes read so far, for progress.
+    pub bytes: AtomicU64,
+    pub sent: AtomicU64,
+    pub sent_before: AtomicU64,
+    pub invalid: AtomicU64,
+    pub failed: AtomicU64,
+    pub unknown: AtomicU64,
+    pub unknown_before: AtomicU64,
+    pub duplicate: AtomicU64,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub stopped: Option<StopReason>,
+    pub rows: u64,
+    pub sent: u64,
+    pub sent_before: u64,
+    pub invalid: u64,
+    pub failed: u64,
+    pub unknown: u64,
+    pub unknown_before: u64,
+    pub duplicate: u64,
+    pub requests: u64,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// The counters as they stand, with the stop reason and request count of the run.
+    pub fn read(
+        c: &Counters,
+        stopped: Option<StopReason>,
+        requests: u64,
+        elapsed: Duration,
+    ) -> Report {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Report {
+            stopped,
+            rows: n(&c.rows),
+            sent: n(&c.sent),
+            sent_before: n(&c.sent_before),
+            invalid: n(&c.invalid),
+            failed: n(&c.failed),
+            unknown: n(&c.unknown),
+            unknown_before: n(&c.unknown_before),
+            duplicate: n(&c.duplicate),
+            requests,
+            elapsed,
+        }
+    }
+
+    pub fn ending(&self) -> Ending {
+        Ending {
+            stopped: self.stopped.clone(),
+            attention: self.invalid + self.failed + self.unknown + self.unknown_before,
+        }
+    }
+
+    /// The summary printed at the end of a run: counts, pace, and what to do next.
+    pub fn render(&self, input: &Path, results: &Path) -> String {
+        let r = self;
+        let mut out = String::new();
+        let _ = writeln!(out, "{} → {}", input.display(), results.display());
+        let _ = writeln!(out, "  rows read     {:>9}", r.rows);
+        let _ = writeln!(
+            out,
+            "  sent          {:>9}   ({} now, {} in earlier runs)",
+            r.sent + r.sent_before,
+            r.sent,
+            r.sent_before
+        );
+        let _ = writeln!(out, "  invalid       {:>9}", r.invalid);
+        let _ = writeln!(out, "  failed        {:>9}", r.failed);
+        let _ = writeln!(
+            out,
+            "  unknown       {:>9}   ({} now, {} from earlier runs)",
+            r.unknown + r.unknown_before,
+            r.unknown,
+            r.unknown_before
+        );
+        let _ = writeln!(out, "  duplicate     {:>9}", r.duplicate);
+        let secs = r.elapsed.as_secs_f64();
+        let _ = writeln!(
+            out,
+            "  {} requests in {:.1}s ({:.1} sent/s)",
+            r.requests,
+            secs,
+            r.sent as f64 / secs.max(0.001)
+        );
+        let again = resume_command();
+        match &r.stopped {
+            Some(reason) => {
+                let _ = writeln!(out, "stopped early: {reason}.");
+                let _ = writeln!(
+                    out,
+                    "rows not attempted are not in the results file; to resume, run the same command again:\n  {again}"
+                );
+            }
+            None if r.failed + r.invalid > 0 => {
+                let _ = writeln!(
+                    out,
+                    "failed and invalid rows are tried again when you run the same command (fix the input first for invalid rows):\n  {again}"
+                );
+            }
+            None => {}
+        }
+        if r.unknown + r.unknown_before > 0 {
+            let _ = writeln!(
+                out,
+                "unknown rows may or may not be stored (the request left, no answer came): check them in HighLevel, then send the missing ones with --resend-unknown"
+            );
+        }
+        out
+    }
+}
+
+/// The command line of this run, quoted for a POSIX shell.
+pub fn resume_command() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// Row errors grouped by kind, with the first one of each kind as the example.
 #[derive(Debug, Default)]

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::Exit;
 use crate::extsort::ExternalSort;
 use crate::journal::{HEADER, Status, folder_of};
+use crate::summary::Ending;
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
@@ -29,28 +29,17 @@ pub struct Summary {
     pub errors: HashMap<String, (u64, String)>,
 }
 
-pub fn run(args: ReportArgs) -> Exit {
-    match summarise(&args.results) {
-        Ok(summary) => {
-            let _ = print(&args.results, &summary, &mut std::io::stdout().lock());
-            let done = summary.by_status.get(&Status::Sent).copied().unwrap_or(0)
-                + summary.by_status.get(&Status::Valid).copied().unwrap_or(0)
-                + summary
-                    .by_status
-                    .get(&Status::Duplicate)
-                    .copied()
-                    .unwrap_or(0);
-            if done == summary.rows {
-                Exit::Success
-            } else {
-                Exit::RowsNeedAttention
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Exit::Usage
-        }
-    }
+pub fn run(args: ReportArgs) -> Result<Ending> {
+    let summary = summarise(&args.results)?;
+    let _ = print(&args.results, &summary, &mut crate::summary::Stdout);
+    let done = [Status::Sent, Status::Valid, Status::Duplicate]
+        .iter()
+        .map(|s| summary.by_status.get(s).copied().unwrap_or(0))
+        .sum::<u64>();
+    Ok(Ending {
+        stopped: None,
+        attention: summary.rows.saturating_sub(done),
+    })
 }
 
 /// Reads `path` once to sort `(row, line number)` pairs on disk, and once more to count the

@@ -7,13 +7,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::Exit;
 use crate::cli::ValidateArgs;
 use crate::config::{self, FileConfig};
 use crate::journal::{ResultLine, ResultsWriter, Status};
 use crate::mapping::{Mapping, MappingOptions};
 use crate::reader::CsvInput;
-use crate::summary::ErrorTally;
+use crate::summary::{Ending, ErrorTally, Stdout, say_err};
 
 /// What a validation found.
 #[derive(Debug, Default)]
@@ -25,20 +24,12 @@ pub struct Report {
     pub results: PathBuf,
 }
 
-pub fn run(args: ValidateArgs) -> Exit {
-    match validate(&args, &mut std::io::stdout().lock()) {
-        Ok(report) => {
-            if report.invalid == 0 {
-                Exit::Success
-            } else {
-                Exit::RowsNeedAttention
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Exit::Usage
-        }
-    }
+pub fn run(args: ValidateArgs) -> Result<Ending> {
+    let report = validate(&args, &mut Stdout)?;
+    Ok(Ending {
+        stopped: None,
+        attention: report.invalid,
+    })
 }
 
 /// Validates `args.input`, printing bodies (`--show`) and the summary to `out`.
@@ -50,7 +41,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let mapping = Mapping::new(input.header(), &options)
         .with_context(|| format!("{}", args.input.display()))?;
     for warning in &mapping.warnings {
-        eprintln!("warning: {}: {warning}", args.input.display());
+        say_err(&format!("warning: {}: {warning}", args.input.display()));
     }
 
     let results = args

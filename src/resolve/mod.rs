@@ -10,15 +10,14 @@
 //!   `POST /conversations/` (201). Its 400 "already exists" (search lags a create, pitfall 5)
 //!   sends it back to searching.
 //!
-//! Every request takes a slot of the run's [`RateLimit`] and of `--max-requests`, and what the
-//! server says of its limits goes to the run like a message's answer. What is found goes into the
+//! Every request passes the run's [`Gate`] (stop, pace, `--max-requests`) and is retried by the
+//! run's [`Policy`], like a message, and what the server says of its limits goes to the gate. What is found goes into the
 //! [`IdMap`] at once, so no lookup is made twice. Resolution is serialised per contact key and
 //! per contact ID (keyed async locks): two rows of one new contact never race to create two
 //! contacts or two conversations, even when they run in different lanes.
 
 pub mod idmap;
 pub mod phone;
-pub mod survey;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,12 +28,12 @@ use anyhow::Result;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
+use crate::gate::Gate;
 use crate::message::InboundMessage;
-use crate::quota::Quota;
-use crate::ratelimit::RateLimit;
-use crate::retry::{Backoff, StopReason, describe, trace_id};
+use crate::retry::{
+    Attempt, Next, Outcome, Policy, Request, StopReason, classify, describe, trace_id,
+};
 use crate::sender::ServerLimits;
 
 pub use idmap::{IdMap, Known, Origin};
@@ -79,8 +78,6 @@ impl Lookup {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub lookups: AtomicU64,
-    /// Rows whose IDs all came from the ID map, with no request.
-    pub rows_from_map: AtomicU64,
     pub contacts_found: AtomicU64,
     pub contacts_created: AtomicU64,
     pub contacts_missing: AtomicU64,
@@ -88,8 +85,6 @@ pub struct Counters {
     pub conversations_created: AtomicU64,
     /// Searches that returned more than one conversation for a contact (the first was taken).
     pub conversations_ambiguous: AtomicU64,
-    /// `POST /conversations/` answered "already exists".
-    pub conversation_conflicts: AtomicU64,
 }
 
 /// Why a row could not be resolved.
@@ -115,17 +110,12 @@ impl Failure {
     }
 }
 
-/// What a lookup request shares with the run: its pace, budget, stop and counters.
+/// What a lookup request shares with the run's messages: the gate every request passes (stop,
+/// pace, budget, the server's limits) and the retry policy.
+#[derive(Clone, Copy)]
 pub struct Env<'a> {
-    pub limit: &'a RateLimit,
-    pub quota: &'a Quota,
-    pub stop: &'a CancellationToken,
-    /// The run's request counter (lookups and messages together).
-    pub requests: &'a AtomicU64,
-    /// Takes in what the server said of its limits (a tighter rate, the daily budget at 0).
-    pub observe: &'a (dyn Fn(ServerLimits) + Send + Sync),
-    pub max_retries: u32,
-    pub backoff: Backoff,
+    pub gate: &'a Gate,
+    pub policy: &'a Policy,
 }
 
 /// An answer to a lookup that is not retried: 2xx, or a refusal the caller reads.
@@ -201,6 +191,23 @@ impl Resolver {
         })
     }
 
+    /// The resolver's lines of the run's summary.
+    pub fn summary(&self) -> String {
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "  lookups       {:>9}   (IDs kept in {})\n  contacts      {} found, {} created, {} missing\n  conversations {} found, {} created, {} with more than one\n",
+            n(&c.lookups),
+            self.ids.path().display(),
+            n(&c.contacts_found),
+            n(&c.contacts_created),
+            n(&c.contacts_missing),
+            n(&c.conversations_found),
+            n(&c.conversations_created),
+            n(&c.conversations_ambiguous),
+        )
+    }
+
     fn url(&self, path: &str) -> reqwest::Url {
         let mut url = self.base.clone();
         url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
@@ -231,7 +238,6 @@ impl Resolver {
     ) -> Result<(), Failure> {
         let location = lookup.location_id.as_str();
         let key = lookup.key(&m.contact_id);
-        let lookups_before = self.counters.lookups.load(Ordering::Relaxed);
         let contact = if m.contact_id.is_empty() {
             let _held = self.lock(format!("key {location} {key}")).await;
             match self.ids.contact(location, &key) {
@@ -266,14 +272,11 @@ impl Resolver {
             m.conversation_id = conversation.id;
         }
         m.contact_id = contact.id;
-        // Other rows' lookups may run meanwhile, so this is a close count, not an exact one.
-        if self.counters.lookups.load(Ordering::Relaxed) == lookups_before {
-            self.counters.rows_from_map.fetch_add(1, Ordering::Relaxed);
-        }
         Ok(())
     }
 
-    fn record(
+    /// Writes what was found into the ID map (a failure to write stops the run).
+    pub fn record(
         &self,
         location: &str,
         key: &str,
@@ -486,7 +489,7 @@ impl Resolver {
                     origin: Origin::Found,
                 });
             }
-            if conflicts > env.max_retries {
+            if conflicts > env.policy.max_retries() {
                 return Err(Failure::row(format!(
                     "the API says contact {contact_id} has a conversation, but {conflicts} searches did not find it"
                 )));
@@ -543,9 +546,6 @@ impl Resolver {
                     }
                     // FACTS pitfall 5: search lags a create made a moment ago (by another
                     // client, or by an earlier attempt of ours whose answer was lost).
-                    self.counters
-                        .conversation_conflicts
-                        .fetch_add(1, Ordering::Relaxed);
                     if let Some(id) = refused.and_then(|r| r.conversation_id)
                         && !id.is_empty()
                     {
@@ -559,8 +559,13 @@ impl Resolver {
                     }
                     conflicts += 1;
                     if conflicts > 1 {
-                        let delay = env.backoff.delay(conflicts - 1, None, fastrand::f64());
-                        pause(env, delay).await?;
+                        let delay =
+                            env.policy
+                                .backoff()
+                                .delay(conflicts - 1, None, fastrand::f64());
+                        if env.gate.wait(delay).await.is_err() {
+                            return Err(Failure::Stop(None));
+                        }
                     }
                 }
                 _ => return Err(answer.failure("creating the conversation")),
@@ -568,10 +573,11 @@ impl Resolver {
         }
     }
 
-    /// One lookup request until it has an answer worth reading: every attempt takes a rate-limit
-    /// slot and a `--max-requests` slot; 429, 5xx and lost connections are retried (lookups are
-    /// searches or upserts, and a conversation created by a lost attempt answers the next one with
-    /// "already exists"); 401 and a spent daily budget stop the run.
+    /// One lookup request until it has an answer worth reading: every attempt passes the gate
+    /// (a rate-limit slot and a `--max-requests` slot); what is not an answer to read (401, 429,
+    /// 5xx, a lost connection) is classified and decided like a message's attempt, except that a
+    /// lost answer is retried (lookups are searches or upserts, and a conversation created by a
+    /// lost attempt answers the next one with "already exists").
     async fn call(
         &self,
         env: &Env<'_>,
@@ -580,76 +586,79 @@ impl Resolver {
     ) -> Result<Answer, Failure> {
         let mut attempts = 0u32;
         loop {
-            tokio::select! {
-                biased;
-                _ = env.stop.cancelled() => return Err(Failure::Stop(None)),
-                _ = env.limit.acquire() => {}
-            }
-            if !env.quota.take() {
-                return Err(Failure::Stop(Some(StopReason::MaxRequests(
-                    env.quota.max(),
-                ))));
+            if env.gate.admit().await.is_err() {
+                return Err(Failure::Stop(None));
             }
             attempts += 1;
-            env.requests.fetch_add(1, Ordering::Relaxed);
             self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-            let (reason, after) = match request().send().await {
-                Err(e) => (format!("{what}: {}", crate::sender::error_chain(&e)), None),
+            let attempt = match request().send().await {
+                Err(e) => Attempt::NoAnswer(crate::sender::error_chain(&e)),
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let limits = server_limits(response.headers());
                     let retry_after =
                         header_number(response.headers(), "retry-after").map(Duration::from_secs);
-                    (env.observe)(limits);
-                    let body = response.bytes().await.map(|b| b.to_vec());
-                    match (status, body) {
-                        (401, Ok(body)) => {
-                            return Err(Failure::Stop(Some(StopReason::TokenRejected(describe(
-                                status, &body,
-                            )))));
+                    env.gate.observe(limits);
+                    match response.bytes().await {
+                        Ok(body) if !matches!(status, 401 | 429 | 500 | 502 | 503 | 504) => {
+                            return Ok(Answer {
+                                status,
+                                body: body.to_vec(),
+                            });
                         }
-                        (429, _) if limits.daily_remaining == Some(0) => {
-                            return Err(Failure::Stop(Some(StopReason::DailyBudget)));
-                        }
-                        (429, _) => {
-                            let wait = retry_after
-                                .or(limits.interval)
-                                .unwrap_or(Duration::from_secs(1));
-                            env.limit.pause(wait);
-                            (format!("{what}: HTTP 429"), Some(wait))
-                        }
-                        (500 | 502 | 503 | 504, body) => (
-                            format!(
-                                "{what}: {}",
-                                describe(status, body.as_deref().unwrap_or_default())
-                            ),
+                        Ok(body) => Attempt::Answered {
+                            status,
+                            body: body.to_vec(),
                             retry_after,
-                        ),
-                        (_, Ok(body)) => return Ok(Answer { status, body }),
-                        (_, Err(e)) => (
-                            format!("{what}: HTTP {status} but the body was cut: {e}"),
-                            None,
-                        ),
+                            daily_remaining: limits.daily_remaining,
+                            interval: limits.interval,
+                        },
+                        Err(e) => {
+                            Attempt::NoAnswer(format!("HTTP {status} but the body was cut: {e}"))
+                        }
                     }
                 }
             };
-            if attempts > env.max_retries {
-                return Err(Failure::row(format!(
-                    "gave up after {attempts} attempts: {reason}"
-                )));
+            let outcome = match classify(&attempt) {
+                Outcome::Retry {
+                    reason,
+                    after,
+                    throttled,
+                } => Outcome::Retry {
+                    reason: format!("{what}: {reason}"),
+                    after,
+                    throttled,
+                },
+                Outcome::Unknown(why) => Outcome::Unknown(format!("{what}: {why}")),
+                other => other,
+            };
+            let decision = env
+                .policy
+                .decide(outcome, attempts, Request::Lookup, fastrand::f64());
+            if let Some(reason) = decision.stop {
+                // Nothing of this row was sent: it stays unrecorded for the next run.
+                return Err(Failure::Stop(Some(reason)));
             }
-            tracing::debug!(attempt = attempts, "retrying a lookup: {reason}");
-            let delay = env.backoff.delay(attempts, after, fastrand::f64());
-            pause(env, delay).await?;
+            match decision.next {
+                Next::Retry {
+                    reason,
+                    delay,
+                    pause,
+                } => {
+                    if let Some(pause) = pause {
+                        env.gate.pause(pause);
+                    }
+                    tracing::debug!(attempt = attempts, "retrying a lookup: {reason}");
+                    if env.gate.wait(delay).await.is_err() {
+                        return Err(Failure::Stop(None));
+                    }
+                }
+                Next::Failed(why) | Next::Unknown(why) => return Err(Failure::row(why)),
+                Next::Sent(_) => {
+                    return Err(Failure::row(format!("{what}: an answer with a messageId")));
+                }
+            }
         }
-    }
-}
-
-/// Waits `delay`, or less if the run stops.
-async fn pause(env: &Env<'_>, delay: Duration) -> Result<(), Failure> {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => Ok(()),
-        _ = env.stop.cancelled() => Err(Failure::Stop(None)),
     }
 }
 

@@ -22,7 +22,6 @@ mod limits;
 mod record;
 mod stats;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +35,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Exit;
 use crate::rate::{DurationRange, Rate};
 
 pub use api::{INBOUND_PATH, SUPPORTED_VERSIONS};
@@ -396,48 +394,29 @@ async fn serve_connection(stream: TcpStream, router: axum::Router, cancel: Cance
 }
 
 /// `lc-import sandbox`: runs in the foreground until SIGINT or SIGTERM, then shuts down cleanly.
-pub fn run_foreground(args: SandboxArgs) -> Exit {
+pub fn run_foreground(args: SandboxArgs) -> anyhow::Result<crate::summary::Ending> {
+    use anyhow::Context as _;
     if !args.listen.ip().is_loopback() {
-        eprintln!(
+        anyhow::bail!(
             "lc-import sandbox: {}",
             ConfigError::NotLoopback(args.listen)
         );
-        return Exit::Usage;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("lc-import sandbox: starting the async runtime: {e}");
-            return Exit::Usage;
-        }
-    };
+        .context("lc-import sandbox: starting the async runtime")?;
     runtime.block_on(async {
         // Listen for signals before announcing the address: a caller may signal at once.
-        let stop = match stop_signal() {
-            Ok(stop) => stop,
-            Err(e) => {
-                eprintln!("lc-import sandbox: installing signal handlers: {e:#}");
-                return Exit::Usage;
-            }
-        };
-        let sandbox = match start(args.config(), args.listen).await {
-            Ok(sandbox) => sandbox,
-            Err(e) => {
-                eprintln!("lc-import sandbox: {e:#}");
-                return Exit::Usage;
-            }
-        };
-        let mut stdout = std::io::stdout().lock();
+        let stop = stop_signal().context("lc-import sandbox: installing signal handlers")?;
+        let sandbox = start(args.config(), args.listen)
+            .await
+            .context("lc-import sandbox")?;
         // If stdout is gone nobody reads the address; the sandbox still serves whoever knows it.
-        let _ = writeln!(stdout, "sandbox listening on {}", sandbox.base_url());
-        let _ = stdout.flush();
-        drop(stdout);
+        crate::summary::say(&format!("sandbox listening on {}\n", sandbox.base_url()));
         stop.await;
         sandbox.shutdown().await;
-        Exit::Success
+        Ok(crate::summary::Ending::default())
     })
 }
 

@@ -11,20 +11,19 @@
 //! of these lookups. Requests are paced by `--rate` and counted by `--max-requests` as in a run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::fmt::Write as _;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
-use super::{Env, Failure, IdMap, Known, Lookup, Origin, Resolver};
-use crate::Exit;
-use crate::commands::run::Settings;
+use crate::config::Settings;
+use crate::gate::Gate;
 use crate::mapping::Mapping;
-use crate::quota::Quota;
-use crate::ratelimit::RateLimit;
 use crate::reader::CsvInput;
-use crate::retry::StopReason;
+use crate::resolve::{Env, Failure, IdMap, Known, Lookup, Origin, Resolver};
+use crate::retry::{Policy, StopReason};
+use crate::summary::{Ending, say};
 
 /// One distinct contact of the input.
 struct Wanted {
@@ -60,7 +59,7 @@ fn k(f: Finding) -> FindingKey {
 
 /// Runs the survey; the exit code is 0 when every contact and conversation exists or will be
 /// created by the run, 1 when some are ambiguous or missing without `--create-contacts`.
-pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result<Exit> {
+pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result<Ending> {
     let mut input = CsvInput::open(&settings.input, settings.delimiter)?;
     let mapping = Mapping::new(input.header(), &settings.mapping)
         .with_context(|| settings.input.display().to_string())?;
@@ -69,7 +68,7 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
             "--resolve-only: no row needs a lookup (there is no contactPhone, contactEmail or locationId column, and no --location-id)"
         );
     }
-    let ids = IdMap::open(&super::idmap::path_for(&settings.results))?;
+    let ids = IdMap::open(&crate::resolve::idmap::path_for(&settings.results))?;
 
     // The distinct contacts, in input order.
     let mut order: Vec<(String, String)> = Vec::new();
@@ -101,7 +100,6 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
         entry.needs_conversation |= m.conversation_id.is_empty();
     }
 
-    let stop = interrupt.child_token();
     let shared = Arc::new(Shared {
         resolver: Resolver::new(
             &settings.base_url,
@@ -110,13 +108,12 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
             false,
             ids,
         )?,
-        limit: RateLimit::new(settings.rate),
-        quota: Quota::new(settings.max_requests),
-        stop: stop.clone(),
-        requests: AtomicU64::new(0),
-        stopped: Mutex::new(None),
-        max_retries: settings.max_retries,
-        backoff: settings.backoff,
+        gate: Gate::new(
+            settings.rate,
+            settings.max_requests,
+            interrupt.child_token(),
+        ),
+        policy: Policy::new(settings.max_retries, settings.backoff),
     });
     let permits = Arc::new(tokio::sync::Semaphore::new(settings.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
@@ -128,7 +125,7 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
         let (shared, permits) = (shared.clone(), permits.clone());
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.ok()?;
-            if shared.stop.is_cancelled() {
+            if shared.gate.is_stopping() {
                 return None;
             }
             let key = id.1;
@@ -136,7 +133,7 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
                 Ok(found) => Some(found),
                 Err(Failure::Stop(reason)) => {
                     if let Some(reason) = reason {
-                        shared.stop_with(reason);
+                        shared.gate.stop_with(reason);
                     }
                     None
                 }
@@ -161,7 +158,7 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
         }
     }
     if interrupt.is_cancelled() {
-        shared.stop_with(StopReason::Interrupted);
+        shared.gate.stop_with(StopReason::Interrupted);
     }
     let count = |t: &HashMap<FindingKey, u64>, f: Finding| t.get(&k(f)).copied().unwrap_or(0);
     let c = |f| count(&tally.contacts, f);
@@ -171,7 +168,9 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
     } else {
         "not found (the run fails their rows unless --create-contacts)"
     };
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "resolve-only: {contacts} contact(s) in {rows} row(s) of {}{}",
         settings.input.display(),
         if invalid > 0 {
@@ -180,14 +179,16 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
             String::new()
         }
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  contacts       {} known from the ID map, {} exist, {} {create_word}, {} ambiguous (e-mail and phone find different contacts)",
         c(Finding::Known),
         c(Finding::Exists),
         c(Finding::WouldCreate),
         c(Finding::Ambiguous),
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  conversations  {} known from the ID map, {} exist, {} would be created, {} ambiguous (more than one)",
         v(Finding::Known),
         v(Finding::Exists),
@@ -195,18 +196,22 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
         v(Finding::Ambiguous),
     );
     if failed > 0 {
-        println!("  {failed} contact(s) could not be looked up (see the log)");
+        let _ = writeln!(
+            out,
+            "  {failed} contact(s) could not be looked up (see the log)"
+        );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "  {} lookup request(s); found IDs are kept in {}",
-        shared.requests.load(Ordering::Relaxed),
+        shared.gate.requests(),
         shared.resolver.ids.path().display()
     );
-    let stopped = shared.stopped.lock().expect("stop lock").clone();
-    if let Some(reason) = stopped {
-        println!("stopped early: {reason}.");
-        return Ok(Exit::Stopped);
+    let stopped = shared.gate.reason();
+    if let Some(reason) = &stopped {
+        let _ = writeln!(out, "stopped early: {reason}.");
     }
+    say(&out);
     let attention = c(Finding::Ambiguous)
         + v(Finding::Ambiguous)
         + failed
@@ -215,52 +220,25 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
         } else {
             c(Finding::WouldCreate)
         };
-    Ok(if attention > 0 || invalid > 0 {
-        Exit::RowsNeedAttention
-    } else {
-        Exit::Success
+    Ok(Ending {
+        stopped,
+        attention: attention + invalid,
     })
 }
 
 /// What the survey's tasks share.
 struct Shared {
     resolver: Resolver,
-    limit: RateLimit,
-    quota: Quota,
-    stop: CancellationToken,
-    requests: AtomicU64,
-    stopped: Mutex<Option<StopReason>>,
-    max_retries: u32,
-    backoff: crate::retry::Backoff,
+    gate: Gate,
+    policy: Policy,
 }
 
 impl Shared {
-    fn stop_with(&self, reason: StopReason) {
-        let mut stopped = self.stopped.lock().expect("stop lock");
-        if stopped.is_none() {
-            *stopped = Some(reason);
-        }
-        self.stop.cancel();
-    }
-
     /// The contact's and its conversation's findings.
     async fn one(&self, key: &str, w: &Wanted) -> Result<(Finding, Finding), Failure> {
-        let observe = |limits: crate::sender::ServerLimits| {
-            if limits.daily_remaining == Some(0) {
-                self.stop_with(StopReason::DailyBudget);
-            }
-            let _ = self
-                .limit
-                .observe(limits.max, limits.interval, limits.remaining);
-        };
         let env = Env {
-            limit: &self.limit,
-            quota: &self.quota,
-            stop: &self.stop,
-            requests: &self.requests,
-            observe: &observe,
-            max_retries: self.max_retries,
-            backoff: self.backoff,
+            gate: &self.gate,
+            policy: &self.policy,
         };
         let r = &self.resolver;
         let location = w.lookup.location_id.as_str();

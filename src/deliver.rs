@@ -1,0 +1,202 @@
+//! Deliver: one row, from the scheduler's hands to its outcome line. In order:
+//! look its IDs up if it has none (each lookup through the same gate and policy as a message) →
+//! the [`Gate`] (stop, pace, budget) → the write-ahead `sending` line → the POST → the
+//! [`Policy`] (sent, failed, unknown, or retry after a pause) → the outcome line.
+//!
+//! A row whose first request never left is not recorded: the next run sends it. Once its
+//! `sending` line is written, the row always ends with an outcome line (or, after a crash, is
+//! read back as `unknown`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::gate::Gate;
+use crate::journal::{Journal, ResultLine, Status, now_rfc3339};
+use crate::mapping::MappedRow;
+use crate::resolve::{Env, Failure, Resolver};
+use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
+use crate::schedule::Job;
+use crate::sender::Sender;
+use crate::summary::Counters;
+
+/// What every delivery of a run shares.
+pub struct Deliver {
+    pub sender: Sender,
+    pub gate: Gate,
+    pub policy: Policy,
+    pub journal: Arc<Journal>,
+    pub counters: Arc<Counters>,
+    /// Looks up IDs for rows without them; `None` when the mapping does not resolve.
+    pub resolver: Option<Resolver>,
+}
+
+impl Deliver {
+    /// Sends one row until it has an outcome, recording it in the journal.
+    pub async fn row(&self, mut job: Job) {
+        let mut line = ResultLine {
+            row: job.row,
+            key: job.key.clone(),
+            ..Default::default()
+        };
+        if job.pending {
+            match self.resolve_ids(&job.body, &mut line).await {
+                Some(body) => job.body = body,
+                None => return,
+            }
+        }
+        let mut last_error = String::new();
+        loop {
+            if self.gate.admit().await.is_err() {
+                // Before the first attempt nothing was written: the row stays for the next run.
+                if line.attempts > 0 {
+                    let why = format!("the run stopped before retrying; last error: {last_error}");
+                    self.finish(&mut line, Status::Failed, why);
+                }
+                return;
+            }
+            if line.attempts == 0 {
+                line.status = Some(Status::Sending);
+                if let Err(e) = self.journal.write_ahead(&line) {
+                    // Without the write-ahead line the request must not leave.
+                    self.gate.stop_with(self.journal_error(&e));
+                    return;
+                }
+            }
+            line.attempts += 1;
+            debug!(row = job.row, attempt = line.attempts, body = %String::from_utf8_lossy(&job.body), "sending");
+            let (attempt, limits) = self.sender.post(job.body.clone()).await;
+            self.gate.observe(limits);
+            if let Attempt::Answered { status, body, .. } = &attempt {
+                line.http_status = Some(*status);
+                // A 2xx carries its traceId in the body `classify` parses; others are read here.
+                if !(200..300).contains(status) {
+                    line.trace_id = crate::retry::trace_id(body);
+                }
+            }
+            let decision = self.policy.decide(
+                classify(&attempt),
+                line.attempts,
+                Request::Message,
+                fastrand::f64(),
+            );
+            let (status, why) = match decision.next {
+                Next::Sent(accepted) => {
+                    line.message_id = accepted.message_id;
+                    // The IDs the API filed it under; the looked-up ones if it does not say.
+                    if !accepted.conversation_id.is_empty() {
+                        line.conversation_id = accepted.conversation_id;
+                    }
+                    if !accepted.contact_id.is_empty() {
+                        line.contact_id = accepted.contact_id;
+                    }
+                    if !accepted.trace_id.is_empty() {
+                        line.trace_id = accepted.trace_id;
+                    }
+                    (Status::Sent, String::new())
+                }
+                Next::Failed(why) => (Status::Failed, why),
+                Next::Unknown(why) => (Status::Unknown, why),
+                Next::Retry {
+                    reason,
+                    delay,
+                    pause,
+                } => {
+                    if let Some(pause) = pause {
+                        self.gate.pause(pause);
+                    }
+                    debug!(row = job.row, attempt = line.attempts, "retrying: {reason}");
+                    last_error = reason;
+                    // A stop during the wait is seen by the gate at the top of the loop.
+                    let _ = self.gate.wait(delay).await;
+                    continue;
+                }
+            };
+            self.finish(&mut line, status, why);
+            if let Some(reason) = decision.stop {
+                self.gate.stop_with(reason);
+            }
+            return;
+        }
+    }
+
+    /// Before a row's first attempt: looks its missing IDs up and returns the request body
+    /// with them, or `None` when the row ends here (recorded `failed`, or left for the next run
+    /// when the run stops).
+    async fn resolve_ids(&self, pending: &[u8], line: &mut ResultLine) -> Option<Bytes> {
+        let row: MappedRow = match serde_json::from_slice(pending) {
+            Ok(row) => row,
+            Err(e) => {
+                let why = format!("not sent: the queued row could not be read back ({e})");
+                self.finish(line, Status::Failed, why);
+                return None;
+            }
+        };
+        let resolver = self.resolver.as_ref()?;
+        let MappedRow {
+            mut message,
+            lookup,
+        } = row;
+        let lookup = lookup?;
+        match resolver
+            .resolve(
+                &mut message,
+                &lookup,
+                &Env {
+                    gate: &self.gate,
+                    policy: &self.policy,
+                },
+            )
+            .await
+        {
+            Ok(()) => {
+                line.contact_id.clone_from(&message.contact_id);
+                line.conversation_id.clone_from(&message.conversation_id);
+                Some(Bytes::from(
+                    serde_json::to_vec(&message).expect("a message serialises"),
+                ))
+            }
+            Err(Failure::Row {
+                error,
+                http_status,
+                trace_id,
+            }) => {
+                line.contact_id = message.contact_id;
+                line.conversation_id = message.conversation_id;
+                line.http_status = http_status;
+                line.trace_id = trace_id;
+                self.finish(line, Status::Failed, format!("not sent: {error}"));
+                None
+            }
+            Err(Failure::Stop(reason)) => {
+                if let Some(reason) = reason {
+                    self.gate.stop_with(reason);
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes the row's outcome line and counts it.
+    fn finish(&self, line: &mut ResultLine, status: Status, error: String) {
+        line.status = Some(status);
+        line.error = error;
+        line.finished_at = now_rfc3339();
+        let counter = match status {
+            Status::Sent => &self.counters.sent,
+            Status::Unknown => &self.counters.unknown,
+            _ => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.journal.record(line) {
+            self.gate.stop_with(self.journal_error(&e));
+        }
+    }
+
+    /// Bug: a full disk was reported as "the server keeps failing". Name the file and the error.
+    pub fn journal_error(&self, e: &std::io::Error) -> StopReason {
+        StopReason::ResultsFile(format!("{}: {e}", self.journal.path().display()))
+    }
+}

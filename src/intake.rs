@@ -1,0 +1,224 @@
+//! Intake, on its own thread: every record of the input becomes exactly one of
+//!
+//! - a **duplicate** (its key was seen on an earlier row; recorded, not sent),
+//! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept),
+//! - **invalid** (it breaks a rule; recorded with every problem, not sent),
+//! - a **job** for the scheduler, in batches.
+//!
+//! Intake stops at the run's stop, at `--limit`, or when the scheduler stops taking jobs. It
+//! runs after requests may have left, so an error here (the input cannot be read, the results
+//! file cannot be written) is a stop with its reason, never an error that ends the run as if
+//! nothing had been sent.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{Journal, Prior, ResultLine, Status, now_rfc3339};
+use crate::mapping::Mapping;
+use crate::preflight::DuplicateRows;
+use crate::reader::{CsvInput, Record};
+use crate::retry::StopReason;
+use crate::schedule::Job;
+use crate::summary::Counters;
+
+/// Rows handed to the scheduler at once: one wake-up of this thread per batch, not per row (a
+/// full channel wakes a blocked sender for every slot freed).
+pub const BATCH: usize = 64;
+
+/// What intake reads and writes.
+pub struct Intake {
+    pub input: CsvInput,
+    pub mapping: Mapping,
+    pub prior: Prior,
+    pub duplicates: DuplicateRows,
+    pub journal: Arc<Journal>,
+    pub counters: Arc<Counters>,
+    /// The run's stop: intake takes no row after it.
+    pub stop: CancellationToken,
+    /// `--limit`: at most this many jobs.
+    pub limit: Option<u64>,
+    pub resend_unknown: bool,
+}
+
+/// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
+pub struct Ended {
+    pub prior: Prior,
+    pub stop: Option<StopReason>,
+}
+
+/// What one record became.
+enum Fate {
+    /// Recorded (duplicate, invalid) or kept from an earlier run: nothing to send.
+    Done,
+    Job(Job),
+}
+
+impl Intake {
+    /// Reads to the end (or the stop), handing jobs to `jobs`.
+    pub fn run(mut self, jobs: mpsc::Sender<Vec<Job>>) -> Ended {
+        let stop = self.read(&jobs).err();
+        Ended {
+            prior: self.prior,
+            stop,
+        }
+    }
+
+    fn read(&mut self, jobs: &mpsc::Sender<Vec<Job>>) -> Result<(), StopReason> {
+        let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+        let mut handed = 0u64;
+        loop {
+            if self.stop.is_cancelled() {
+                return Ok(());
+            }
+            let record = match self.input.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(e) => {
+                    self.hand_over(jobs, &mut batch);
+                    return Err(StopReason::Error(format!(
+                        "cannot read {}: {e:#}",
+                        self.input.path().display()
+                    )));
+                }
+            };
+            let fate = fate(
+                record,
+                &self.mapping,
+                &mut self.prior,
+                &mut self.duplicates,
+                &self.journal,
+                &self.counters,
+                self.resend_unknown,
+            )?;
+            let Fate::Job(job) = fate else { continue };
+            if self.limit.is_some_and(|n| handed >= n) {
+                self.hand_over(jobs, &mut batch);
+                return Err(StopReason::Limit(handed));
+            }
+            handed += 1;
+            batch.push(job);
+            if batch.len() >= BATCH && !self.hand_over(jobs, &mut batch) {
+                return Ok(());
+            }
+        }
+        self.hand_over(jobs, &mut batch);
+        Ok(())
+    }
+
+    /// Hands the batch over; false once the scheduler has stopped taking rows.
+    fn hand_over(&self, jobs: &mpsc::Sender<Vec<Job>>, batch: &mut Vec<Job>) -> bool {
+        self.counters
+            .bytes
+            .store(self.input.bytes_read(), Ordering::Relaxed);
+        batch.is_empty()
+            || jobs
+                .blocking_send(std::mem::replace(batch, Vec::with_capacity(BATCH)))
+                .is_ok()
+    }
+}
+
+/// Decides what `record` becomes, recording it when that is not a job.
+fn fate(
+    record: Record<'_>,
+    mapping: &Mapping,
+    prior: &mut Prior,
+    duplicates: &mut DuplicateRows,
+    journal: &Journal,
+    counters: &Counters,
+    resend_unknown: bool,
+) -> Result<Fate, StopReason> {
+    let (row, line_no) = (record.row, record.line);
+    let key = mapping.record_key(&record);
+    counters.rows.fetch_add(1, Ordering::Relaxed);
+    let journal_error =
+        |e: std::io::Error| StopReason::ResultsFile(format!("{}: {e}", journal.path().display()));
+    let is_duplicate = duplicates
+        .contains(row)
+        .map_err(|e| StopReason::Error(format!("{e:#}")))?;
+    if is_duplicate {
+        counters.duplicate.fetch_add(1, Ordering::Relaxed);
+        journal
+            .record(&ResultLine {
+                row,
+                key,
+                status: Some(Status::Duplicate),
+                error: format!(
+                    "line {line_no}: the key was seen on an earlier row of this input; not sent twice"
+                ),
+                finished_at: now_rfc3339(),
+                ..Default::default()
+            })
+            .map_err(journal_error)?;
+        return Ok(Fate::Done);
+    }
+    // A key recorded for another conversation was refused by the pass before sending.
+    match prior.take(&key) {
+        Some(p) if p.status == Status::Sent => {
+            counters.sent_before.fetch_add(1, Ordering::Relaxed);
+            journal.keep_prior(row, p).map_err(journal_error)?;
+            return Ok(Fate::Done);
+        }
+        Some(p) if p.status == Status::Unknown && !resend_unknown => {
+            counters.unknown_before.fetch_add(1, Ordering::Relaxed);
+            journal.keep_prior(row, p).map_err(journal_error)?;
+            return Ok(Fate::Done);
+        }
+        _ => {}
+    }
+    // Mapped only now: a row sent in an earlier run costs no mapping on resume.
+    let outcome = match record.broken {
+        Some(e) => Err(vec![e]),
+        None => mapping.map_row(record.cells, line_no),
+    };
+    let mut mapped = match outcome {
+        Ok(m) => m,
+        Err(errors) => {
+            counters.invalid.fetch_add(1, Ordering::Relaxed);
+            let error = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" | ");
+            journal
+                .record(&ResultLine {
+                    row,
+                    key,
+                    status: Some(Status::Invalid),
+                    error,
+                    finished_at: now_rfc3339(),
+                    ..Default::default()
+                })
+                .map_err(journal_error)?;
+            return Ok(Fate::Done);
+        }
+    };
+    let (lane, body, pending) = match mapped.lookup.take() {
+        None => (
+            Arc::from(mapped.message.conversation_id.as_str()),
+            Bytes::from(serde_json::to_vec(&mapped.message).expect("a message serialises")),
+            false,
+        ),
+        Some(lookup) => {
+            let lane: Arc<str> = if mapped.message.conversation_id.is_empty() {
+                Arc::from(lookup.lane(&mapped.message.contact_id))
+            } else {
+                Arc::from(mapped.message.conversation_id.as_str())
+            };
+            mapped.lookup = Some(lookup);
+            // The row travels as its serialised mapping, so a lane may spill it to disk.
+            let pending = serde_json::to_vec(&mapped).expect("a mapped row serialises");
+            (lane, Bytes::from(pending), true)
+        }
+    };
+    Ok(Fate::Job(Job {
+        row,
+        key,
+        conversation_id: lane,
+        body,
+        pending,
+    }))
+}

@@ -1,0 +1,298 @@
+//! The pass before sending: everything a run can know before its first request, and every
+//! refusal that must come before it. It opens the input and the results file (locking it and
+//! reading what earlier runs recorded), opens the ID map when rows need lookups, and reads the
+//! input once to
+//!
+//! - count the quota plan (messages to send, contacts and conversations to look up),
+//! - find rows whose key an earlier row of the input already has (the `(key, row)` pairs are
+//!   sorted on disk, so memory stays flat however many rows there are),
+//! - refuse a results file that belongs to another input: a key it records as sent to another
+//!   conversation than the row has. Found here, that costs nothing; found while sending, it
+//!   would stop a run that has already sent rows.
+//!
+//! An error here is a usage error (exit 2): nothing has been sent.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::extsort::ExternalSort;
+use crate::journal::{Journal, Prior, Status, conversation_tag, folder_of, key_id};
+use crate::mapping::Mapping;
+use crate::quota::Plan;
+use crate::reader::CsvInput;
+use crate::resolve::{IdMap, Resolver};
+
+/// What the pass found, ready for the run.
+pub struct Prepared {
+    /// The input, opened afresh after the pass, at its first row.
+    pub input: CsvInput,
+    pub mapping: Mapping,
+    pub journal: Journal,
+    pub prior: Prior,
+    /// `None` when no row needs a lookup.
+    pub resolver: Option<Resolver>,
+    pub plan: Plan,
+    pub duplicates: DuplicateRows,
+}
+
+/// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
+pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Option<Prepared>> {
+    let input = CsvInput::open(&settings.input, settings.delimiter)?;
+    let mapping = Mapping::new(input.header(), &settings.mapping)
+        .with_context(|| settings.input.display().to_string())?;
+    for w in &mapping.warnings {
+        warn!("{}: {w}", settings.input.display());
+    }
+    let (journal, prior) = Journal::open(&settings.results)?;
+    if !prior.is_empty() {
+        info!(
+            "resuming from {}: {} row(s) sent earlier will be skipped, {} unknown{}",
+            settings.results.display(),
+            prior.count(Status::Sent),
+            prior.count(Status::Unknown),
+            if settings.resend_unknown {
+                " will be sent again (--resend-unknown)"
+            } else {
+                " left alone"
+            }
+        );
+    }
+    let resolver = open_resolver(settings, &mapping)?;
+    let temp = folder_of(&settings.results);
+    let mut pairs = ExternalSort::new(&temp);
+    let mut on_key = |row: u64, key: &str| {
+        // Ctrl-C during the pass ends it (a pass over a big input takes seconds).
+        if interrupt.is_cancelled() {
+            bail!("interrupted");
+        }
+        let id = key_id(key);
+        pairs
+            .push([(id >> 64) as u64, id as u64, row])
+            .context("sorting row keys in a temp file")
+    };
+    let mut pass = Pass {
+        settings,
+        mapping: &mapping,
+        prior: &prior,
+        ids: resolver.as_ref().map(|r| &r.ids),
+        conflicts: Vec::new(),
+    };
+    let plan = pass.run(input, &mut on_key);
+    if interrupt.is_cancelled() {
+        return Ok(None);
+    }
+    let plan = plan?;
+    let mut conflicts = std::mem::take(&mut pass.conflicts);
+    let duplicates = DuplicateRows::from_pairs(pairs, &temp, &mut conflicts)?;
+    if let Some(c) = conflicts.first() {
+        bail!(
+            "{results} records key {key} as sent to another conversation than row {row} of {input} has ({conversation}): the results file seems to belong to another input, and going on would skip this row as sent. Give {input} its own --results file (or, if you changed that row's conversationId on purpose, delete its line from {results} to send it again)",
+            results = journal.path().display(),
+            input = settings.input.display(),
+            key = c.key,
+            row = c.row,
+            conversation = c.conversation,
+        );
+    }
+    Ok(Some(Prepared {
+        input: CsvInput::open(&settings.input, settings.delimiter)?,
+        mapping,
+        journal,
+        prior,
+        resolver,
+        plan,
+        duplicates,
+    }))
+}
+
+/// Opens the ID map beside the results file and the resolver, when rows may need lookups.
+fn open_resolver(settings: &Settings, mapping: &Mapping) -> Result<Option<Resolver>> {
+    if !mapping.resolving() {
+        return Ok(None);
+    }
+    let ids = IdMap::open(&crate::resolve::idmap::path_for(&settings.results))?;
+    let (contacts, conversations) = ids.len();
+    if contacts + conversations > 0 {
+        info!(
+            "{}: {contacts} contact(s) and {conversations} conversation(s) known from earlier runs",
+            ids.path().display()
+        );
+    }
+    Ok(Some(Resolver::new(
+        &settings.base_url,
+        &settings.token,
+        settings.timeout,
+        settings.create_contacts,
+        ids,
+    )?))
+}
+
+/// The most rows the pass keeps as conflicting with the results file. Each is refused unless it
+/// turns out to be a duplicate (then it was never sent itself); more than this many is another
+/// input's results file whatever the duplicates.
+const MAX_CONFLICTS: usize = 4096;
+
+/// A row whose key the results file records as sent to another conversation.
+struct Conflict {
+    row: u64,
+    key: String,
+    conversation: String,
+}
+
+/// One read of the input: the plan, every row's key, and the conflicts with the results file.
+struct Pass<'a> {
+    settings: &'a Settings,
+    mapping: &'a Mapping,
+    prior: &'a Prior,
+    ids: Option<&'a IdMap>,
+    conflicts: Vec<Conflict>,
+}
+
+impl Pass<'_> {
+    fn run(
+        &mut self,
+        mut input: CsvInput,
+        on_key: &mut dyn FnMut(u64, &str) -> Result<()>,
+    ) -> Result<Plan> {
+        let path = &self.settings.input;
+        let mut plan = Plan {
+            contact_cost: if self.settings.create_contacts { 2 } else { 1 },
+            ..Plan::default()
+        };
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        while let Some(record) = input
+            .next_record()
+            .with_context(|| format!("reading {}", path.display()))?
+        {
+            // Every row's key goes to `on_key` (duplicate keys are found from them).
+            let key = self.mapping.record_key(&record);
+            on_key(record.row, &key)?;
+            if record.broken.is_some() {
+                continue;
+            }
+            match self.prior.get(&key) {
+                Some(p) if p.status == Status::Sent => {
+                    self.check_same_conversation(p.conversation, key, record.row, record.cells)?;
+                    plan.done_before += 1;
+                    continue;
+                }
+                Some(p) if p.status == Status::Unknown && !self.settings.resend_unknown => {
+                    plan.done_before += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let Ok(row) = self.mapping.map_row(record.cells, record.line) else {
+                continue;
+            };
+            plan.messages += 1;
+            let (Some(lookup), Some(ids)) = (row.lookup, self.ids) else {
+                continue;
+            };
+            let m = &row.message;
+            let location = lookup.location_id.clone();
+            let key = lookup.key(&m.contact_id);
+            if !seen.insert((location.clone(), key.clone())) {
+                continue;
+            }
+            let contact = if m.contact_id.is_empty() {
+                let known = ids.contact(&location, &key).map(|k| k.id);
+                if known.is_none() {
+                    plan.contacts += 1;
+                }
+                known
+            } else {
+                Some(m.contact_id.clone())
+            };
+            if m.conversation_id.is_empty()
+                && contact.is_none_or(|c| ids.conversation(&location, &c).is_none())
+            {
+                plan.conversations += 1;
+            }
+        }
+        Ok(plan)
+    }
+
+    /// A key recorded as sent to another conversation is not this row, but a row of another
+    /// input sharing the results file (both numbered from 1, say): skipping it as sent would
+    /// lose it. Kept as a conflict, refused after the pass unless the row is a duplicate. (The
+    /// raw cell is enough: mapping a row sent earlier would cost every resume.)
+    fn check_same_conversation(
+        &mut self,
+        recorded: u32,
+        key: String,
+        row: u64,
+        cells: &csv::ByteRecord,
+    ) -> Result<()> {
+        let conversation = self.mapping.conversation_cell(cells).unwrap_or("");
+        if recorded != 0 && !conversation.is_empty() && recorded != conversation_tag(conversation) {
+            if self.conflicts.len() == MAX_CONFLICTS {
+                bail!(
+                    "more than {MAX_CONFLICTS} rows of {} have keys that the results file records as sent to other conversations: it belongs to another input. Give this input its own --results file",
+                    self.settings.input.display()
+                );
+            }
+            self.conflicts.push(Conflict {
+                row,
+                key,
+                conversation: conversation.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Rows whose key an earlier row of the same input already has, in row order. Found by the pass,
+/// which sorts `(key, row)` pairs on disk, so memory stays flat however many rows there are.
+pub struct DuplicateRows(std::iter::Peekable<crate::extsort::Sorted>);
+
+impl DuplicateRows {
+    /// Whether `row` is a duplicate; rows must be asked in ascending order.
+    pub fn contains(&mut self, row: u64) -> Result<bool> {
+        while let Some(next) = self.0.peek() {
+            match next {
+                Ok([r, _, _]) if *r < row => {
+                    self.0.next();
+                }
+                Ok([r, _, _]) => return Ok(*r == row),
+                Err(_) => {
+                    let e = self.0.next().expect("peeked").expect_err("peeked an error");
+                    return Err(e).context("reading the duplicate rows back");
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// From `[key hi, key lo, row]` pairs of every row: every row after the first of its key.
+    /// Conflicting rows that are duplicates are taken out of `conflicts`.
+    fn from_pairs(
+        pairs: ExternalSort,
+        temp: &Path,
+        conflicts: &mut Vec<Conflict>,
+    ) -> Result<DuplicateRows> {
+        let context = || "finding duplicate keys in a temp file";
+        let mut rows = ExternalSort::new(temp);
+        let mut previous = None;
+        for pair in pairs.finish().with_context(context)? {
+            let [hi, lo, row] = pair.with_context(context)?;
+            // Sorted by key then row: every row after the first of its key is a duplicate.
+            if previous == Some((hi, lo)) {
+                rows.push([row, 0, 0]).with_context(context)?;
+                // Conflicts were found in row order: sorted by row.
+                if let Ok(i) = conflicts.binary_search_by_key(&row, |c| c.row) {
+                    conflicts.remove(i);
+                }
+            }
+            previous = Some((hi, lo));
+        }
+        Ok(DuplicateRows(
+            rows.finish().with_context(context)?.peekable(),
+        ))
+    }
+}

@@ -2,6 +2,7 @@
 //! real binary or over real loopback sockets.
 
 mod crash;
+mod exits;
 mod faults;
 mod fixture;
 mod hostile;
@@ -10,6 +11,7 @@ mod resolve;
 mod results_file;
 mod run;
 mod sandbox;
+mod scenario;
 mod security;
 mod support;
 mod validate;

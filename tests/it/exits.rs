@@ -153,3 +153,59 @@ async fn a_closed_stdout_or_stderr_does_not_change_the_exit_code() {
     s.assert_each_stored_once(300);
     s.finish().await;
 }
+
+/// The input fails part-way (a disk or network share returning EIO) after rows were sent: the
+/// run stops (exit 3) as on Ctrl-C, names the file and the error, leaves a compacted results
+/// file, and the resume sends every row exactly once. (Bug: exit 2, "nothing was sent", with no
+/// summary and no compaction.) The I/O error is real: a small C shim, preloaded into the real
+/// binary, fails `read(2)` of the input's second open (the pass before sending is the first)
+/// with EIO after 16,000 bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_that_fails_after_sending_started_is_a_stop_with_a_compacted_file() {
+    let s = Scenario::new(support::export(800, 40)).await;
+    let shim = s.path("failread.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(support::repo("tests/faults/failread.c"))
+        .arg("-ldl")
+        .status()
+        .expect("a C compiler (cc) for the fault shim");
+    assert!(built.success(), "building tests/faults/failread.c");
+    let shim = shim.to_string_lossy().into_owned();
+    let out = s
+        .run_with(
+            &["--concurrency", "4"],
+            &[
+                ("LD_PRELOAD", shim.as_str()),
+                ("FAIL_READ_PATH", "in.csv"),
+                ("FAIL_READ_OPEN", "2"),
+                ("FAIL_READ_AFTER", "16000"),
+            ],
+        )
+        .await;
+    out.expect_code(3);
+    assert!(
+        out.stdout
+            .contains("stopped early: cannot read in.csv: Input/output error"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("to resume, run the same command again"),
+        "{out:?}"
+    );
+    let rows = s.assert_compacted();
+    let sent = rows.iter().filter(|r| r["status"] == "sent").count();
+    assert!(
+        sent > 50 && sent < 800,
+        "rows were sent before the error: {sent}"
+    );
+    assert_eq!(
+        s.stats().accepted as usize,
+        sent,
+        "each row sent is recorded"
+    );
+    s.run(&[]).await.expect_code(0);
+    s.assert_each_stored_once(800);
+    s.finish().await;
+}

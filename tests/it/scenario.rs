@@ -65,10 +65,20 @@ impl Scenario {
 
     /// Runs `lc-import` on another input of the work directory.
     pub async fn run_input(&self, input: &str, extra: &[&str]) -> Output {
+        self.run_in(input, extra, &[]).await
+    }
+
+    /// Runs `lc-import` on `in.csv` with more environment variables.
+    pub async fn run_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_in(crate::scenario::INPUT, extra, env).await
+    }
+
+    async fn run_in(&self, input: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let args = self.args_for(input, extra);
         let dir = self.w.path("");
-        let env = vec![("LC_TOKEN".to_owned(), TOKEN.to_owned())];
-        tokio::task::spawn_blocking(move || crate::support::run_in(&dir, &args, &env))
+        let mut all = vec![("LC_TOKEN".to_owned(), TOKEN.to_owned())];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        tokio::task::spawn_blocking(move || crate::support::run_in(&dir, &args, &all))
             .await
             .expect("the run finishes")
     }

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::journal::{Prior, Status};
 use crate::mapping::Mapping;
 use crate::rate::Rate;
 use crate::reader::CsvInput;
 use crate::resolve::IdMap;
+use crate::results::{Prior, Status};
 
 /// The API's daily budget per location (FACTS §5), for the plan's share.
 pub const DAILY_BUDGET: u64 = 200_000;

@@ -29,13 +29,13 @@ use crate::Exit;
 use crate::cli::{RunArgs, ValidateArgs};
 use crate::config::{self, FileConfig};
 use crate::extsort::ExternalSort;
-use crate::journal::{
-    Journal, Prior, ResultLine, Status, conversation_tag, folder_of, key_id, now_rfc3339,
-};
 use crate::mapping::{MappedRow, Mapping, MappingOptions};
 use crate::rate::Rate;
 use crate::ratelimit::RateLimit;
 use crate::reader::CsvInput;
+use crate::results::line::{folder_of, key_id, now_rfc3339};
+use crate::results::prior::conversation_tag;
+use crate::results::{Journal, Prior, ResultLine, Status};
 use crate::retry::{Backoff, Outcome, StopReason, classify};
 use crate::schedule::{Job, Lanes};
 use crate::sender::{self, Sender, ServerLimits};

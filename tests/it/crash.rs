@@ -19,6 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lc_import::rate::DurationRange;
+use lc_import::results::line::col;
 use lc_import::sandbox::SandboxConfig;
 
 use crate::fixture::{self, TOKEN};
@@ -65,8 +66,8 @@ fn in_flight(journal: &Path) -> HashSet<String> {
     let mut last: HashMap<String, String> = HashMap::new();
     for record in reader.records() {
         let record = record.expect("whole journal lines parse");
-        assert_eq!(record.len(), 11, "a whole journal line: {record:?}");
-        last.insert(record[1].to_owned(), record[2].to_owned());
+        assert_eq!(record.len(), col::COUNT, "a whole journal line: {record:?}");
+        last.insert(record[col::KEY].to_owned(), record[col::STATUS].to_owned());
     }
     let tail = &bytes[whole..];
     if !tail.is_empty() {
@@ -83,8 +84,8 @@ fn in_flight(journal: &Path) -> HashSet<String> {
                 .filter(|r| r.len() > i + 1)
                 .map(|r| r[i].to_owned())
         };
-        if let Some(key) = field(1).filter(|k| !k.is_empty()) {
-            match field(2).as_deref() {
+        if let Some(key) = field(col::KEY).filter(|k| !k.is_empty()) {
+            match field(col::STATUS).as_deref() {
                 Some("sent") | Some("failed") => {
                     last.insert(key, "done".into());
                 }

@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use lc_import::results::line::col;
 use lc_import::sandbox::SandboxConfig;
 
 use crate::fixture::{self, TOKEN};
@@ -38,7 +39,7 @@ async fn run_with_file_size_limit(w: &WorkDir, args: Vec<String>, blocks: u64) -
     .expect("join")
 }
 
-/// Every record of a journal (compacted or not) has the 11 fields of a whole line.
+/// Every record of a journal (compacted or not) has the fields of a whole line.
 fn assert_whole_lines(w: &WorkDir, name: &str) {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
@@ -46,7 +47,11 @@ fn assert_whole_lines(w: &WorkDir, name: &str) {
         .expect("open the journal");
     for record in reader.records() {
         let record = record.expect("a CSV record");
-        assert_eq!(record.len(), 11, "a line cut short in {name}: {record:?}");
+        assert_eq!(
+            record.len(),
+            col::COUNT,
+            "a line cut short in {name}: {record:?}"
+        );
     }
 }
 

@@ -14,9 +14,10 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::gate::Gate;
-use crate::journal::{Journal, ResultLine, Status, now_rfc3339};
 use crate::mapping::MappedRow;
 use crate::resolve::{Env, Failure, Resolver};
+use crate::results::line::now_rfc3339;
+use crate::results::{Journal, ResultLine, Status};
 use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
 use crate::schedule::Job;
 use crate::sender::Sender;

@@ -17,10 +17,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{Journal, Prior, ResultLine, Status, now_rfc3339};
 use crate::mapping::Mapping;
 use crate::preflight::DuplicateRows;
 use crate::reader::{CsvInput, Record};
+use crate::results::line::now_rfc3339;
+use crate::results::{Journal, Prior, ResultLine, Status};
 use crate::retry::StopReason;
 use crate::schedule::Job;
 use crate::summary::Counters;

@@ -21,11 +21,13 @@ use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::extsort::ExternalSort;
-use crate::journal::{Journal, Prior, Status, conversation_tag, folder_of, key_id};
 use crate::mapping::Mapping;
 use crate::quota::Plan;
 use crate::reader::CsvInput;
 use crate::resolve::{IdMap, Resolver};
+use crate::results::line::{folder_of, key_id};
+use crate::results::prior::conversation_tag;
+use crate::results::{Journal, Prior, Status};
 
 /// What the pass found, ready for the run.
 pub struct Prepared {

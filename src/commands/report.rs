@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::extsort::ExternalSort;
-use crate::journal::{HEADER, Status, folder_of};
+use crate::results::Status;
+use crate::results::line::{HEADER, col, folder_of};
 use crate::summary::Ending;
 
 #[derive(Debug, clap::Args)]
@@ -74,7 +75,7 @@ pub fn summarise(path: &Path) -> Result<Summary> {
     let mut n = 0u64;
     while reader.read_record(&mut record).with_context(context)? {
         n += 1;
-        if let Some(row) = record.get(0).and_then(|r| r.parse::<u64>().ok()) {
+        if let Some(row) = record.get(col::ROW).and_then(|r| r.parse::<u64>().ok()) {
             pairs.push([row, n, 0]).with_context(context)?;
         }
     }
@@ -104,15 +105,17 @@ pub fn summarise(path: &Path) -> Result<Summary> {
             _ => continue,
         }
         summary.rows += 1;
-        let status = record.get(2).and_then(|s| s.parse::<Status>().ok());
+        let status = record
+            .get(col::STATUS)
+            .and_then(|s| s.parse::<Status>().ok());
         match status {
             Some(Status::Sending) => summary.in_flight += 1,
             Some(s) => *summary.by_status.entry(s).or_default() += 1,
             None => {}
         }
-        let error = record.get(8).unwrap_or("");
+        let error = record.get(col::ERROR).unwrap_or("");
         if !error.is_empty() {
-            let row = record.get(0).unwrap_or("?");
+            let row = record.get(col::ROW).unwrap_or("?");
             let entry = summary
                 .errors
                 .entry(error_kind(error))

@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 
 use crate::cli::ValidateArgs;
 use crate::config::{self, FileConfig};
-use crate::journal::{ResultLine, ResultsWriter, Status};
 use crate::mapping::{Mapping, MappingOptions};
 use crate::reader::CsvInput;
+use crate::results::line::{ResultsWriter, folder_of};
+use crate::results::{ResultLine, Status};
 use crate::summary::{Ending, ErrorTally, Stdout, say_err};
 
 /// What a validation found.
@@ -48,10 +49,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
         .results
         .clone()
         .unwrap_or_else(|| config::beside_input(&args.input, ".validation.csv"));
-    let dir = match results.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let dir = folder_of(&results);
     // Written beside its final place and renamed at the end, so a results file is whole or absent.
     let temp = tempfile::Builder::new()
         .prefix(".lc-import-validation")

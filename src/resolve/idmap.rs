@@ -183,7 +183,7 @@ impl IdMap {
                 contact.origin.as_str(),
                 conversation.map_or("", |c| c.id.as_str()),
                 conversation.map_or("", |c| c.origin.as_str()),
-                &crate::journal::now_rfc3339(),
+                &crate::results::line::now_rfc3339(),
             ])?;
             w.flush()?;
         }

@@ -1,0 +1,355 @@
+//! The results line codec: the header, the position of every column ([`col`]), the statuses,
+//! and the two ways a [`ResultLine`] is written: [`ResultsWriter`] for a whole file (`validate`)
+//! and `encode_line` for the journal's appends. Every reader of results lines names a column
+//! through [`col`]; nothing else knows where a field is.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The header every results file starts with.
+pub const HEADER: [&str; col::COUNT] = [
+    "row",
+    "key",
+    "status",
+    "message_id",
+    "conversation_id",
+    "contact_id",
+    "http_status",
+    "attempts",
+    "error",
+    "trace_id",
+    "finished_at",
+];
+
+/// Where each field is in a results line: the index of its [`HEADER`] name.
+pub mod col {
+    /// `row`: the input row number, from 1. The first field, never quoted (compaction relies
+    /// on both).
+    pub const ROW: usize = 0;
+    /// `key`: the row key that finds a row again across runs.
+    pub const KEY: usize = 1;
+    /// `status`: a [`Status`](super::Status) name.
+    pub const STATUS: usize = 2;
+    /// `message_id`: the ID the API gave the message.
+    pub const MESSAGE_ID: usize = 3;
+    /// `conversation_id`: the conversation the message went to.
+    pub const CONVERSATION_ID: usize = 4;
+    /// `contact_id`: the contact of that conversation.
+    pub const CONTACT_ID: usize = 5;
+    /// `http_status`: the last HTTP status the API answered.
+    pub const HTTP_STATUS: usize = 6;
+    /// `attempts`: requests made for the row (empty for none).
+    pub const ATTEMPTS: usize = 7;
+    /// `error`: what went wrong, in words.
+    pub const ERROR: usize = 8;
+    /// `trace_id`: the API's trace ID of the last answer.
+    pub const TRACE_ID: usize = 9;
+    /// `finished_at`: when the line was written, RFC 3339 UTC.
+    pub const FINISHED_AT: usize = 10;
+    /// How many fields a whole line has.
+    pub const COUNT: usize = 11;
+}
+
+/// What became of a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// `validate` only: the row would be sent.
+    Valid,
+    /// The row breaks a rule and was not sent.
+    Invalid,
+    /// Write-ahead mark: the request is about to leave. Read back as `unknown`.
+    Sending,
+    /// The API answered with a message ID.
+    Sent,
+    /// The API refused it, or retries ran out. Tried again on the next run.
+    Failed,
+    /// The request was written but no answer came: it may be stored. Not resent unless asked.
+    Unknown,
+    /// Its key was seen earlier in the same input; not sent.
+    Duplicate,
+}
+
+impl Status {
+    /// The status as the results file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Valid => "valid",
+            Status::Invalid => "invalid",
+            Status::Sending => "sending",
+            Status::Sent => "sent",
+            Status::Failed => "failed",
+            Status::Unknown => "unknown",
+            Status::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "valid" => Status::Valid,
+            "invalid" => Status::Invalid,
+            "sending" => Status::Sending,
+            "sent" => Status::Sent,
+            "failed" => Status::Failed,
+            "unknown" => Status::Unknown,
+            "duplicate" => Status::Duplicate,
+            other => return Err(format!("'{other}' is not a status")),
+        })
+    }
+}
+
+/// One line of the results file; each field is the column of the same name (see [`col`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResultLine {
+    /// The input row number.
+    pub row: u64,
+    /// The row key.
+    pub key: String,
+    /// What became of the row; `None` writes an empty field.
+    pub status: Option<Status>,
+    /// The API's message ID.
+    pub message_id: String,
+    /// The conversation the message went to.
+    pub conversation_id: String,
+    /// The contact of that conversation.
+    pub contact_id: String,
+    /// The last HTTP status; `None` writes an empty field.
+    pub http_status: Option<u16>,
+    /// Requests made; 0 writes an empty field.
+    pub attempts: u32,
+    /// What went wrong, in words.
+    pub error: String,
+    /// The API's trace ID.
+    pub trace_id: String,
+    /// When the line was written (see [`now_rfc3339`]).
+    pub finished_at: String,
+}
+
+/// Text of a line's numbers (`row`, `http_status`, `attempts`), kept to be reused.
+type Numbers = [String; 3];
+
+/// The fields of `line` in column order, its numbers written into `numbers`.
+fn fields<'a>(line: &'a ResultLine, numbers: &'a mut Numbers) -> [&'a [u8]; col::COUNT] {
+    use std::fmt::Write as _;
+    for s in numbers.iter_mut() {
+        s.clear();
+    }
+    let [row, http, attempts] = numbers;
+    let _ = write!(row, "{}", line.row);
+    if let Some(h) = line.http_status {
+        let _ = write!(http, "{h}");
+    }
+    if line.attempts > 0 {
+        let _ = write!(attempts, "{}", line.attempts);
+    }
+    let mut out: [&[u8]; col::COUNT] = [b""; col::COUNT];
+    out[col::ROW] = row.as_bytes();
+    out[col::KEY] = line.key.as_bytes();
+    out[col::STATUS] = line.status.map_or("", Status::as_str).as_bytes();
+    out[col::MESSAGE_ID] = line.message_id.as_bytes();
+    out[col::CONVERSATION_ID] = line.conversation_id.as_bytes();
+    out[col::CONTACT_ID] = line.contact_id.as_bytes();
+    out[col::HTTP_STATUS] = http.as_bytes();
+    out[col::ATTEMPTS] = attempts.as_bytes();
+    out[col::ERROR] = line.error.as_bytes();
+    out[col::TRACE_ID] = line.trace_id.as_bytes();
+    out[col::FINISHED_AT] = line.finished_at.as_bytes();
+    out
+}
+
+/// Writes results lines as CSV into any writer.
+pub struct ResultsWriter<W: Write> {
+    csv: csv::Writer<W>,
+    numbers: Numbers,
+}
+
+impl<W: Write> ResultsWriter<W> {
+    /// Wraps `inner`, writing the header first.
+    pub fn new(inner: W) -> csv::Result<Self> {
+        let mut csv = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(inner);
+        csv.write_record(HEADER)?;
+        Ok(ResultsWriter {
+            csv,
+            numbers: Default::default(),
+        })
+    }
+
+    /// Writes one line (buffered).
+    pub fn write(&mut self, line: &ResultLine) -> csv::Result<()> {
+        self.csv.write_record(fields(line, &mut self.numbers))
+    }
+
+    /// Flushes what is buffered and gives back the writer.
+    pub fn into_inner(self) -> Result<W, std::io::Error> {
+        self.csv.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+/// Encodes one results line as CSV (quoted only where needed), ending in `\n`.
+pub(crate) fn encode_line(line: &ResultLine, out: &mut Vec<u8>) {
+    fn field(out: &mut Vec<u8>, value: &[u8]) {
+        if value
+            .iter()
+            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+        {
+            out.push(b'"');
+            for b in value {
+                if *b == b'"' {
+                    out.push(b'"');
+                }
+                out.push(*b);
+            }
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(value);
+        }
+    }
+    let mut numbers = Numbers::default();
+    for (i, value) in fields(line, &mut numbers).iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        field(out, value);
+    }
+    out.push(b'\n');
+}
+
+/// The field at `column` of a line read as bytes, if the line has it and it is UTF-8.
+pub(crate) fn text(record: &csv::ByteRecord, column: usize) -> Option<&str> {
+    std::str::from_utf8(record.get(column)?).ok()
+}
+
+/// The identity of a key in memory: 128 bits of its hash, so a million keys fit in a few tens
+/// of MiB whatever their length.
+pub fn key_id(key: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key.as_bytes())
+}
+
+/// The current time as RFC 3339 UTC, for `finished_at`.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
+/// The folder a file is in (`.` for a bare name), for temp files beside it: the compacted or
+/// validated results file before its rename, and the sorts' spills.
+pub fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_column_names_its_header() {
+        let named = [
+            (col::ROW, "row"),
+            (col::KEY, "key"),
+            (col::STATUS, "status"),
+            (col::MESSAGE_ID, "message_id"),
+            (col::CONVERSATION_ID, "conversation_id"),
+            (col::CONTACT_ID, "contact_id"),
+            (col::HTTP_STATUS, "http_status"),
+            (col::ATTEMPTS, "attempts"),
+            (col::ERROR, "error"),
+            (col::TRACE_ID, "trace_id"),
+            (col::FINISHED_AT, "finished_at"),
+        ];
+        assert_eq!(named.len(), col::COUNT);
+        for (i, name) in named {
+            assert_eq!(HEADER[i], name);
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [
+            Status::Valid,
+            Status::Invalid,
+            Status::Sending,
+            Status::Sent,
+            Status::Failed,
+            Status::Unknown,
+            Status::Duplicate,
+        ] {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+        }
+        assert!("done".parse::<Status>().is_err());
+    }
+
+    #[test]
+    fn lines_are_quoted_csv() {
+        let mut w = ResultsWriter::new(Vec::new()).unwrap();
+        w.write(&ResultLine {
+            row: 7,
+            key: "h:ab".into(),
+            status: Some(Status::Invalid),
+            error: "line 8, column 3 (type): type 'a,b' is not one of SMS".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let out = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "row,key,status,message_id,conversation_id,contact_id,http_status,attempts,error,trace_id,finished_at\n\
+             7,h:ab,invalid,,,,,,\"line 8, column 3 (type): type 'a,b' is not one of SMS\",,\n"
+        );
+    }
+
+    #[test]
+    fn journal_lines_are_the_lines_of_a_whole_file() {
+        let lines = [
+            ResultLine {
+                row: 1,
+                key: "k".into(),
+                status: Some(Status::Sending),
+                ..Default::default()
+            },
+            ResultLine {
+                row: 12,
+                key: "e:a,b".into(),
+                status: Some(Status::Sent),
+                message_id: "m\"1\"".into(),
+                conversation_id: "c1".into(),
+                contact_id: "ct".into(),
+                http_status: Some(201),
+                attempts: 2,
+                error: "two\nlines\r".into(),
+                trace_id: "t".into(),
+                finished_at: now_rfc3339(),
+            },
+            ResultLine::default(),
+        ];
+        let mut w = ResultsWriter::new(Vec::new()).unwrap();
+        let mut journal = format!("{}\n", HEADER.join(",")).into_bytes();
+        for line in &lines {
+            w.write(line).unwrap();
+            encode_line(line, &mut journal);
+        }
+        assert_eq!(
+            String::from_utf8(journal).unwrap(),
+            String::from_utf8(w.into_inner().unwrap()).unwrap()
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! The results file: one CSV line per input row saying what became of it (DESIGN "Results
+//! journal and resume"). `validate` writes it once; `run` keeps it as a write-ahead journal:
+//!
+//! - [`line`] is the line codec: the header, where each column is ([`line::col`], the one place
+//!   that knows), the statuses, and writing a [`ResultLine`].
+//! - [`Journal::open`] locks the file for the run and reads what earlier runs recorded into a
+//!   [`Prior`] ([`prior`]): per row key, the last status and where its line is. A `sending`
+//!   line with no outcome after it (a crash or `kill -9` mid-request) becomes `unknown` at once.
+//! - [`Journal::write_ahead`] writes a row's `sending` line with one `write(2)` before its
+//!   request leaves; [`Journal::record`] keeps an outcome line in memory until it can go out in
+//!   that same `write` with the next `sending` line (or a flush within 10 ms): outcomes always
+//!   reach the file ahead of the next request ([`journal`]).
+//! - [`Journal::compact`] rewrites the file atomically (temp file in the same folder, fsync,
+//!   rename) to one line per row in input order, keeping lines of earlier runs whose rows are no
+//!   longer in the input after them, so no record of a sent message is ever dropped
+//!   (`compact`).
+
+mod compact;
+pub mod journal;
+pub mod line;
+pub mod prior;
+
+pub use journal::Journal;
+pub use line::{ResultLine, Status};
+pub use prior::Prior;

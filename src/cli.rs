@@ -40,7 +40,7 @@ pub enum Command {
     /// Run the local fake API (for rehearsals, tests and benchmarks) until interrupted.
     Sandbox(crate::sandbox::SandboxArgs),
     /// Summarise a results file: rows per status and the most frequent errors.
-    Report(crate::commands::report::ReportArgs),
+    Report(ReportArgs),
 }
 
 /// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.
@@ -100,6 +100,13 @@ pub struct RunArgs {
     pub max_requests: Option<u64>,
     #[command(flatten)]
     pub mapping: MappingArgs,
+}
+
+/// `lc-import report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A results file written by `run` or `validate`.
+    pub results: PathBuf,
 }
 
 #[derive(Debug, Args)]

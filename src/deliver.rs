@@ -19,7 +19,7 @@ use crate::resolve::{Env, Failure, Resolver};
 use crate::results::line::now_rfc3339;
 use crate::results::{Journal, ResultLine, Status};
 use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
-use crate::schedule::Job;
+use crate::schedule::{Job, Payload};
 use crate::sender::Sender;
 use crate::summary::Counters;
 
@@ -36,18 +36,19 @@ pub struct Deliver {
 
 impl Deliver {
     /// Sends one row until it has an outcome, recording it in the journal.
-    pub async fn row(&self, mut job: Job) {
+    pub async fn row(&self, job: Job) {
         let mut line = ResultLine {
             row: job.row,
-            key: job.key.clone(),
+            key: job.key,
             ..Default::default()
         };
-        if job.pending {
-            match self.resolve_ids(&job.body, &mut line).await {
-                Some(body) => job.body = body,
+        let body = match job.payload {
+            Payload::Body(body) => body,
+            Payload::Pending(row) => match self.resolve_ids(*row, &mut line).await {
+                Some(body) => body,
                 None => return,
-            }
-        }
+            },
+        };
         let mut last_error = String::new();
         loop {
             if self.gate.admit().await.is_err() {
@@ -67,8 +68,8 @@ impl Deliver {
                 }
             }
             line.attempts += 1;
-            debug!(row = job.row, attempt = line.attempts, body = %String::from_utf8_lossy(&job.body), "sending");
-            let (attempt, limits) = self.sender.post(job.body.clone()).await;
+            debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
+            let (attempt, limits) = self.sender.post(body.clone()).await;
             self.gate.observe(limits);
             if let Attempt::Answered { status, body, .. } = &attempt {
                 line.http_status = Some(*status);
@@ -108,7 +109,11 @@ impl Deliver {
                     if let Some(pause) = pause {
                         self.gate.pause(pause);
                     }
-                    debug!(row = job.row, attempt = line.attempts, "retrying: {reason}");
+                    debug!(
+                        row = line.row,
+                        attempt = line.attempts,
+                        "retrying: {reason}"
+                    );
                     last_error = reason;
                     // A stop during the wait is seen by the gate at the top of the loop.
                     let _ = self.gate.wait(delay).await;
@@ -126,15 +131,7 @@ impl Deliver {
     /// Before a row's first attempt: looks its missing IDs up and returns the request body
     /// with them, or `None` when the row ends here (recorded `failed`, or left for the next run
     /// when the run stops).
-    async fn resolve_ids(&self, pending: &[u8], line: &mut ResultLine) -> Option<Bytes> {
-        let row: MappedRow = match serde_json::from_slice(pending) {
-            Ok(row) => row,
-            Err(e) => {
-                let why = format!("not sent: the queued row could not be read back ({e})");
-                self.finish(line, Status::Failed, why);
-                return None;
-            }
-        };
+    async fn resolve_ids(&self, row: MappedRow, line: &mut ResultLine) -> Option<Bytes> {
         let resolver = self.resolver.as_ref()?;
         let MappedRow {
             mut message,

@@ -23,7 +23,7 @@ use crate::reader::{CsvInput, Record};
 use crate::results::line::now_rfc3339;
 use crate::results::{Journal, Prior, ResultLine, Status};
 use crate::retry::StopReason;
-use crate::schedule::Job;
+use crate::schedule::{Job, Payload};
 use crate::summary::Counters;
 
 /// Rows handed to the scheduler at once: one wake-up of this thread per batch, not per row (a
@@ -175,7 +175,7 @@ fn fate(
         Some(e) => Err(vec![e]),
         None => mapping.map_row(record.cells, line_no),
     };
-    let mut mapped = match outcome {
+    let mapped = match outcome {
         Ok(m) => m,
         Err(errors) => {
             counters.invalid.fetch_add(1, Ordering::Relaxed);
@@ -197,11 +197,12 @@ fn fate(
             return Ok(Fate::Done);
         }
     };
-    let (lane, body, pending) = match mapped.lookup.take() {
+    let (lane, payload) = match &mapped.lookup {
         None => (
             Arc::from(mapped.message.conversation_id.as_str()),
-            Bytes::from(serde_json::to_vec(&mapped.message).expect("a message serialises")),
-            false,
+            Payload::Body(Bytes::from(
+                serde_json::to_vec(&mapped.message).expect("a message serialises"),
+            )),
         ),
         Some(lookup) => {
             let lane: Arc<str> = if mapped.message.conversation_id.is_empty() {
@@ -209,17 +210,13 @@ fn fate(
             } else {
                 Arc::from(mapped.message.conversation_id.as_str())
             };
-            mapped.lookup = Some(lookup);
-            // The row travels as its serialised mapping, so a lane may spill it to disk.
-            let pending = serde_json::to_vec(&mapped).expect("a mapped row serialises");
-            (lane, Bytes::from(pending), true)
+            (lane, Payload::Pending(Box::new(mapped)))
         }
     };
     Ok(Fate::Job(Job {
         row,
         key,
         conversation_id: lane,
-        body,
-        pending,
+        payload,
     }))
 }

@@ -20,23 +20,31 @@ use tokio::sync::mpsc;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::gate::Gate;
+use crate::mapping::MappedRow;
 use crate::retry::StopReason;
 
 /// Rows a busy lane holds in memory before it spills to disk.
 pub const LANE_MEMORY: usize = 32;
 
 /// One row on its way to the API.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Job {
     pub row: u64,
     pub key: String,
     /// The lane: the conversation ID, or for a row whose IDs are still to be looked up, its
     /// contact's key.
     pub conversation_id: Arc<str>,
-    /// The request body; for a `pending` row, its serialised mapping (`MappedRow`).
-    pub body: Bytes,
-    /// The row's contact or conversation ID is still to be looked up.
-    pub pending: bool,
+    pub payload: Payload,
+}
+
+/// What a job sends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// The request body, ready to post.
+    Body(Bytes),
+    /// A row whose contact or conversation ID is still to be looked up: the body is made after
+    /// the lookups. (Serialised only if its lane spills it to disk.)
+    Pending(Box<MappedRow>),
 }
 
 /// The rows waiting for a slot, by conversation.
@@ -183,13 +191,20 @@ impl Spill {
     }
 
     fn push(&mut self, job: &Job) -> io::Result<()> {
+        let (pending, body) = match &job.payload {
+            Payload::Body(body) => (false, body.clone()),
+            Payload::Pending(row) => (
+                true,
+                Bytes::from(serde_json::to_vec(row).expect("a mapped row serialises")),
+            ),
+        };
         let p = &mut self.pending;
         p.extend_from_slice(&job.row.to_le_bytes());
-        p.push(u8::from(job.pending));
+        p.push(u8::from(pending));
         p.extend_from_slice(&(job.key.len() as u64).to_le_bytes());
         p.extend_from_slice(job.key.as_bytes());
-        p.extend_from_slice(&(job.body.len() as u64).to_le_bytes());
-        p.extend_from_slice(&job.body);
+        p.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        p.extend_from_slice(&body);
         self.unread += 1;
         if self.pending.len() >= CHUNK {
             self.write_pending()?;
@@ -247,14 +262,21 @@ impl Spill {
         let key = String::from_utf8(self.take(key_len)?.to_vec())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let body_len = self.number()? as usize;
-        let body = Bytes::copy_from_slice(self.take(body_len)?);
+        let body = self.take(body_len)?;
+        let payload = if pending {
+            Payload::Pending(
+                serde_json::from_slice(body)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            )
+        } else {
+            Payload::Body(Bytes::copy_from_slice(body))
+        };
         self.unread -= 1;
         Ok(Some(Job {
             row,
             key,
             conversation_id: lane.clone(),
-            body,
-            pending,
+            payload,
         }))
     }
 }
@@ -334,15 +356,27 @@ mod tests {
     use super::*;
 
     fn job(conv: &str, row: u64) -> Job {
+        let pad = "x".repeat((row % 700) as usize);
+        let payload = if row.is_multiple_of(3) {
+            Payload::Pending(Box::new(MappedRow {
+                message: crate::message::InboundMessage {
+                    message: Some(format!("row {row} {pad}")),
+                    ..Default::default()
+                },
+                lookup: Some(Box::new(crate::resolve::Lookup {
+                    location_id: "loc".into(),
+                    phone: Some(format!("+1555{row:07}")),
+                    ..Default::default()
+                })),
+            }))
+        } else {
+            Payload::Body(Bytes::from(format!("{{\"row\":{row},\"pad\":\"{pad}\"}}")))
+        };
         Job {
             row,
             key: format!("k{row}"),
             conversation_id: Arc::from(conv),
-            body: Bytes::from(format!(
-                "{{\"row\":{row},\"pad\":\"{}\"}}",
-                "x".repeat((row % 700) as usize)
-            )),
-            pending: row.is_multiple_of(3),
+            payload,
         }
     }
 

@@ -4,20 +4,15 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use crate::cli::ReportArgs;
 use crate::extsort::ExternalSort;
 use crate::results::Status;
 use crate::results::line::{HEADER, col, folder_of};
 use crate::summary::Ending;
-
-#[derive(Debug, clap::Args)]
-pub struct ReportArgs {
-    /// A results file written by `run` or `validate`.
-    pub results: PathBuf,
-}
 
 /// Counts of one results file.
 #[derive(Debug, Default)]

@@ -1,5 +1,5 @@
-//! The sandbox's contacts and conversations, for migrations that resolve IDs (issue 7): the four
-//! endpoints of FACTS §4 with the same gate as the inbound route (token → budget → `Version`):
+//! The sandbox's contact and conversation routes, for migrations that resolve IDs (issue 7): the
+//! four endpoints of FACTS §4 with the same gate as the inbound route (token → budget → `Version`):
 //!
 //! - `GET /contacts/search/duplicate?locationId&number&email`: 200 `{contact: {…} | null}`.
 //!   The query is form-decoded as the real server does, so a `+` sent unencoded arrives as a
@@ -13,32 +13,24 @@
 //!   "Conversation with the contact id:… already exists!" when the contact has one (one
 //!   conversation per contact).
 //!
-//! The race of pitfall 5 is reproduced on request: with `search_misses` N, the first N searches
-//! for a contact after its conversation is created (or seeded) do not list it, as a lagging
-//! search index would not.
-//!
-//! Contacts (and their conversations) can be seeded from a CSV file (`--contacts FILE`, columns
-//! `id,locationId,email,phone,firstName,lastName,conversationId`, all but `locationId` optional).
-//! Every contact and conversation the sandbox creates is appended to the contacts record
-//! (`--record-contacts FILE`) as a JSON line before the answer leaves.
+//! The routes parse and check the request, ask the store (`book`: matching, the search-miss
+//! race, the seed and record files) and write the answer; each counts its request in
+//! `/__stats`.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
-use anyhow::{Context, bail};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use std::sync::Arc;
 
-use super::api::{self, Shared};
+use super::answer::{json_response, put_rate_headers};
+use super::book::{Book, Contact, ContactUpsert, NotCreated, plain_phone};
 use super::chance;
-use super::record::Recorder;
+use super::state::Shared;
 use super::stats::Counted;
 
 /// The properties of `UpsertContactDto` (`api/apps/contacts.json`).
@@ -69,226 +61,7 @@ const UPSERT_FIELDS: &[&str] = &[
     "createNewIfDuplicateAllowed",
 ];
 
-/// One contact of the sandbox.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Contact {
-    pub id: String,
-    pub location_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phone: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The tags an upsert set (the importer must never send any).
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub tags: Vec<String>,
-}
-
-/// One conversation of the sandbox.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Conversation {
-    pub id: String,
-    pub location_id: String,
-    pub contact_id: String,
-}
-
-/// Everything the sandbox knows of contacts and conversations, for tests and `/__stats`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Directory {
-    pub contacts: Vec<Contact>,
-    pub conversations: Vec<Conversation>,
-}
-
-/// The contacts and conversations, behind one lock held only for map operations.
-#[derive(Default)]
-pub struct Book {
-    state: Mutex<Entries>,
-    search_misses: u32,
-    recorder: Option<Recorder>,
-    pub counters: LookupCounters,
-}
-
-#[derive(Default)]
-struct Entries {
-    contacts: Vec<Contact>,
-    /// (location, lower-case e-mail) → index in `contacts`.
-    by_email: HashMap<(String, String), usize>,
-    /// (location, E.164 phone) → index.
-    by_phone: HashMap<(String, String), usize>,
-    /// (location, contact ID) → its conversation.
-    conversations: HashMap<(String, String), Held>,
-}
-
-struct Held {
-    conversation: Conversation,
-    /// Searches that will still miss it (pitfall 5).
-    misses_left: u32,
-}
-
-/// Counters of the lookup endpoints, served in `/__stats`.
-#[derive(Debug, Default)]
-pub struct LookupCounters {
-    pub contact_searches: AtomicU64,
-    pub contact_upserts: AtomicU64,
-    pub contacts_created: AtomicU64,
-    pub conversation_searches: AtomicU64,
-    pub conversation_creates: AtomicU64,
-    pub conversations_created: AtomicU64,
-    /// `POST /conversations/` answered "already exists".
-    pub conversation_conflicts: AtomicU64,
-}
-
-impl Book {
-    /// A book seeded from `seed` (if given), recording creations to `record` (if given).
-    pub fn open(
-        seed: Option<&Path>,
-        search_misses: u32,
-        record: Option<&Path>,
-    ) -> anyhow::Result<Book> {
-        let book = Book {
-            search_misses,
-            recorder: record.map(Recorder::open).transpose()?,
-            ..Book::default()
-        };
-        if let Some(path) = seed {
-            book.seed(path)?;
-        }
-        Ok(book)
-    }
-
-    fn seed(&self, path: &Path) -> anyhow::Result<()> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Row {
-            #[serde(default)]
-            id: String,
-            location_id: String,
-            #[serde(default)]
-            email: String,
-            #[serde(default)]
-            phone: String,
-            #[serde(default)]
-            first_name: String,
-            #[serde(default)]
-            last_name: String,
-            #[serde(default)]
-            conversation_id: String,
-        }
-        let context = || format!("reading the contacts file {}", path.display());
-        let mut reader = csv::Reader::from_path(path).with_context(context)?;
-        let mut rng = fastrand::Rng::new();
-        let mut state = self.lock();
-        for (i, row) in reader.deserialize::<Row>().enumerate() {
-            let row = row.with_context(|| format!("{}, row {}", context(), i + 1))?;
-            if row.location_id.trim().is_empty() {
-                bail!("{}, row {}: locationId is empty", context(), i + 1);
-            }
-            let some = |s: String| (!s.trim().is_empty()).then(|| s.trim().to_owned());
-            let contact = Contact {
-                id: some(row.id).unwrap_or_else(|| chance::new_id(&mut rng)),
-                location_id: row.location_id.trim().to_owned(),
-                email: some(row.email).map(|e| e.to_lowercase()),
-                phone: some(row.phone).map(|p| plain_phone(&p)),
-                first_name: some(row.first_name),
-                last_name: some(row.last_name),
-                ..Contact::default()
-            };
-            if let Some(conversation) = some(row.conversation_id) {
-                state.conversations.insert(
-                    (contact.location_id.clone(), contact.id.clone()),
-                    Held {
-                        conversation: Conversation {
-                            id: conversation,
-                            location_id: contact.location_id.clone(),
-                            contact_id: contact.id.clone(),
-                        },
-                        misses_left: self.search_misses,
-                    },
-                );
-            }
-            state.insert(contact);
-        }
-        Ok(())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
-        // A poisoned lock only means a request panicked mid-update of plain maps.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn directory(&self) -> Directory {
-        let state = self.lock();
-        let mut conversations: Vec<Conversation> = state
-            .conversations
-            .values()
-            .map(|h| h.conversation.clone())
-            .collect();
-        conversations.sort_by(|a, b| a.id.cmp(&b.id));
-        Directory {
-            contacts: state.contacts.clone(),
-            conversations,
-        }
-    }
-
-    fn record(&self, line: &Value) {
-        if let Some(recorder) = &self.recorder
-            && let Err(e) = recorder.append_line(line)
-        {
-            tracing::error!("sandbox: writing the contacts record failed: {e}");
-        }
-    }
-
-    pub fn sync(&self) -> std::io::Result<()> {
-        self.recorder.as_ref().map_or(Ok(()), Recorder::sync)
-    }
-}
-
-impl Entries {
-    fn insert(&mut self, contact: Contact) -> usize {
-        let i = self.contacts.len();
-        self.index(i, &contact);
-        self.contacts.push(contact);
-        i
-    }
-
-    fn index(&mut self, i: usize, contact: &Contact) {
-        if let Some(e) = &contact.email {
-            self.by_email
-                .entry((contact.location_id.clone(), e.clone()))
-                .or_insert(i);
-        }
-        if let Some(p) = &contact.phone {
-            self.by_phone
-                .entry((contact.location_id.clone(), p.clone()))
-                .or_insert(i);
-        }
-    }
-
-    /// E-mail first, then phone: the duplicate search's and upsert's priority.
-    fn find(&self, location: &str, email: Option<&str>, phone: Option<&str>) -> Option<usize> {
-        let by = |map: &HashMap<(String, String), usize>, v: &str| {
-            map.get(&(location.to_owned(), v.to_owned())).copied()
-        };
-        email
-            .and_then(|e| by(&self.by_email, &e.to_lowercase()))
-            .or_else(|| phone.and_then(|p| by(&self.by_phone, &plain_phone(p))))
-    }
-}
-
-/// A phone as stored and matched: without spaces, dashes, dots or parentheses.
-fn plain_phone(p: &str) -> String {
-    p.chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
-        .collect()
-}
-
+/// A contact as the API's contact routes answer with it.
 fn contact_json(c: &Contact) -> Value {
     json!({
         "id": c.id,
@@ -377,6 +150,7 @@ fn text(map: &Map<String, Value>, name: &str) -> Option<String> {
 /// What a lookup route answers, before the gate's headers are put on.
 type Answer = Result<(StatusCode, Value), (StatusCode, Value)>;
 
+/// `GET /contacts/search/duplicate`: the contact with this e-mail, else this phone, or `null`.
 pub async fn search_duplicate(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -395,15 +169,15 @@ pub async fn search_duplicate(
                 ));
             }
             let some = |k: &str| q.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
-            let state = book.lock();
-            let found = state
-                .find(location, some("email"), some("number"))
-                .map(|i| contact_json(&state.contacts[i]));
+            let found = book
+                .find_contact(location, some("email"), some("number"))
+                .map(|c| contact_json(&c));
             Ok((StatusCode::OK, json!({ "contact": found })))
         })
         .await
 }
 
+/// `POST /contacts/upsert`: updates the contact matched by e-mail, then phone, or creates one.
 pub async fn upsert(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes) -> Response {
     shared
         .lookup(&headers, |book, rng| {
@@ -428,40 +202,17 @@ pub async fn upsert(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw: 
                         .collect()
                 })
             });
-            let mut state = book.lock();
-            let (i, created) = match state.find(&location, email.as_deref(), phone.as_deref()) {
-                Some(i) => {
-                    // Update: fields given replace what is there; `tags` replaces all tags.
-                    let mut c = state.contacts[i].clone();
-                    c.email = c.email.or(email);
-                    c.phone = c.phone.or(phone);
-                    c.first_name = text(&map, "firstName").or(c.first_name);
-                    c.last_name = text(&map, "lastName").or(c.last_name);
-                    c.name = text(&map, "name").or(c.name);
-                    if let Some(tags) = tags {
-                        c.tags = tags;
-                    }
-                    state.index(i, &c);
-                    state.contacts[i] = c;
-                    (i, false)
-                }
-                None => {
-                    let contact = Contact {
-                        id: chance::new_id(rng),
-                        location_id: location,
-                        email,
-                        phone,
-                        first_name: text(&map, "firstName"),
-                        last_name: text(&map, "lastName"),
-                        name: text(&map, "name"),
-                        tags: tags.unwrap_or_default(),
-                    };
-                    book.counters.contacts_created.fetch_add(1, Relaxed);
-                    (state.insert(contact), true)
-                }
+            let upsert = ContactUpsert {
+                location_id: location,
+                email,
+                phone,
+                first_name: text(&map, "firstName"),
+                last_name: text(&map, "lastName"),
+                name: text(&map, "name"),
+                tags,
             };
-            let contact = contact_json(&state.contacts[i]);
-            drop(state);
+            let (contact, created) = book.upsert(upsert, rng);
+            let contact = contact_json(&contact);
             if created {
                 book.record(
                     &json!({"created": "contact", "contact": contact, "body": Value::Object(map)}),
@@ -475,6 +226,8 @@ pub async fn upsert(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw: 
         .await
 }
 
+/// `GET /conversations/search`: the location's conversations (of one contact, if given), at
+/// most 20; one created moments ago may be missing (`--search-misses`).
 pub async fn search_conversations(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -509,38 +262,28 @@ pub async fn search_conversations(
                 .get("contactId")
                 .map(|s| s.trim())
                 .filter(|s| !s.is_empty());
-            let mut state = book.lock();
-            let mut listed = Vec::new();
-            let contacts: HashMap<String, Contact> = state
-                .contacts
-                .iter()
-                .filter(|c| c.location_id == location)
-                .map(|c| (c.id.clone(), c.clone()))
+            let mut listed: Vec<Value> = book
+                .search_conversations(location, contact)
+                .into_iter()
+                .map(|(conversation, c)| {
+                    let c = c.as_ref();
+                    let field =
+                        |f: fn(&Contact) -> Option<String>| c.and_then(f).unwrap_or_default();
+                    json!({
+                        "id": conversation.id,
+                        "contactId": conversation.contact_id,
+                        "locationId": conversation.location_id,
+                        "lastMessageBody": "",
+                        "lastMessageType": "TYPE_SMS",
+                        "type": "TYPE_PHONE",
+                        "unreadCount": 0,
+                        "fullName": field(|c| c.name.clone().or_else(|| c.first_name.clone())),
+                        "contactName": field(|c| c.name.clone().or_else(|| c.first_name.clone())),
+                        "email": field(|c| c.email.clone()),
+                        "phone": field(|c| c.phone.clone()),
+                    })
+                })
                 .collect();
-            for ((loc, contact_id), held) in state.conversations.iter_mut() {
-                if loc != location || contact.is_some_and(|c| c != contact_id) {
-                    continue;
-                }
-                if held.misses_left > 0 {
-                    held.misses_left -= 1;
-                    continue;
-                }
-                let c = contacts.get(contact_id);
-                let field = |f: fn(&Contact) -> Option<String>| c.and_then(f).unwrap_or_default();
-                listed.push(json!({
-                    "id": held.conversation.id,
-                    "contactId": contact_id,
-                    "locationId": loc,
-                    "lastMessageBody": "",
-                    "lastMessageType": "TYPE_SMS",
-                    "type": "TYPE_PHONE",
-                    "unreadCount": 0,
-                    "fullName": field(|c| c.name.clone().or_else(|| c.first_name.clone())),
-                    "contactName": field(|c| c.name.clone().or_else(|| c.first_name.clone())),
-                    "email": field(|c| c.email.clone()),
-                    "phone": field(|c| c.phone.clone()),
-                }));
-            }
             listed.truncate(20);
             let total = listed.len();
             Ok((
@@ -551,6 +294,7 @@ pub async fn search_conversations(
         .await
 }
 
+/// `POST /conversations/`: the contact's conversation, or 400 when it has one already.
 pub async fn create_conversation(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -566,41 +310,23 @@ pub async fn create_conversation(
             if !errors.is_empty() {
                 return Err((StatusCode::UNPROCESSABLE_ENTITY, json!(errors)));
             }
-            let mut state = book.lock();
-            if !state
-                .contacts
-                .iter()
-                .any(|c| c.id == contact_id && c.location_id == location)
-            {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    json!(format!("Contact with id {contact_id} not found")),
-                ));
-            }
-            let key = (location.clone(), contact_id.clone());
-            if state.conversations.contains_key(&key) {
-                book.counters.conversation_conflicts.fetch_add(1, Relaxed);
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    json!(format!(
-                        "Conversation with the contact id:{contact_id} already exists!"
-                    )),
-                ));
-            }
-            let conversation = Conversation {
-                id: chance::new_id(rng),
-                location_id: location,
-                contact_id,
+            let conversation = match book.create_conversation(&location, &contact_id, rng) {
+                Ok(conversation) => conversation,
+                Err(NotCreated::NoContact) => {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        json!(format!("Contact with id {contact_id} not found")),
+                    ));
+                }
+                Err(NotCreated::Exists) => {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        json!(format!(
+                            "Conversation with the contact id:{contact_id} already exists!"
+                        )),
+                    ));
+                }
             };
-            state.conversations.insert(
-                key,
-                Held {
-                    conversation: conversation.clone(),
-                    misses_left: book.search_misses,
-                },
-            );
-            drop(state);
-            book.counters.conversations_created.fetch_add(1, Relaxed);
             book.record(&json!({"created": "conversation", "conversation": conversation}));
             let now = format!("{:.3}", jiff::Timestamp::now());
             Ok((
@@ -657,8 +383,8 @@ impl Shared {
             }
         };
         body["traceId"] = json!(trace_id);
-        let mut response = api::json_response(status, &body);
-        api::put_rate_headers(response.headers_mut(), rate);
+        let mut response = json_response(status, &body);
+        put_rate_headers(response.headers_mut(), rate);
         response
     }
 }

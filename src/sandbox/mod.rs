@@ -7,19 +7,28 @@
 //! This module owns the public entry points ([`start`], [`run_foreground`]) and the connection
 //! layer. Connections are served with hyper directly rather than `axum::serve`, so that a request
 //! chosen by `--drop-rate` can end its connection with no answer at all: the route marks its
-//! response with [`api::DropConnection`], and the service below turns that into an error, on which
-//! hyper closes the connection without writing anything.
+//! response with `answer::DropConnection`, and the service below turns that into an error, on
+//! which hyper closes the connection without writing anything.
+//!
+//! The rest, by what each owns: `config` (what a sandbox enforces), `state` (what the routes
+//! share, and the gate of token, budget and `Version`), `api` (the router and the inbound
+//! route), `contacts` (the lookup routes) over `book` (their store), `answer` (how a response
+//! is written), `body` (the inbound body's rules), `limits`, `chance`, `record` and `stats`.
 //!
 //! Shutdown protocol: [`Sandbox::shutdown`] cancels the token → the accept loop stops and drops the
 //! listener → each connection finishes the request it is serving and closes → the record file is
 //! synced → done.
 
+mod answer;
 mod api;
 mod body;
+mod book;
 mod chance;
+mod config;
 mod contacts;
 mod limits;
 mod record;
+mod state;
 mod stats;
 
 use std::net::SocketAddr;
@@ -37,104 +46,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::rate::{DurationRange, Rate};
 
-pub use api::{INBOUND_PATH, SUPPORTED_VERSIONS};
-pub use contacts::{Contact, Conversation, Directory};
+pub use api::INBOUND_PATH;
+pub use book::{Contact, Conversation, Directory};
+pub use config::{ConfigError, DEFAULT_TOKEN, SandboxConfig};
+pub use state::SUPPORTED_VERSIONS;
 pub use stats::Stats;
-
-/// The token a sandbox accepts unless told otherwise.
-pub const DEFAULT_TOKEN: &str = "sandbox-token";
 
 /// How long [`Sandbox::shutdown`] waits for requests in flight before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// What the sandbox enforces and injects. Checked by [`start`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct SandboxConfig {
-    /// The bearer token accepted; anything else is a 401.
-    pub token: String,
-    /// Burst limit per fixed window aligned to the sandbox start; `None`: unlimited.
-    pub rate: Option<Rate>,
-    /// Requests per UTC day; `None`: unlimited.
-    pub daily: Option<u64>,
-    /// Send `Retry-After` (seconds, rounded up) with every 429. The real API is not documented
-    /// to send it.
-    pub retry_after: bool,
-    /// Share of valid requests answered 500/502/503 (picked at random) with nothing stored.
-    pub fail_rate: f64,
-    /// Share of valid requests stored and then left without an answer (connection closed).
-    /// `fail_rate + drop_rate` must not exceed 1.
-    pub drop_rate: f64,
-    /// Added before each admitted request is processed: uniform over `low..high`, or over
-    /// `[D/2, 3D/2]` for a single value `D` (`low == high`).
-    pub latency: Option<DurationRange>,
-    /// Makes IDs, faults and latencies reproducible (exactly so for requests sent one at a time).
-    pub seed: Option<u64>,
-    /// Append every stored message to this file as a JSON line.
-    pub record: Option<PathBuf>,
-    /// Seed contacts (and their conversations) from this CSV file.
-    pub contacts: Option<PathBuf>,
-    /// Append every contact and conversation created to this file as a JSON line.
-    pub record_contacts: Option<PathBuf>,
-    /// Searches that miss a conversation after it is created (FACTS pitfall 5).
-    pub search_misses: u32,
-}
-
-impl SandboxConfig {
-    /// Token `sandbox-token`, no limits, no faults, no record: for `run --sandbox` and tests.
-    pub fn unlimited() -> Self {
-        SandboxConfig {
-            token: DEFAULT_TOKEN.to_owned(),
-            rate: None,
-            daily: None,
-            retry_after: false,
-            fail_rate: 0.0,
-            drop_rate: 0.0,
-            latency: None,
-            seed: None,
-            record: None,
-            contacts: None,
-            record_contacts: None,
-            search_misses: 0,
-        }
-    }
-
-    /// The configuration errors [`start`] refuses.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        if self.token.is_empty()
-            || !self
-                .token
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b',')
-        {
-            return Err(ConfigError::Token);
-        }
-        for (name, p) in [("fail rate", self.fail_rate), ("drop rate", self.drop_rate)] {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(ConfigError::Probability(name, p));
-            }
-        }
-        if self.fail_rate + self.drop_rate > 1.0 {
-            return Err(ConfigError::FaultsAboveOne(self.fail_rate, self.drop_rate));
-        }
-        Ok(())
-    }
-}
-
-/// Why a sandbox refuses to start with a configuration.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ConfigError {
-    #[error(
-        "refusing to listen on {0}: the sandbox accepts a well-known token and is for this \
-         machine only; use a loopback address such as 127.0.0.1:8787"
-    )]
-    NotLoopback(SocketAddr),
-    #[error("the token must be non-empty printable ASCII without spaces or commas")]
-    Token,
-    #[error("the {0} must be between 0 and 1, not {1}")]
-    Probability(&'static str, f64),
-    #[error("fail rate {0} plus drop rate {1} is more than 1")]
-    FaultsAboveOne(f64, f64),
-}
 
 pub use crate::rate::Limit;
 
@@ -227,7 +146,7 @@ fn parse_share(s: &str) -> Result<f64, String> {
 /// A running sandbox. Dropping it stops intake like [`Sandbox::shutdown`] without waiting.
 pub struct Sandbox {
     addr: SocketAddr,
-    shared: Arc<api::Shared>,
+    shared: Arc<state::Shared>,
     /// Cancelled by `shutdown` or drop: the accept loop stops, connections close once idle.
     cancel: CancellationToken,
     /// The accept loop and every connection task; `shutdown` waits for them.
@@ -310,12 +229,12 @@ pub async fn start(config: SandboxConfig, listen: SocketAddr) -> anyhow::Result<
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let book = contacts::Book::open(
+    let book = book::Book::open(
         config.contacts.as_deref(),
         config.search_misses,
         config.record_contacts.as_deref(),
     )?;
-    let shared = Arc::new(api::Shared::new(&config, recorder, book));
+    let shared = Arc::new(state::Shared::new(&config, recorder, book));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(
@@ -371,7 +290,11 @@ async fn serve_connection(stream: TcpStream, router: axum::Router, cancel: Cance
                 Ok(response) => response,
                 Err(never) => match never {},
             };
-            if response.extensions().get::<api::DropConnection>().is_some() {
+            if response
+                .extensions()
+                .get::<answer::DropConnection>()
+                .is_some()
+            {
                 Err(DroppedOnPurpose)
             } else {
                 Ok(response)
@@ -445,36 +368,6 @@ fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_checks() {
-        assert_eq!(SandboxConfig::unlimited().check(), Ok(()));
-        let with = |f: fn(&mut SandboxConfig)| {
-            let mut c = SandboxConfig::unlimited();
-            f(&mut c);
-            c.check()
-        };
-        assert_eq!(with(|c| c.token = String::new()), Err(ConfigError::Token));
-        assert_eq!(with(|c| c.token = "a b".into()), Err(ConfigError::Token));
-        assert_eq!(
-            with(|c| c.fail_rate = 1.5),
-            Err(ConfigError::Probability("fail rate", 1.5))
-        );
-        assert_eq!(
-            with(|c| {
-                c.fail_rate = 0.7;
-                c.drop_rate = 0.4
-            }),
-            Err(ConfigError::FaultsAboveOne(0.7, 0.4))
-        );
-        assert_eq!(
-            with(|c| {
-                c.fail_rate = 0.5;
-                c.drop_rate = 0.5
-            }),
-            Ok(())
-        );
-    }
 
     #[test]
     fn limits_parse_or_switch_off() {

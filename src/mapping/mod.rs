@@ -1,0 +1,278 @@
+//! Turns a CSV record into the request body ([`InboundMessage`]) or the list of what is wrong
+//! with it. The [`Mapping`] is built once from the header and the user's `--map` / `--set`
+//! (DESIGN "Mapping rows to the request body"); [`Mapping::map`] is then pure per row.
+//!
+//! The work is split by stage: `columns` builds the [`Mapping`] from the header
+//! ([`Mapping::new`]), `row` maps and checks one record ([`Mapping::map_row`]), and `key` gives a
+//! record its identity for resume and duplicate detection ([`Mapping::record_key`]). This module
+//! holds the fields of the request body and the plan they share.
+
+mod columns;
+mod key;
+mod row;
+
+use csv::ByteRecord;
+
+pub use key::record_hash;
+
+use crate::message::{InboundMessage, fold};
+use crate::reader::Column;
+use crate::validate::DateReader;
+
+macro_rules! fields {
+    ($($variant:ident = $name:literal),+ $(,)?) => {
+        /// A field of the request body that a column or `--set` can fill.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Field { $($variant),+ }
+        impl Field {
+            /// Every field, in the order a row is read.
+            pub const ALL: &'static [Field] = &[$(Field::$variant),+];
+            /// The spec's name (`call.to` for the call object's fields).
+            pub fn name(self) -> &'static str {
+                match self { $(Field::$variant => $name),+ }
+            }
+        }
+    };
+}
+
+fields!(
+    Type = "type",
+    ConversationId = "conversationId",
+    ContactId = "contactId",
+    ConversationProviderId = "conversationProviderId",
+    Message = "message",
+    Attachments = "attachments",
+    Html = "html",
+    Subject = "subject",
+    EmailFrom = "emailFrom",
+    EmailTo = "emailTo",
+    EmailCc = "emailCc",
+    EmailBcc = "emailBcc",
+    EmailMessageId = "emailMessageId",
+    AltId = "altId",
+    Direction = "direction",
+    Date = "date",
+    CallTo = "call.to",
+    CallFrom = "call.from",
+    CallStatus = "call.status",
+    // Not sent: they find or create the contact when a row has no contactId (issue 7).
+    ContactPhone = "contactPhone",
+    ContactEmail = "contactEmail",
+    ContactName = "contactName",
+    FirstName = "firstName",
+    LastName = "lastName",
+    LocationId = "locationId",
+);
+
+impl Field {
+    /// Reads a field name as a user writes it (`conversation_id`, `Call To`), or says which
+    /// names exist.
+    pub fn from_user(name: &str) -> Result<Field, String> {
+        let folded = fold(name);
+        if let Some(f) = Field::ALL.iter().find(|f| fold(f.name()) == folded) {
+            return Ok(*f);
+        }
+        let hint =
+            crate::message::closest(&folded, Field::ALL.iter().map(|f| (fold(f.name()), *f)))
+                .map(|f| format!("; did you mean {}?", f.name()))
+                .unwrap_or_default();
+        Err(format!(
+            "'{name}' is not a field of the request body{hint} Fields: {}",
+            Field::ALL
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    fn index(self) -> usize {
+        Field::ALL
+            .iter()
+            .position(|f| *f == self)
+            .expect("every field is in Field::ALL")
+    }
+}
+
+/// Fields every message needs. `direction` is among them because the API's default is
+/// `outbound`, which would silently misfile inbound history (FACTS §2). With ID resolution on,
+/// `contactId` and `conversationId` may be left for [`crate::resolve`] to find.
+const REQUIRED: &[Field] = &[
+    Field::Type,
+    Field::ConversationId,
+    Field::ContactId,
+    Field::Direction,
+];
+
+/// Fields that say who the contact is when a row has no HighLevel IDs; any of them turns ID
+/// resolution on.
+const RESOLUTION: &[Field] = &[Field::ContactPhone, Field::ContactEmail, Field::LocationId];
+
+/// Fields only used to create a contact: matched to columns only when resolution is on, so an
+/// export that merely carries a `contact_name` column is not changed by their existence.
+const CONTACT_DETAILS: &[Field] = &[Field::ContactName, Field::FirstName, Field::LastName];
+
+/// A row mapped: the request body and, when its IDs are to be resolved, who its contact is.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MappedRow {
+    /// `contactId` / `conversationId` are empty when `lookup` is to find them.
+    pub message: InboundMessage,
+    /// Who the contact is, when an ID is to be looked up; `None` when the row has both.
+    pub lookup: Option<Box<crate::resolve::Lookup>>,
+}
+
+/// What the user said about columns: the raw `--map`, `--set` and reading options.
+#[derive(Clone, Debug)]
+pub struct MappingOptions {
+    /// `--map FIELD=COLUMN`, in order; a later one for the same field wins.
+    pub maps: Vec<(String, String)>,
+    /// `--set FIELD=VALUE`, in order; a later one for the same field wins.
+    pub sets: Vec<(String, String)>,
+    /// `--list-sep`: what separates the items of a list cell that is not a JSON array.
+    pub list_sep: char,
+    /// `--date-format` and `--timezone`: how `date` cells are read.
+    pub dates: DateReader,
+    /// `--key-column`; else `altId` when mapped, else a hash of the record.
+    pub key_column: Option<String>,
+    /// `--default-country`: how national phone numbers in `contactPhone` are read.
+    pub default_country: Option<crate::resolve::phone::Country>,
+}
+
+impl Default for MappingOptions {
+    fn default() -> Self {
+        MappingOptions {
+            maps: Vec::new(),
+            sets: Vec::new(),
+            list_sep: ';',
+            dates: DateReader::default(),
+            key_column: None,
+            default_country: None,
+        }
+    }
+}
+
+/// Where a field's value comes from.
+#[derive(Clone, Debug)]
+enum Source {
+    Column(usize),
+    /// A `--set` value, already checked.
+    Constant(String),
+}
+
+/// The plan for turning every record of one input into a request body.
+///
+/// # Example
+///
+/// A header and the user's options give the plan; each record then maps to the JSON body.
+///
+/// ```
+/// use csv::ByteRecord;
+/// use lc_import::mapping::{Mapping, MappingOptions};
+/// use serde_json::json;
+///
+/// // Column names are matched ignoring case and separators; `direction` has no column, so
+/// // `--set direction=inbound` gives every row's.
+/// let header: Vec<String> = ["Conversation ID", "contact_id", "Type", "message"]
+///     .map(String::from)
+///     .to_vec();
+/// let options = MappingOptions {
+///     sets: vec![("direction".into(), "inbound".into())],
+///     ..MappingOptions::default()
+/// };
+/// let mapping = Mapping::new(&header, &options)?;
+///
+/// let record = ByteRecord::from(vec!["ve9EPM428h8vShlRW1KT", "k1", "sms", "Hello"]);
+/// let row = mapping.map_row(&record, 2).expect("the row is valid");
+/// assert!(row.lookup.is_none(), "the row has both IDs: nothing to look up");
+/// assert_eq!(
+///     serde_json::to_value(&row.message)?,
+///     json!({
+///         "type": "SMS",
+///         "conversationId": "ve9EPM428h8vShlRW1KT",
+///         "contactId": "k1",
+///         "direction": "inbound",
+///         "message": "Hello",
+///     })
+/// );
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    header: Vec<String>,
+    sources: Vec<Option<Source>>,
+    key: Option<usize>,
+    list_sep: char,
+    dates: DateReader,
+    default_country: Option<crate::resolve::phone::Country>,
+    /// A contactPhone, contactEmail or locationId source exists: rows may leave their IDs to
+    /// [`crate::resolve`].
+    resolving: bool,
+    /// Said once, before the first row: columns that map to nothing, and similar.
+    pub warnings: Vec<String>,
+}
+
+impl Mapping {
+    /// The column a field is read from, if any.
+    pub fn column_of(&self, field: Field) -> Option<&str> {
+        match &self.sources[field.index()] {
+            Some(Source::Column(i)) => Some(&self.header[*i]),
+            _ => None,
+        }
+    }
+
+    /// The row's `conversationId` as written in its cell (or `--set`), trimmed; not checked.
+    pub fn conversation_cell<'a>(&'a self, cells: &'a ByteRecord) -> Option<&'a str> {
+        match self.sources[Field::ConversationId.index()].as_ref()? {
+            Source::Constant(v) => Some(v.as_str()),
+            Source::Column(i) => std::str::from_utf8(cells.get(*i)?).ok().map(str::trim),
+        }
+    }
+
+    /// Whether rows may leave `contactId` / `conversationId` to be looked up.
+    pub fn resolving(&self) -> bool {
+        self.resolving
+    }
+
+    /// The CSV column a field is read from, for a row error; `None` for `--set` and unmapped
+    /// fields.
+    fn column(&self, field: Field) -> Option<Column> {
+        match &self.sources[field.index()] {
+            Some(Source::Column(i)) => Some(Column::Csv(*i, self.header[*i].clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The header, records and helpers the tests of every stage share.
+#[cfg(test)]
+mod fixture {
+    use super::*;
+
+    const HEADER: &str = "Conversation ID,contact_id,TYPE,Direction,message,date,attachments,emailCc,call_to,call.status,conversationProviderId,notes";
+
+    pub(super) fn header() -> Vec<String> {
+        HEADER.split(',').map(str::to_owned).collect()
+    }
+
+    pub(super) fn record(cells: &[&str]) -> ByteRecord {
+        let mut full: Vec<&str> = cells.to_vec();
+        full.resize(header().len(), "");
+        ByteRecord::from(full)
+    }
+
+    pub(super) fn mapping(options: MappingOptions) -> Mapping {
+        Mapping::new(&header(), &options).unwrap()
+    }
+
+    pub(super) fn body(m: &Mapping, cells: &[&str]) -> serde_json::Value {
+        serde_json::to_value(m.map(&record(cells), 2).unwrap()).unwrap()
+    }
+
+    pub(super) fn errors(m: &Mapping, cells: &[&str]) -> Vec<String> {
+        m.map(&record(cells), 7)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+}

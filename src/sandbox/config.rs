@@ -1,0 +1,134 @@
+//! What a sandbox enforces and injects ([`SandboxConfig`]), and the configurations it refuses
+//! to start with ([`ConfigError`]). The `sandbox` command's flags turn into one of these.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::rate::{DurationRange, Rate};
+
+/// The token a sandbox accepts unless told otherwise.
+pub const DEFAULT_TOKEN: &str = "sandbox-token";
+
+/// What the sandbox enforces and injects. Checked by [`super::start`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandboxConfig {
+    /// The bearer token accepted; anything else is a 401.
+    pub token: String,
+    /// Burst limit per fixed window aligned to the sandbox start; `None`: unlimited.
+    pub rate: Option<Rate>,
+    /// Requests per UTC day; `None`: unlimited.
+    pub daily: Option<u64>,
+    /// Send `Retry-After` (seconds, rounded up) with every 429. The real API is not documented
+    /// to send it.
+    pub retry_after: bool,
+    /// Share of valid requests answered 500/502/503 (picked at random) with nothing stored.
+    pub fail_rate: f64,
+    /// Share of valid requests stored and then left without an answer (connection closed).
+    /// `fail_rate + drop_rate` must not exceed 1.
+    pub drop_rate: f64,
+    /// Added before each admitted request is processed: uniform over `low..high`, or over
+    /// `[D/2, 3D/2]` for a single value `D` (`low == high`).
+    pub latency: Option<DurationRange>,
+    /// Makes IDs, faults and latencies reproducible (exactly so for requests sent one at a time).
+    pub seed: Option<u64>,
+    /// Append every stored message to this file as a JSON line.
+    pub record: Option<PathBuf>,
+    /// Seed contacts (and their conversations) from this CSV file.
+    pub contacts: Option<PathBuf>,
+    /// Append every contact and conversation created to this file as a JSON line.
+    pub record_contacts: Option<PathBuf>,
+    /// Searches that miss a conversation after it is created (FACTS pitfall 5).
+    pub search_misses: u32,
+}
+
+impl SandboxConfig {
+    /// Token `sandbox-token`, no limits, no faults, no record: for `run --sandbox` and tests.
+    pub fn unlimited() -> Self {
+        SandboxConfig {
+            token: DEFAULT_TOKEN.to_owned(),
+            rate: None,
+            daily: None,
+            retry_after: false,
+            fail_rate: 0.0,
+            drop_rate: 0.0,
+            latency: None,
+            seed: None,
+            record: None,
+            contacts: None,
+            record_contacts: None,
+            search_misses: 0,
+        }
+    }
+
+    /// The configuration errors [`super::start`] refuses.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.token.is_empty()
+            || !self
+                .token
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b',')
+        {
+            return Err(ConfigError::Token);
+        }
+        for (name, p) in [("fail rate", self.fail_rate), ("drop rate", self.drop_rate)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(ConfigError::Probability(name, p));
+            }
+        }
+        if self.fail_rate + self.drop_rate > 1.0 {
+            return Err(ConfigError::FaultsAboveOne(self.fail_rate, self.drop_rate));
+        }
+        Ok(())
+    }
+}
+
+/// Why a sandbox refuses to start with a configuration.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error(
+        "refusing to listen on {0}: the sandbox accepts a well-known token and is for this \
+         machine only; use a loopback address such as 127.0.0.1:8787"
+    )]
+    NotLoopback(SocketAddr),
+    #[error("the token must be non-empty printable ASCII without spaces or commas")]
+    Token,
+    #[error("the {0} must be between 0 and 1, not {1}")]
+    Probability(&'static str, f64),
+    #[error("fail rate {0} plus drop rate {1} is more than 1")]
+    FaultsAboveOne(f64, f64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_checks() {
+        assert_eq!(SandboxConfig::unlimited().check(), Ok(()));
+        let with = |f: fn(&mut SandboxConfig)| {
+            let mut c = SandboxConfig::unlimited();
+            f(&mut c);
+            c.check()
+        };
+        assert_eq!(with(|c| c.token = String::new()), Err(ConfigError::Token));
+        assert_eq!(with(|c| c.token = "a b".into()), Err(ConfigError::Token));
+        assert_eq!(
+            with(|c| c.fail_rate = 1.5),
+            Err(ConfigError::Probability("fail rate", 1.5))
+        );
+        assert_eq!(
+            with(|c| {
+                c.fail_rate = 0.7;
+                c.drop_rate = 0.4
+            }),
+            Err(ConfigError::FaultsAboveOne(0.7, 0.4))
+        );
+        assert_eq!(
+            with(|c| {
+                c.fail_rate = 0.5;
+                c.drop_rate = 0.5
+            }),
+            Ok(())
+        );
+    }
+}

@@ -106,9 +106,6 @@ impl Deliver {
                     delay,
                     pause,
                 } => {
-                    if let Some(pause) = pause {
-                        self.gate.pause(pause);
-                    }
                     debug!(
                         row = line.row,
                         attempt = line.attempts,
@@ -116,7 +113,7 @@ impl Deliver {
                     );
                     last_error = reason;
                     // A stop during the wait is seen by the gate at the top of the loop.
-                    let _ = self.gate.wait(delay).await;
+                    let _ = self.gate.before_retry(pause, delay).await;
                     continue;
                 }
             };

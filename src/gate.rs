@@ -78,9 +78,17 @@ impl Gate {
         }
     }
 
-    /// Holds every request back for `pause` (a 429).
-    pub fn pause(&self, pause: Duration) {
-        self.limit.pause(pause);
+    /// Before a retry: holds every request back for `pause` (a 429 answered), then waits
+    /// `delay` for this one; `Err` when the run stops meanwhile.
+    pub async fn before_retry(
+        &self,
+        pause: Option<Duration>,
+        delay: Duration,
+    ) -> Result<(), Closed> {
+        if let Some(pause) = pause {
+            self.limit.pause(pause);
+        }
+        self.wait(delay).await
     }
 
     /// Waits `delay` before a retry; `Err` when the run stops meanwhile.

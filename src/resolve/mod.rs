@@ -366,11 +366,8 @@ impl Resolver {
                     delay,
                     pause,
                 } => {
-                    if let Some(pause) = pause {
-                        env.gate.pause(pause);
-                    }
                     tracing::debug!(attempt = attempts, "retrying a lookup: {reason}");
-                    if env.gate.wait(delay).await.is_err() {
+                    if env.gate.before_retry(pause, delay).await.is_err() {
                         return Err(Failure::Stop(None));
                     }
                 }

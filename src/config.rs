@@ -65,6 +65,7 @@ impl Settings {
         if target.is_none() {
             token = read_token(args.token_file.as_deref().or(file.token_file.as_deref()))?;
         }
+        let rate_given = args.rate.is_some();
         let mut rate = match (args.rate, file.rate.as_deref()) {
             (Some(r), _) => r.0,
             (None, Some(r)) => {
@@ -77,8 +78,11 @@ impl Settings {
         if let Some(target) = target {
             base_url = crate::sender::check_base_url(&target.base_url)?;
             token = target.token;
-            // The sandbox has no limits: pace as fast as the sender goes.
-            rate = None;
+            // The sandbox has no limits: pace as fast as the sender goes, unless the command
+            // line asks for a pace (a rehearsal of the real one).
+            if !rate_given {
+                rate = None;
+            }
         }
         let timeout = match (args.timeout, file.timeout.as_deref()) {
             (Some(t), _) => t,

@@ -112,9 +112,6 @@ impl Intake {
 
     /// Hands the batch over; false once the scheduler has stopped taking rows.
     fn hand_over(&self, jobs: &mpsc::Sender<Vec<Job>>, batch: &mut Vec<Job>) -> bool {
-        self.counters
-            .bytes
-            .store(self.input.bytes_read(), Ordering::Relaxed);
         batch.is_empty()
             || jobs
                 .blocking_send(std::mem::replace(batch, Vec::with_capacity(BATCH)))

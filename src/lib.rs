@@ -35,6 +35,7 @@ pub mod shutdown;
 pub mod summary;
 pub mod validate;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// How a command ended, decided once from its counters (DESIGN "What the user sees").
@@ -97,13 +98,18 @@ fn init_logging(cli: &cli::Cli) {
     let filter = tracing_subscriber::EnvFilter::new(format!("warn,lc_import={ours}"));
     // `log_internal_errors(false)`: with stderr a closed pipe, the subscriber would report the
     // failed write with `eprintln!`, which panics in whatever task logged.
+    // Colour only for a person at a terminal (not in cron logs), and never under NO_COLOR; a
+    // timestamp only where the lines are kept (a log file, a collector).
+    let terminal = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .log_internal_errors(false)
+        .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
         .with_target(false);
-    let _ = match cli.log_format {
-        cli::LogFormat::Json => builder.json().try_init(),
-        cli::LogFormat::Text => builder.without_time().try_init(),
+    let _ = match (cli.log_format, terminal) {
+        (cli::LogFormat::Json, _) => builder.json().try_init(),
+        (cli::LogFormat::Text, true) => builder.without_time().try_init(),
+        (cli::LogFormat::Text, false) => builder.try_init(),
     };
 }

@@ -171,6 +171,7 @@ impl Pass<'_> {
             .next_record()
             .with_context(|| format!("reading {}", path.display()))?
         {
+            plan.rows += 1;
             // Every row's key goes to `on_key` (duplicate keys are found from them).
             let key = self.mapping.record_key(&record);
             on_key(record.row, &key)?;

@@ -50,6 +50,8 @@ impl Quota {
 /// What a run still has to do, in requests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// Every row of the input (what progress counts to).
+    pub rows: u64,
     /// Valid rows that this run will send.
     pub messages: u64,
     /// Rows sent (or left unknown) in earlier runs, skipped.
@@ -140,7 +142,7 @@ impl Plan {
 }
 
 /// `1h 02m`, `3m 20s`, `12s`.
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs_f64().ceil() as u64;
     match s {
         0..60 => format!("{s}s"),
@@ -164,6 +166,7 @@ mod tests {
     #[test]
     fn the_plan_counts_lookups_as_a_range() {
         let plan = Plan {
+            rows: 1110,
             messages: 1000,
             done_before: 10,
             contacts: 100,

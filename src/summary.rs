@@ -53,8 +53,6 @@ pub struct Ending {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub rows: AtomicU64,
-    /// Input bytes read so far, for progress.
-    pub bytes: AtomicU64,
     pub sent: AtomicU64,
     pub sent_before: AtomicU64,
     pub invalid: AtomicU64,
@@ -62,6 +60,20 @@ pub struct Counters {
     pub unknown: AtomicU64,
     pub unknown_before: AtomicU64,
     pub duplicate: AtomicU64,
+}
+
+impl Counters {
+    /// Rows with their outcome, in this run or an earlier one: what progress counts as done.
+    pub fn finished(&self) -> u64 {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        n(&self.sent)
+            + n(&self.sent_before)
+            + n(&self.invalid)
+            + n(&self.failed)
+            + n(&self.unknown)
+            + n(&self.unknown_before)
+            + n(&self.duplicate)
+    }
 }
 
 /// What a finished (or stopped) run reports.

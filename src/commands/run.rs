@@ -151,6 +151,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         duplicates,
     } = prepared;
     say(&plan.describe(settings.rate, settings.max_requests));
+    let plan_rows = plan.rows;
     let journal = Arc::new(journal);
     let counters = Arc::new(Counters::default());
     let deliver = Arc::new(Deliver {
@@ -182,7 +183,6 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         settings.results.display()
     );
     let (job_tx, job_rx) = mpsc::channel::<Vec<Job>>(8);
-    let input_len = input.len();
     let intake = Intake {
         input,
         mapping,
@@ -200,7 +200,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         .context("starting the reader thread")?;
 
     // From here on requests leave: whatever happens, the run ends with a report.
-    let progress = Progress::start(counters.clone(), input_len);
+    let progress = Progress::start(counters.clone(), plan_rows);
     let flusher = tokio::spawn(flush_every(deliver.clone()));
     let spill_dir = folder_of(&settings.results);
     let pipeline = schedule::run(

@@ -46,14 +46,19 @@ impl Scenario {
         Scenario { w, sb }
     }
 
-    /// `run in.csv --base-url SANDBOX --rate none EXTRA…` (a later `--rate` in `extra` wins).
+    /// `run in.csv --base-url SANDBOX --rate none EXTRA…` (`--rate none` only when `extra`
+    /// names no `--rate` of its own).
     pub fn args(&self, extra: &[&str]) -> Vec<String> {
         self.args_for(INPUT, extra)
     }
 
     /// The same for another input of the work directory.
     pub fn args_for(&self, input: &str, extra: &[&str]) -> Vec<String> {
-        let mut all = vec!["--rate", "none"];
+        let mut all = if extra.contains(&"--rate") {
+            vec![]
+        } else {
+            vec!["--rate", "none"]
+        };
         all.extend_from_slice(extra);
         fixture::run_args(input, &self.sb.base_url(), &all)
     }

@@ -1,7 +1,7 @@
 //! Turns raw flags and the optional `--config` TOML file into the checked options the rest of
 //! the program takes: the mapping options, and for `run` the whole [`Settings`], built once.
 //! Flags win over the file; a value that cannot work stops here, before any row is read
-//! (exit 2). The sandbox of `run --sandbox` is an input here ([`Target`]), not a patch applied
+//! (exit 2). The sandbox of `run --sandbox` is an input here ([`Endpoint`]), not a patch applied
 //! to the settings afterwards.
 
 use std::path::{Path, PathBuf};
@@ -41,11 +41,15 @@ pub struct Settings {
     pub create_contacts: bool,
     /// `--max-requests`.
     pub max_requests: Option<u64>,
+    /// `--location-id` (or the file's `location-id`), for the results file's target.
+    pub location_id: Option<String>,
+    /// `run --sandbox`: the in-process sandbox, not a real API.
+    pub rehearsal: bool,
 }
 
 /// An API the run is pointed at instead of the flags' (the in-process sandbox of `--sandbox`):
 /// its base URL and token, and no pace of the run's own.
-pub struct Target {
+pub struct Endpoint {
     pub base_url: String,
     pub token: String,
 }
@@ -53,9 +57,15 @@ pub struct Target {
 impl Settings {
     /// Flags over the config file over defaults, checked. With a `target`, its base URL and
     /// token are used and `--base-url`, the token and `--rate` are not needed.
-    pub fn new(args: RunArgs, target: Option<Target>) -> Result<Settings> {
+    pub fn new(args: RunArgs, target: Option<Endpoint>) -> Result<Settings> {
         let mut file = FileConfig::load(args.mapping.config.as_deref())?;
+        let location_id = args
+            .mapping
+            .location_id
+            .clone()
+            .or_else(|| file.location_id.clone());
         let (mapping, delimiter) = mapping_options(&args.mapping, &mut file)?;
+        let rehearsal = target.is_some();
         let base = args
             .base_url
             .or(file.base_url.take())
@@ -96,10 +106,17 @@ impl Settings {
             bail!("--concurrency 0 would send nothing: give 1 or more");
         }
         Ok(Settings {
-            results: args
-                .results
-                .or(file.results.take())
-                .unwrap_or_else(|| beside_input(&args.input, ".results.csv")),
+            // A rehearsal has a results file of its own: it never touches the real run's.
+            results: args.results.or(file.results.take()).unwrap_or_else(|| {
+                beside_input(
+                    &args.input,
+                    if rehearsal {
+                        ".sandbox.results.csv"
+                    } else {
+                        ".results.csv"
+                    },
+                )
+            }),
             input: args.input,
             base_url,
             token,
@@ -118,6 +135,8 @@ impl Settings {
             backoff: Backoff::default(),
             create_contacts: args.create_contacts || file.create_contacts.unwrap_or(false),
             max_requests: args.max_requests.or(file.max_requests),
+            location_id,
+            rehearsal,
         })
     }
 }

@@ -27,6 +27,7 @@ use crate::reader::CsvInput;
 use crate::resolve::{IdMap, Resolver};
 use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
+use crate::results::target::{self, Target};
 use crate::results::{Journal, Prior, Status};
 
 /// What the pass found, ready for the run.
@@ -64,6 +65,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
             }
         );
     }
+    let has_lines = !prior.is_empty() || journal_has_lines(&settings.results);
     let resolver = open_resolver(settings, &mapping)?;
     let temp = folder_of(&settings.results);
     let mut pairs = ExternalSort::new(&temp);
@@ -83,6 +85,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         prior: &prior,
         ids: resolver.as_ref().map(|r| &r.ids),
         conflicts: Vec::new(),
+        locations: Vec::new(),
     };
     let plan = pass.run(input, &mut on_key);
     if interrupt.is_cancelled() {
@@ -90,6 +93,21 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     }
     let plan = plan?;
     let mut conflicts = std::mem::take(&mut pass.conflicts);
+    // The target is checked (and recorded) before any request, as the pass's last refusal.
+    let target = Target {
+        api: if settings.rehearsal {
+            target::SANDBOX.to_owned()
+        } else {
+            api_of(&settings.base_url)
+        },
+        location: settings
+            .location_id
+            .clone()
+            .or(match pass.locations.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            }),
+    };
     let duplicates = DuplicateRows::from_pairs(pairs, &temp, &mut conflicts)?;
     if let Some(c) = conflicts.first() {
         bail!(
@@ -101,6 +119,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
             conversation = c.conversation,
         );
     }
+    target::check_and_record(journal.path(), &target, has_lines)?;
     Ok(Some(Prepared {
         input: CsvInput::open(&settings.input, settings.delimiter)?,
         mapping,
@@ -110,6 +129,30 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         plan,
         duplicates,
     }))
+}
+
+/// The API a base URL names, for the results file's target. A server on a loopback address is
+/// a local stand-in (an `lc-import sandbox`, a test server) whose port changes from start to
+/// start: any port is the same target (`http://127.0.0.1:*`).
+fn api_of(base: &reqwest::Url) -> String {
+    let loopback = match base.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if !loopback {
+        return crate::sender::shown(base);
+    }
+    let host = base.host_str().unwrap_or("localhost");
+    format!("{}://{host}:*{}", base.scheme(), base.path())
+}
+
+/// Whether the results file holds more than its header (lines of `validate`, or of runs whose
+/// rows all failed).
+fn journal_has_lines(results: &Path) -> bool {
+    let header = crate::results::line::HEADER.join(",").len() as u64 + 1;
+    std::fs::metadata(results).is_ok_and(|m| m.len() > header)
 }
 
 /// Opens the ID map beside the results file and the resolver, when rows may need lookups.
@@ -153,6 +196,8 @@ struct Pass<'a> {
     prior: &'a Prior,
     ids: Option<&'a IdMap>,
     conflicts: Vec<Conflict>,
+    /// The distinct `locationId`s of rows to look up (two at most: one is all that is used).
+    locations: Vec<String>,
 }
 
 impl Pass<'_> {
@@ -199,6 +244,9 @@ impl Pass<'_> {
             };
             let m = &row.message;
             let location = lookup.location_id.clone();
+            if self.locations.len() < 2 && !self.locations.contains(&location) {
+                self.locations.push(location.clone());
+            }
             let key = lookup.key(&m.contact_id);
             if !seen.insert((location.clone(), key.clone())) {
                 continue;

@@ -93,6 +93,14 @@ enum Client {
 
 /// Checks `--base-url`: https anywhere, plain http only to a loopback host (the token would
 /// otherwise cross the network in clear).
+/// A URL as the tool prints it: without the user name and password it may carry.
+pub fn shown(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
 pub fn check_base_url(base: &str) -> Result<reqwest::Url> {
     let url = reqwest::Url::parse(base.trim_end_matches('/')).with_context(|| {
         format!(

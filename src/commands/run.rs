@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::cli::{RunArgs, ValidateArgs};
-use crate::config::{self, Settings, Target};
+use crate::config::{self, Endpoint, Settings};
 use crate::deliver::Deliver;
 use crate::gate::Gate;
 use crate::intake::Intake;
@@ -70,7 +70,7 @@ pub fn run(args: RunArgs) -> Result<Ending> {
             true => Some(start_sandbox(&args.input).await?),
             false => None,
         };
-        let target = sandbox.as_ref().map(|s| Target {
+        let target = sandbox.as_ref().map(|s| Endpoint {
             base_url: s.sandbox.base_url(),
             token: s.token.clone(),
         });
@@ -175,7 +175,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     info!(
         "importing {} into {} at {} with {} in flight; results in {}",
         settings.input.display(),
-        deliver.sender.url(),
+        crate::sender::shown(deliver.sender.url()),
         settings
             .rate
             .map_or("no rate limit".to_owned(), |r| format!("most {r}")),

@@ -1,17 +1,19 @@
 //! `lc-import validate`: maps and checks every row offline, writes a results file with one
 //! line per row (`valid` or `invalid` and why), and ends with a summary. No network.
 
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::cli::ValidateArgs;
 use crate::config::{self, FileConfig};
 use crate::mapping::{Mapping, MappingOptions};
 use crate::reader::CsvInput;
-use crate::results::line::{ResultsWriter, folder_of};
+use crate::results::line::{ResultsWriter, col, folder_of, text};
 use crate::results::{ResultLine, Status};
 use crate::summary::{Ending, ErrorTally, Stdout, say_err};
 
@@ -33,6 +35,59 @@ pub fn run(args: ValidateArgs) -> Result<Ending> {
     })
 }
 
+/// `validate` writes only `valid` / `invalid` lines. A results file holding a run's outcomes
+/// (`sent`, `unknown`, `failed`…) is the run's memory of what was sent: overwriting it would send
+/// every row again. Refused, as is a file a running import holds locked. Returns the existing
+/// file, locked, when there is one.
+fn refuse_run_outcomes(results: &Path, input: &Path) -> Result<Option<File>> {
+    let file = match File::open(results) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", results.display())),
+    };
+    let instead = config::beside_input(input, ".validation.csv");
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by a running import: validate would overwrite the record of what it sends. Give --results another path (by default validate writes {})",
+            results.display(),
+            instead.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", results.display()));
+        }
+    }
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(std::io::BufReader::new(&file));
+    for record in reader.byte_records() {
+        let Ok(record) = record else { break };
+        let status = text(&record, col::STATUS).unwrap_or("");
+        if !matches!(status, "valid" | "invalid" | "") {
+            *outcomes.entry(status.to_owned()).or_default() += 1;
+        }
+    }
+    if outcomes.is_empty() && !crate::results::target::path_for(results).exists() {
+        return Ok(Some(file));
+    }
+    let counts = outcomes
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    bail!(
+        "{} is the results file of a run ({}): validate would replace what it remembers of the rows sent, and the next run would send them again. Validate writes {} instead: run it without --results, or give --results another path",
+        results.display(),
+        if counts.is_empty() {
+            "it records its target".to_owned()
+        } else {
+            counts
+        },
+        instead.display()
+    )
+}
+
 /// Validates `args.input`, printing bodies (`--show`) and the summary to `out`.
 pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let started = Instant::now();
@@ -49,6 +104,8 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
         .results
         .clone()
         .unwrap_or_else(|| config::beside_input(&args.input, ".validation.csv"));
+    // Held until the new file replaces it: a run that starts meanwhile waits for the lock.
+    let _held = refuse_run_outcomes(&results, &args.input)?;
     let dir = folder_of(&results);
     // Written beside its final place and renamed at the end, so a results file is whole or absent.
     let temp = tempfile::Builder::new()

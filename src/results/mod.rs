@@ -19,6 +19,7 @@ mod compact;
 pub mod journal;
 pub mod line;
 pub mod prior;
+pub mod target;
 
 pub use journal::Journal;
 pub use line::{ResultLine, Status};

@@ -15,4 +15,5 @@ mod sandbox;
 mod scenario;
 mod security;
 mod support;
+mod trust;
 mod validate;

@@ -3,14 +3,14 @@
 //! stderr never changes the outcome or swallows a signal.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lc_import::rate::DurationRange;
 use lc_import::sandbox::SandboxConfig;
 
 use crate::fixture;
-use crate::scenario::{RESULTS, Scenario};
+use crate::scenario::{self, RESULTS, Scenario};
 use crate::support;
 
 /// A results file that belongs to another input is refused by the pass before sending, however
@@ -92,11 +92,7 @@ async fn sigterm_with_stderr_a_closed_pipe_stops_within_seconds() {
         fixture::file_len(&results) > 20_000
     })
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    scenario::signal(&child, "TERM");
     let signalled = Instant::now();
     let code = loop {
         if let Some(status) = child.try_wait().expect("poll the child") {
@@ -136,19 +132,13 @@ async fn a_closed_stdout_or_stderr_does_not_change_the_exit_code() {
         .unwrap()
         .expect("10 bytes of output");
     assert_eq!(&first, b"quota plan", "the plan comes first");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .expect("wait");
+    let status = scenario::wait(child).await;
     assert_eq!(status.code(), Some(0));
     s.assert_each_stored_once(300);
 
     let mut rerun = s.spawn(&[], Stdio::null(), Stdio::piped());
     drop(rerun.stderr.take());
-    let status = tokio::task::spawn_blocking(move || rerun.wait())
-        .await
-        .unwrap()
-        .expect("wait");
+    let status = scenario::wait(rerun).await;
     assert_eq!(status.code(), Some(0), "every row is already sent");
     s.assert_each_stored_once(300);
     s.finish().await;

@@ -39,12 +39,7 @@ async fn a_conflict_deep_in_the_input_is_refused_before_anything_is_sent() {
     s.w.write("other.csv", other);
     let out = s.run_input("other.csv", &["--results", RESULTS]).await;
     out.expect_code(2);
-    assert!(
-        out.stderr.contains(
-            "records key r5 as sent to another conversation than row 601 of other.csv has (conv0000000000009999)"
-        ),
-        "{out:?}"
-    );
+    out.expect_stderr("records key r5 as sent to another conversation than row 601 of other.csv has (conv0000000000009999)");
     assert_eq!(s.stats().requests, requests, "nothing was sent");
     assert_eq!(s.w.read(RESULTS), before, "the results file is untouched");
     s.finish().await;
@@ -62,12 +57,8 @@ async fn a_duplicate_key_with_another_conversation_is_no_conflict_on_a_rerun() {
     s.run(&[]).await.expect_code(0);
     let out = s.run(&[]).await;
     out.expect_code(0);
-    assert!(
-        out.stdout
-            .contains("sent                 50   (0 now, 50 in earlier runs)"),
-        "{out:?}"
-    );
-    assert!(out.stdout.contains("duplicate             1"), "{out:?}");
+    out.expect_stdout("sent                 50   (0 now, 50 in earlier runs)");
+    out.expect_stdout("duplicate             1");
     s.assert_each_stored_once(50);
     s.finish().await;
 }

@@ -25,11 +25,8 @@ async fn a_5xx_storm_stops_the_run_and_a_clean_resume_sends_every_row_once() {
     .await;
     let out = s.run(&["--rate", "none", "--concurrency", "8"]).await;
     out.expect_code(3);
-    assert!(
-        out.stdout.contains(
-            "stopped early: the server keeps failing (25 failures in a row, the last: HTTP 50"
-        ),
-        "{out:?}"
+    out.expect_stdout(
+        "stopped early: the server keeps failing (25 failures in a row, the last: HTTP 50",
     );
     // Only the rows that were being retried are recorded, `failed` (nothing stored); the rest
     // were never attempted and are not in the file.
@@ -65,24 +62,14 @@ async fn latency_spikes_past_the_timeout_end_unknown_and_are_not_resent() {
     let args = ["--rate", "none", "--concurrency", "8", "--timeout", "400ms"];
     let out = s.run(&args).await;
     out.expect_code(1);
-    let rows = s.results();
-    assert_eq!(rows.len(), 120);
-    let stored = s.stored();
-    let mut unknown = 0;
-    for r in &rows {
-        let ids = stored.get(&r["key"]).map_or(&[][..], Vec::as_slice);
-        match r["status"].as_str() {
-            "sent" => assert_eq!(ids, [r["message_id"].clone()], "{r:?}"),
-            "unknown" => {
-                unknown += 1;
-                assert!(ids.len() <= 1, "{r:?}");
-                assert!(r["error"].contains("no answer within --timeout"), "{r:?}");
-            }
-            _ => panic!("{r:?}"),
-        }
+    assert_eq!(s.results().len(), 120);
+    let unknown_rows = s.assert_sent_or_unknown(&out);
+    for r in &unknown_rows {
+        assert!(r["error"].contains("no answer within --timeout"), "{r:?}");
     }
+    let unknown = unknown_rows.len();
     assert!(unknown > 5, "some requests timed out: {unknown}");
-    assert!(out.stdout.contains("--resend-unknown"), "{out:?}");
+    out.expect_stdout("--resend-unknown");
 
     // A resume leaves the unknown rows alone: no request at all.
     let requests = s.stats().requests;
@@ -103,11 +90,7 @@ async fn a_server_that_never_answers_stops_the_run_before_every_row_is_unknown()
     let args = ["--rate", "none", "--concurrency", "4", "--timeout", "100ms"];
     let out = s.run(&args).await;
     out.expect_code(3);
-    assert!(
-        out.stdout
-            .contains("stopped early: the server keeps failing (25 failures in a row, the last: the request was sent but no answer came"),
-        "{out:?}"
-    );
+    out.expect_stdout("stopped early: the server keeps failing (25 failures in a row, the last: the request was sent but no answer came");
     let counts = s.statuses();
     let unknown = counts.get("unknown").copied().unwrap_or(0);
     assert!(
@@ -217,13 +200,10 @@ async fn a_token_revoked_mid_run_stops_it_and_a_new_token_resumes() {
         .output()
         .await;
     out.expect_code(0);
-    assert!(
-        out.stdout.contains(&format!(
-            "({} now, {sent_before} in earlier runs)",
-            400 - sent_before
-        )),
-        "{out:?}"
-    );
+    out.expect_stdout(&format!(
+        "({} now, {sent_before} in earlier runs)",
+        400 - sent_before
+    ));
     s.assert_each_stored_once(400);
     s.assert_all_sent(400);
     s.finish().await;
@@ -237,11 +217,7 @@ async fn a_server_gone_stops_the_run_and_back_again_it_resumes() {
     let args = ["--rate", "none", "--concurrency", "4"];
     let out = s.run(&args).await;
     out.expect_code(3);
-    assert!(
-        out.stdout
-            .contains("stopped early: the server keeps failing (25 failures in a row, the last: could not connect"),
-        "{out:?}"
-    );
+    out.expect_stdout("stopped early: the server keeps failing (25 failures in a row, the last: could not connect");
     let counts = s.statuses();
     assert!(
         counts.keys().all(|s| s == "failed") && counts.values().sum::<usize>() <= 8,

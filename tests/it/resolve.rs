@@ -71,7 +71,7 @@ async fn the_migration_sample_lands_in_each_contacts_single_conversation() {
     )
     .await;
     out.expect_code(0);
-    assert!(out.stdout.contains("quota plan: 29 message(s)"), "{out:?}");
+    out.expect_stdout("quota plan: 29 message(s)");
 
     let dir = s.sb().directory();
     // One conversation per contact, and no contact twice.
@@ -225,11 +225,7 @@ async fn a_resume_looks_up_only_what_the_id_map_lacks() {
         .collect();
     let out = run(&s, INPUT, &first).await;
     out.expect_code(3);
-    assert!(
-        out.stdout
-            .contains("stopped early: --max-requests 30 reached."),
-        "{out:?}"
-    );
+    out.expect_stdout("stopped early: --max-requests 30 reached.");
     assert_eq!(s.stats().requests, 30, "exactly the budget");
     let before = s.stats();
 
@@ -300,11 +296,7 @@ async fn lookups_and_messages_together_keep_the_rate() {
     .await;
     let elapsed = started.elapsed();
     out.expect_code(0);
-    assert!(
-        out.stdout
-            .contains("requests  48 to 64 (32 messages + 16 to 32 lookups)"),
-        "{out:?}"
-    );
+    out.expect_stdout("requests  48 to 64 (32 messages + 16 to 32 lookups)");
     let st = s.stats();
     assert_eq!(st.rate_limited, 0, "no 429: {st:?}");
     assert_eq!((st.requests, lookups(&st), st.accepted), (64, 32, 32));
@@ -417,20 +409,10 @@ async fn resolve_only_counts_and_creates_nothing() {
     )
     .await;
     out.expect_code(1);
-    assert!(
-        out.stdout
-            .contains("resolve-only: 9 contact(s) in 30 row(s) of migration.csv"),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout.contains("contacts       0 known from the ID map, 3 exist, 5 not found (the run fails their rows unless --create-contacts), 1 ambiguous"),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout.contains(
-            "conversations  0 known from the ID map, 1 exist, 7 would be created, 0 ambiguous"
-        ),
-        "{out:?}"
+    out.expect_stdout("resolve-only: 9 contact(s) in 30 row(s) of migration.csv");
+    out.expect_stdout("contacts       0 known from the ID map, 3 exist, 5 not found (the run fails their rows unless --create-contacts), 1 ambiguous");
+    out.expect_stdout(
+        "conversations  0 known from the ID map, 1 exist, 7 would be created, 0 ambiguous",
     );
     let st = s.stats();
     assert_eq!(

@@ -37,15 +37,8 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_resume_completes() {
     // 32 KiB: room for the lines of some 150 rows, not 400.
     let out = run_with_file_size_limit(&s, &["--rate", "none", "--concurrency", "4"], 64).await;
     out.expect_code(3);
-    assert!(
-        out.stdout
-            .contains("stopped early: cannot write the results file in.results.csv"),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout.contains("to resume, run the same command again"),
-        "{out:?}"
-    );
+    out.expect_stdout("stopped early: cannot write the results file in.results.csv");
+    out.expect_stdout("to resume, run the same command again");
     // The journal holds only whole lines: the write that failed left nothing behind.
     assert_whole_lines(&s, RESULTS);
     let stored_before = s.stats().accepted;
@@ -54,25 +47,12 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_resume_completes() {
     // Space again: the same command resumes. A row whose answer could not be recorded is
     // `unknown` (it was stored, once); every other row is stored exactly once.
     let out = s.run(&["--rate", "none"]).await;
-    let results = s.results();
-    assert_eq!(results.len(), 400, "{out:?}");
-    let stored = s.stored();
-    let mut unknown = 0;
-    for r in &results {
-        let ids = stored.get(&r["key"]).map_or(&[][..], Vec::as_slice);
-        match r["status"].as_str() {
-            "sent" => assert_eq!(ids, [r["message_id"].clone()], "{r:?}"),
-            "unknown" => {
-                unknown += 1;
-                assert!(ids.len() <= 1, "{r:?}");
-            }
-            _ => panic!("{r:?}{out:?}"),
-        }
-    }
+    assert_eq!(s.results().len(), 400, "{out:?}");
+    let unknown = s.assert_sent_or_unknown(&out).len();
     assert!(unknown <= 4, "at most the rows in flight: {unknown}");
     out.expect_code(if unknown > 0 { 1 } else { 0 });
     assert!(
-        stored.values().all(|ids| ids.len() == 1),
+        s.stored().values().all(|ids| ids.len() == 1),
         "nothing stored twice"
     );
     s.finish().await;
@@ -95,7 +75,7 @@ async fn a_results_file_that_cannot_be_written_is_a_usage_error_and_nothing_is_s
             .output()
             .await;
         out.expect_code(2);
-        assert!(out.stderr.contains(says), "{out:?}");
+        out.expect_stderr(says);
     }
     assert_eq!(s.stats().requests, 0, "nothing was sent");
     s.finish().await;
@@ -211,14 +191,8 @@ async fn a_results_file_of_another_input_is_refused_before_anything_is_sent() {
         .run_input("b.csv", &["--results", "shared.csv", "--rate", "none"])
         .await;
     out.expect_code(2);
-    assert!(
-        out.stderr.contains("shared.csv records key r0 as sent to another conversation than row 1 of b.csv has (convB000000000000000)"),
-        "{out:?}"
-    );
-    assert!(
-        out.stderr.contains("Give b.csv its own --results file"),
-        "{out:?}"
-    );
+    out.expect_stderr("shared.csv records key r0 as sent to another conversation than row 1 of b.csv has (convB000000000000000)");
+    out.expect_stderr("Give b.csv its own --results file");
     assert_eq!(s.stats().requests, requests, "nothing was sent");
     assert_eq!(
         s.w.read("shared.csv"),
@@ -240,12 +214,8 @@ async fn an_unreadable_line_inside_the_results_file_is_refused() {
     s.w.write(RESULTS, &journal);
     let out = s.invoke(&[]).default_rate().output().await;
     out.expect_code(2);
-    assert!(
-        out.stderr
-            .contains("results file in.results.csv: line 4 cannot be read"),
-        "{out:?}"
-    );
-    assert!(out.stderr.contains("Fix or delete that line"), "{out:?}");
+    out.expect_stderr("results file in.results.csv: line 4 cannot be read");
+    out.expect_stderr("Fix or delete that line");
     assert_eq!(s.stats().requests, 0);
     assert_eq!(s.w.read(RESULTS), journal, "untouched");
     s.finish().await;

@@ -73,16 +73,8 @@ async fn run_sandbox_needs_no_account() {
     .await
     .unwrap();
     out.expect_code(0);
-    assert!(
-        out.stdout
-            .contains("sent                200   (200 now, 0 in earlier runs)"),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout
-            .contains("sandbox: every message it stored is in messages.sandbox.jsonl"),
-        "{out:?}"
-    );
+    out.expect_stdout("sent                200   (200 now, 0 in earlier runs)");
+    out.expect_stdout("sandbox: every message it stored is in messages.sandbox.jsonl");
     assert_eq!(w.read("messages.sandbox.jsonl").lines().count(), 200);
 }
 
@@ -174,7 +166,7 @@ async fn dropped_answers_end_unknown_and_are_never_resent() {
         Some(400 - dropped),
         "{counts:?}"
     );
-    assert!(out.stdout.contains("--resend-unknown"), "{out:?}");
+    out.expect_stdout("--resend-unknown");
     // Every row is stored once: the dropped ones too (the sandbox stored them).
     s.assert_each_stored_once(400);
 
@@ -182,16 +174,8 @@ async fn dropped_answers_end_unknown_and_are_never_resent() {
     let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(1);
     assert_eq!(s.stats().requests, requests, "a resume sends nothing new");
-    assert!(
-        out.stdout
-            .contains(&format!("(0 now, {} in earlier runs)", 400 - dropped)),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout
-            .contains(&format!("({} now, {dropped} from earlier runs)", 0)),
-        "{out:?}"
-    );
+    out.expect_stdout(&format!("(0 now, {} in earlier runs)", 400 - dropped));
+    out.expect_stdout(&format!("({} now, {dropped} from earlier runs)", 0));
     assert_eq!(s.statuses().get("unknown").copied(), Some(dropped));
     s.finish().await;
 }
@@ -201,18 +185,12 @@ async fn limit_then_resume_sends_every_row_once() {
     let s = Scenario::new(support::export(120, 12)).await;
     let out = s.run(&["--rate", "100000/s", "--limit", "50"]).await;
     out.expect_code(3);
-    assert!(
-        out.stdout.contains("stopped early: --limit 50 reached."),
-        "{out:?}"
-    );
+    out.expect_stdout("stopped early: --limit 50 reached.");
     assert_eq!(s.stats().accepted, 50);
     assert_eq!(s.results().len(), 50);
     let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(0);
-    assert!(
-        out.stdout.contains("(70 now, 50 in earlier runs)"),
-        "{out:?}"
-    );
+    out.expect_stdout("(70 now, 50 in earlier runs)");
     s.assert_each_stored_once(120);
     let rows = s.results();
     assert_eq!(rows.len(), 120);
@@ -325,7 +303,7 @@ async fn a_rejected_token_stops_at_once() {
         .output()
         .await;
     out.expect_code(3);
-    assert!(out.stdout.contains("stopped early: the API rejected the token (401: HTTP 401: Invalid token: access token is invalid)."), "{out:?}");
+    out.expect_stdout("stopped early: the API rejected the token (401: HTTP 401: Invalid token: access token is invalid).");
     // At most the requests already in flight when the first 401 came.
     assert!(s.stats().unauthorized <= 2, "{:?}", s.stats());
     let rows = s.results();
@@ -350,11 +328,7 @@ async fn a_spent_daily_budget_stops_and_the_next_day_resumes() {
     .await;
     let out = s.run(&["--rate", "100000/s", "--concurrency", "4"]).await;
     out.expect_code(3);
-    assert!(
-        out.stdout
-            .contains("stopped early: the daily request budget is spent"),
-        "{out:?}"
-    );
+    out.expect_stdout("stopped early: the daily request budget is spent");
     assert_eq!(s.stats().accepted, 30);
     // "The next day": a fresh budget, same record file.
     s.restart(|c| SandboxConfig {
@@ -389,10 +363,7 @@ async fn a_second_run_on_the_same_results_file_refuses() {
     .await;
     let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(2);
-    assert!(
-        out.stderr.contains("is in use by another lc-import run"),
-        "{out:?}"
-    );
+    out.expect_stderr("is in use by another lc-import run");
     let status = scenario::wait(first).await;
     assert_eq!(status.code(), Some(0));
     s.assert_each_stored_once(200);
@@ -449,11 +420,8 @@ fn a_missing_token_or_plain_http_is_a_usage_error() {
     w.copy("samples/messages.csv");
     let out = w.run(&["run", "messages.csv"]);
     out.expect_code(2);
-    assert!(
-        out.stderr.contains(
-            "no API token: set the environment variable LC_TOKEN, or give --token-file PATH"
-        ),
-        "{out:?}"
+    out.expect_stderr(
+        "no API token: set the environment variable LC_TOKEN, or give --token-file PATH",
     );
     let out = w.run_with(
         &[
@@ -465,11 +433,7 @@ fn a_missing_token_or_plain_http_is_a_usage_error() {
         &[("LC_TOKEN", "t")],
     );
     out.expect_code(2);
-    assert!(
-        out.stderr
-            .contains("plain http:// would send the token in clear"),
-        "{out:?}"
-    );
+    out.expect_stderr("plain http:// would send the token in clear");
     assert!(
         !w.path("messages.results.csv").exists(),
         "nothing was started"
@@ -482,8 +446,8 @@ fn dry_run_is_validate() {
     w.copy("samples/messages.csv");
     let out = w.run(&["run", "messages.csv", "--dry-run"]);
     out.expect_code(0);
-    assert!(out.stdout.contains("row 1 (line 2):"), "{out:?}");
-    assert!(out.stdout.contains(": 200 valid, 0 invalid"), "{out:?}");
+    out.expect_stdout("row 1 (line 2):");
+    out.expect_stdout(": 200 valid, 0 invalid");
     assert!(
         !w.path("messages.results.csv").exists(),
         "a dry run sends and records nothing"
@@ -503,7 +467,7 @@ async fn a_key_seen_twice_in_one_input_is_sent_once() {
     let s = Scenario::new(csv).await;
     let out = s.run(&["--rate", "none"]).await;
     out.expect_code(0);
-    assert!(out.stdout.contains("duplicate             2"), "{out:?}");
+    out.expect_stdout("duplicate             2");
     let rows = s.results();
     assert_eq!(rows.len(), 12);
     assert_eq!(rows[10]["status"], "duplicate");
@@ -517,10 +481,7 @@ async fn a_key_seen_twice_in_one_input_is_sent_once() {
     // On resume the duplicates stay duplicates and the first rows stay sent.
     let out = s.run(&["--rate", "none"]).await;
     out.expect_code(0);
-    assert!(
-        out.stdout.contains("(0 now, 10 in earlier runs)"),
-        "{out:?}"
-    );
+    out.expect_stdout("(0 now, 10 in earlier runs)");
     s.assert_each_stored_once(10);
     s.finish().await;
 }

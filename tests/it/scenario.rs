@@ -179,6 +179,27 @@ impl Scenario {
         }
     }
 
+    /// Checks every row of `in.results.csv` against what the sandbox stored: a `sent` row is
+    /// stored exactly once, under the message ID it records; an `unknown` one (its answer never
+    /// came, or was never recorded) at most once; any other status fails, showing `run`.
+    /// Returns the `unknown` rows.
+    pub fn assert_sent_or_unknown(&self, run: &Output) -> Vec<HashMap<String, String>> {
+        let stored = self.stored();
+        let mut unknown = Vec::new();
+        for r in self.results() {
+            let ids = stored.get(&r["key"]).map_or(&[][..], Vec::as_slice);
+            match r["status"].as_str() {
+                "sent" => assert_eq!(ids, [r["message_id"].clone()], "{r:?}"),
+                "unknown" => {
+                    assert!(ids.len() <= 1, "{r:?}");
+                    unknown.push(r);
+                }
+                _ => panic!("{r:?}{run:?}"),
+            }
+        }
+        unknown
+    }
+
     /// Asserts the results file is compacted: at most one line per row, in row order (rows never
     /// attempted have none), and none left `sending`.
     pub fn assert_compacted(&self) -> Vec<HashMap<String, String>> {

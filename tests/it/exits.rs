@@ -10,7 +10,7 @@ use lc_import::rate::DurationRange;
 use lc_import::sandbox::SandboxConfig;
 
 use crate::fixture;
-use crate::scenario::{RESULTS, Scenario};
+use crate::scenario::{self, RESULTS, Scenario};
 use crate::support;
 
 /// A results file that belongs to another input is refused by the pass before sending, however
@@ -39,12 +39,7 @@ async fn a_conflict_deep_in_the_input_is_refused_before_anything_is_sent() {
     s.w.write("other.csv", other);
     let out = s.run_input("other.csv", &["--results", RESULTS]).await;
     out.expect_code(2);
-    assert!(
-        out.stderr.contains(
-            "records key r5 as sent to another conversation than row 601 of other.csv has (conv0000000000009999)"
-        ),
-        "{out:?}"
-    );
+    out.expect_stderr("records key r5 as sent to another conversation than row 601 of other.csv has (conv0000000000009999)");
     assert_eq!(s.stats().requests, requests, "nothing was sent");
     assert_eq!(s.w.read(RESULTS), before, "the results file is untouched");
     s.finish().await;
@@ -62,19 +57,16 @@ async fn a_duplicate_key_with_another_conversation_is_no_conflict_on_a_rerun() {
     s.run(&[]).await.expect_code(0);
     let out = s.run(&[]).await;
     out.expect_code(0);
-    assert!(
-        out.stdout
-            .contains("sent                 50   (0 now, 50 in earlier runs)"),
-        "{out:?}"
-    );
-    assert!(out.stdout.contains("duplicate             1"), "{out:?}");
+    out.expect_stdout("sent                 50   (0 now, 50 in earlier runs)");
+    out.expect_stdout("duplicate             1");
     s.assert_each_stored_once(50);
     s.finish().await;
 }
 
 /// SIGTERM with stderr a pipe whose reader has gone (a dead log collector): the run stops as
-/// asked, within seconds, with a compacted results file, and the resume completes. (Bug: the
-/// signal handler's print panicked, the signal was swallowed, and the run went on to the end.)
+/// asked, within seconds, with a compacted results file, and the resume completes. (Bug: with
+/// stderr closed the old binary panicked at its first log line, exit 101 before any row; and
+/// the signal handler's own print could panic and swallow the signal.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_stderr_a_closed_pipe_stops_within_seconds() {
     let s = Scenario::with(support::export(3000, 100), |c| SandboxConfig {
@@ -92,11 +84,7 @@ async fn sigterm_with_stderr_a_closed_pipe_stops_within_seconds() {
         fixture::file_len(&results) > 20_000
     })
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    scenario::signal(&child, "TERM");
     let signalled = Instant::now();
     let code = loop {
         if let Some(status) = child.try_wait().expect("poll the child") {
@@ -136,19 +124,13 @@ async fn a_closed_stdout_or_stderr_does_not_change_the_exit_code() {
         .unwrap()
         .expect("10 bytes of output");
     assert_eq!(&first, b"quota plan", "the plan comes first");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .expect("wait");
+    let status = scenario::wait(child).await;
     assert_eq!(status.code(), Some(0));
     s.assert_each_stored_once(300);
 
     let mut rerun = s.spawn(&[], Stdio::null(), Stdio::piped());
     drop(rerun.stderr.take());
-    let status = tokio::task::spawn_blocking(move || rerun.wait())
-        .await
-        .unwrap()
-        .expect("wait");
+    let status = scenario::wait(rerun).await;
     assert_eq!(status.code(), Some(0), "every row is already sent");
     s.assert_each_stored_once(300);
     s.finish().await;
@@ -174,15 +156,12 @@ async fn an_input_that_fails_after_sending_started_is_a_stop_with_a_compacted_fi
     assert!(built.success(), "building tests/faults/failread.c");
     let shim = shim.to_string_lossy().into_owned();
     let out = s
-        .run_with(
-            &["--concurrency", "4"],
-            &[
-                ("LD_PRELOAD", shim.as_str()),
-                ("FAIL_READ_PATH", "in.csv"),
-                ("FAIL_READ_OPEN", "2"),
-                ("FAIL_READ_AFTER", "16000"),
-            ],
-        )
+        .invoke(&["--concurrency", "4"])
+        .env("LD_PRELOAD", &shim)
+        .env("FAIL_READ_PATH", "in.csv")
+        .env("FAIL_READ_OPEN", "2")
+        .env("FAIL_READ_AFTER", "16000")
+        .output()
         .await;
     out.expect_code(3);
     assert!(

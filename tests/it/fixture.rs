@@ -1,16 +1,16 @@
-//! Helpers shared by the reliability tests (`crash`, `faults`, `results_file`, `security`): an
-//! in-process sandbox on a loopback port, the real binary run against it (to the end, or as a
-//! child to signal), and readers for what both sides recorded.
-
-#![allow(dead_code)]
+//! The pieces [`crate::scenario`] is built from, shared with the tests that still assemble
+//! them by hand (`crash`, `security`): an in-process sandbox on a loopback port, the real binary
+//! run against it (to the end, or as a child to signal), and readers for what both sides
+//! recorded.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lc_import::rate::DurationRange;
 use lc_import::sandbox::{self, Sandbox, SandboxConfig};
 use serde_json::Value;
 
@@ -74,13 +74,6 @@ pub fn spawn_logged(w: &WorkDir, args: &[String], token: &str, log: &str) -> Chi
         .expect("start lc-import")
 }
 
-/// One line of the sandbox's record.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub message_id: String,
-    pub alt_id: String,
-}
-
 /// The sandbox's record in `record.jsonl`: altId → the message IDs it was stored under.
 pub fn stored(w: &WorkDir) -> HashMap<String, Vec<String>> {
     stored_in(&w.path("record.jsonl"))
@@ -114,6 +107,23 @@ pub fn assert_each_stored_once(w: &WorkDir, n: usize) {
     assert_eq!(counts.len(), n, "only the input's rows are stored");
 }
 
+/// A file of JSON lines (a sandbox's record), one value each; none if there is no file.
+pub fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// Sandbox latency: every answer held between `low_ms` and `high_ms` milliseconds.
+pub fn latency(low_ms: u64, high_ms: u64) -> Option<DurationRange> {
+    Some(DurationRange {
+        low: Duration::from_millis(low_ms),
+        high: Duration::from_millis(high_ms),
+    })
+}
+
 /// A results file as rows of named cells (through the csv crate, as a user's tool would read it).
 pub fn results(path: &Path) -> Vec<HashMap<String, String>> {
     let mut reader =
@@ -144,8 +154,4 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
 
 pub fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-pub fn path_string(p: PathBuf) -> String {
-    p.to_string_lossy().into_owned()
 }

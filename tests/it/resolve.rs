@@ -4,50 +4,23 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use lc_import::rate::{DurationRange, Rate};
-use lc_import::sandbox::{Sandbox, SandboxConfig, Stats};
+use lc_import::rate::Rate;
+use lc_import::sandbox::{SandboxConfig, Stats};
 use serde_json::Value;
 
-use crate::support::{self, Output, WorkDir};
+use crate::fixture::{latency, start};
+use crate::scenario::{INPUT, RESULTS, Scenario};
+use crate::support::{Output, WorkDir};
 
 const LOCATION: &str = "sandboxLocation0001";
 
-use crate::fixture::start;
-
-fn config(w: &WorkDir) -> SandboxConfig {
-    SandboxConfig {
-        record: Some(w.path("record.jsonl")),
-        record_contacts: Some(w.path("contacts.jsonl")),
-        ..SandboxConfig::unlimited()
-    }
-}
-
-/// `lc-import run INPUT --base-url <sandbox> --location-id L ARGS…`.
-async fn run(w: &WorkDir, sb: &Sandbox, input: &str, args: &[&str]) -> Output {
-    let mut all: Vec<String> = vec![
-        "run".into(),
-        input.into(),
-        "--base-url".into(),
-        sb.base_url(),
-        "--location-id".into(),
-        LOCATION.into(),
-        "--default-country".into(),
-        "US".into(),
-    ];
-    all.extend(args.iter().map(|s| s.to_string()));
-    let dir = w.path("");
-    let env = vec![("LC_TOKEN".to_owned(), "sandbox-token".to_owned())];
-    tokio::task::spawn_blocking(move || support::run_in(&dir, &all, &env))
-        .await
-        .expect("the run finishes")
-}
-
-fn record_lines(w: &WorkDir, name: &str) -> Vec<Value> {
-    std::fs::read_to_string(w.path(name))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
+/// `lc-import run INPUT --base-url <sandbox> --location-id L --default-country US ARGS…`.
+async fn run(s: &Scenario, input: &str, args: &[&str]) -> Output {
+    let all: Vec<&str> = ["--location-id", LOCATION, "--default-country", "US"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    s.run_input(input, &all).await
 }
 
 fn lookups(s: &Stats) -> u64 {
@@ -86,22 +59,21 @@ async fn the_migration_sample_lands_in_each_contacts_single_conversation() {
     let w = WorkDir::new();
     w.copy("samples/migration.csv");
     let seed = w.copy("samples/migration-contacts.csv");
-    let sb = start(SandboxConfig {
+    let s = Scenario::prepared(w, |c| SandboxConfig {
         contacts: Some(seed),
-        ..config(&w)
+        ..c
     })
     .await;
     let out = run(
-        &w,
-        &sb,
+        &s,
         "migration.csv",
         &["--create-contacts", "--rate", "100000/s"],
     )
     .await;
     out.expect_code(0);
-    assert!(out.stdout.contains("quota plan: 29 message(s)"), "{out:?}");
+    out.expect_stdout("quota plan: 29 message(s)");
 
-    let dir = sb.directory();
+    let dir = s.sb().directory();
     // One conversation per contact, and no contact twice.
     let conversation_of: HashMap<&str, &str> = dir
         .conversations
@@ -115,9 +87,10 @@ async fn the_migration_sample_lands_in_each_contacts_single_conversation() {
 
     // Each row: its contact is the one with the row's e-mail (else phone), and the message is in
     // that contact's conversation.
-    let input: Vec<HashMap<String, String>> = w.results("migration.csv");
-    let results = w.results("migration.results.csv");
-    let stored: HashMap<String, Value> = record_lines(&w, "record.jsonl")
+    let input: Vec<HashMap<String, String>> = s.w.results("migration.csv");
+    let results = s.w.results("migration.results.csv");
+    let stored: HashMap<String, Value> = s
+        .record()
         .into_iter()
         .map(|v| (v["messageId"].as_str().expect("id").to_owned(), v))
         .collect();
@@ -148,60 +121,50 @@ async fn the_migration_sample_lands_in_each_contacts_single_conversation() {
             .iter()
             .any(|r| r["conversation_id"] == "noahKleinConvers0001")
     );
-    let stats = sb.stats();
+    let stats = s.stats();
     assert_eq!(
         (stats.contacts_created, stats.conversations_created),
         (5, 7)
     );
     // The upserts never sent tags (they would overwrite the contact's).
-    let created = record_lines(&w, "contacts.jsonl");
+    let created = s.contacts_record();
     assert_eq!(created.len(), 5 + 7);
     assert!(created.iter().all(|l| l["body"].get("tags").is_none()));
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_rows_per_new_contact_under_concurrency_16_make_no_duplicate() {
-    let w = WorkDir::new();
-    w.write("in.csv", migration(20, 10));
-    let sb = start(SandboxConfig {
-        latency: Some(DurationRange {
-            low: Duration::from_millis(1),
-            high: Duration::from_millis(6),
-        }),
-        ..config(&w)
+    let s = Scenario::with(migration(20, 10), |c| SandboxConfig {
+        latency: latency(1, 6),
+        ..c
     })
     .await;
-    let out = run(
-        &w,
-        &sb,
-        "in.csv",
-        &[
-            "--create-contacts",
-            "--concurrency",
-            "16",
-            "--rate",
-            "100000/s",
-        ],
-    )
-    .await;
+    let args = [
+        "--create-contacts",
+        "--concurrency",
+        "16",
+        "--rate",
+        "100000/s",
+    ];
+    let out = run(&s, INPUT, &args).await;
     out.expect_code(0);
-    let s = sb.stats();
+    let st = s.stats();
     // Exactly one of each lookup per contact: no two rows of a contact raced.
     assert_eq!(
         (
-            s.contact_searches,
-            s.contact_upserts,
-            s.conversation_searches,
-            s.conversation_creates,
-            s.conversation_conflicts
+            st.contact_searches,
+            st.contact_upserts,
+            st.conversation_searches,
+            st.conversation_creates,
+            st.conversation_conflicts
         ),
         (20, 20, 20, 20, 0),
-        "{s:?}"
+        "{st:?}"
     );
-    assert_eq!((s.contacts_created, s.conversations_created), (20, 20));
-    assert_eq!((s.accepted, s.out_of_order), (200, 0), "{s:?}");
-    assert!(s.peak_concurrent > 4, "contacts ran side by side: {s:?}");
+    assert_eq!((st.contacts_created, st.conversations_created), (20, 20));
+    assert_eq!((st.accepted, st.out_of_order), (200, 0), "{st:?}");
+    assert!(st.peak_concurrent > 4, "contacts ran side by side: {st:?}");
 
     // Rows of one contact that name it differently (phone only, then phone and e-mail) take
     // different lanes; the per-contact lock still makes one contact and one conversation.
@@ -218,24 +181,12 @@ async fn many_rows_per_new_contact_under_concurrency_16_make_no_duplicate() {
             "m{i},+1503556{c:04},{email},SMS,inbound,hello {i}\n"
         ));
     }
-    w.write("mixed.csv", mixed);
-    let out = run(
-        &w,
-        &sb,
-        "mixed.csv",
-        &[
-            "--create-contacts",
-            "--concurrency",
-            "16",
-            "--rate",
-            "100000/s",
-        ],
-    )
-    .await;
+    s.w.write("mixed.csv", mixed);
+    let out = run(&s, "mixed.csv", &args).await;
     out.expect_code(0);
-    let s = sb.stats();
-    assert_eq!(s.conversation_conflicts, 0, "{s:?}");
-    let dir = sb.directory();
+    let st = s.stats();
+    assert_eq!(st.conversation_conflicts, 0, "{st:?}");
+    let dir = s.sb().directory();
     let phones: Vec<&str> = dir
         .contacts
         .iter()
@@ -254,14 +205,12 @@ async fn many_rows_per_new_contact_under_concurrency_16_make_no_duplicate() {
         "one conversation each"
     );
     assert_eq!(dir.conversations.len(), 32);
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_looks_up_only_what_the_id_map_lacks() {
-    let w = WorkDir::new();
-    w.write("in.csv", migration(10, 4));
-    let sb = start(config(&w)).await;
+    let s = Scenario::new(migration(10, 4)).await;
     let args = [
         "--create-contacts",
         "--rate",
@@ -274,19 +223,15 @@ async fn a_resume_looks_up_only_what_the_id_map_lacks() {
         .copied()
         .chain(["--max-requests", "30"])
         .collect();
-    let out = run(&w, &sb, "in.csv", &first).await;
+    let out = run(&s, INPUT, &first).await;
     out.expect_code(3);
-    assert!(
-        out.stdout
-            .contains("stopped early: --max-requests 30 reached."),
-        "{out:?}"
-    );
-    assert_eq!(sb.stats().requests, 30, "exactly the budget");
-    let before = sb.stats();
+    out.expect_stdout("stopped early: --max-requests 30 reached.");
+    assert_eq!(s.stats().requests, 30, "exactly the budget");
+    let before = s.stats();
 
     // What the second run still has to look up, from the ID map the first one left.
     let mut known: HashMap<String, (bool, bool)> = HashMap::new();
-    for l in w.results("in.results.csv.ids.csv") {
+    for l in s.w.results("in.results.csv.ids.csv") {
         let e = known.entry(l["key"].clone()).or_default();
         e.0 |= !l["contact_id"].is_empty();
         e.1 |= !l["conversation_id"].is_empty();
@@ -307,86 +252,80 @@ async fn a_resume_looks_up_only_what_the_id_map_lacks() {
         .sum();
     assert!(expected < 40, "the first run resolved some contacts");
 
-    let out = run(&w, &sb, "in.csv", &args).await;
+    let out = run(&s, INPUT, &args).await;
     out.expect_code(0);
-    let after = sb.stats();
+    let after = s.stats();
     assert_eq!(lookups(&after) - lookups(&before), expected, "{out:?}");
     assert_eq!(
         (after.contacts_created, after.conversations_created),
         (10, 10)
     );
     assert_eq!(after.accepted, 40);
-    let sent: HashSet<String> = record_lines(&w, "record.jsonl")
+    let sent: HashSet<String> = s
+        .record()
         .iter()
         .map(|v| v["body"]["altId"].as_str().expect("altId").to_owned())
         .collect();
     assert_eq!(sent.len(), 40, "every row stored once");
 
     // Nothing left: a third run makes no request at all.
-    let out = run(&w, &sb, "in.csv", &args).await;
+    let out = run(&s, INPUT, &args).await;
     out.expect_code(0);
-    assert_eq!(sb.stats().requests, after.requests);
-    sb.shutdown().await;
+    assert_eq!(s.stats().requests, after.requests);
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_and_messages_together_keep_the_rate() {
-    let w = WorkDir::new();
     // 8 new contacts × 4 rows: 32 messages + 32 lookups = 64 requests, over 3 windows of 20.
-    w.write("in.csv", migration(8, 4));
     let rate = Rate {
         max: 20,
         period: Duration::from_secs(1),
     };
-    let sb = start(SandboxConfig {
+    let s = Scenario::with(migration(8, 4), |c| SandboxConfig {
         rate: Some(rate),
-        ..config(&w)
+        ..c
     })
     .await;
     let started = Instant::now();
     let out = run(
-        &w,
-        &sb,
-        "in.csv",
+        &s,
+        INPUT,
         &["--create-contacts", "--rate", "20/s", "--concurrency", "8"],
     )
     .await;
     let elapsed = started.elapsed();
     out.expect_code(0);
-    assert!(
-        out.stdout
-            .contains("requests  48 to 64 (32 messages + 16 to 32 lookups)"),
-        "{out:?}"
-    );
-    let s = sb.stats();
-    assert_eq!(s.rate_limited, 0, "no 429: {s:?}");
-    assert_eq!((s.requests, lookups(&s), s.accepted), (64, 32, 32));
+    out.expect_stdout("requests  48 to 64 (32 messages + 16 to 32 lookups)");
+    let st = s.stats();
+    assert_eq!(st.rate_limited, 0, "no 429: {st:?}");
+    assert_eq!((st.requests, lookups(&st), st.accepted), (64, 32, 32));
     // 64 requests at 20/s cannot all start before the fourth window opens.
     assert!(elapsed >= Duration::from_secs(3), "{elapsed:?}");
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_contacts_fail_without_create_contacts() {
     let w = WorkDir::new();
-    w.write(
+    let seed = w.write(
         "seed.csv",
         format!("id,locationId,phone\nknownContact00000001,{LOCATION},+15035550001\n"),
     );
     w.write(
-        "in.csv",
+        INPUT,
         "altId,contactPhone,type,direction,message\n\
          a1,+1 503 555 0001,SMS,inbound,hi\n\
          a2,+1 503 555 0002,SMS,inbound,hello\n",
     );
-    let sb = start(SandboxConfig {
-        contacts: Some(w.path("seed.csv")),
-        ..config(&w)
+    let s = Scenario::prepared(w, |c| SandboxConfig {
+        contacts: Some(seed),
+        ..c
     })
     .await;
-    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"]).await;
+    let out = run(&s, INPUT, &["--rate", "100000/s"]).await;
     out.expect_code(1);
-    let results = w.results("in.results.csv");
+    let results = s.w.results(RESULTS);
     assert_eq!(results[0]["status"], "sent");
     assert_eq!(results[0]["contact_id"], "knownContact00000001");
     assert_eq!(results[1]["status"], "failed");
@@ -396,50 +335,50 @@ async fn missing_contacts_fail_without_create_contacts() {
             "not sent: no contact with phone +15035550002 in location {LOCATION}: add it in HighLevel, or run with --create-contacts"
         )
     );
-    let s = sb.stats();
+    let st = s.stats();
     assert_eq!(
-        (s.contact_upserts, s.contacts_created, s.accepted),
+        (st.contact_upserts, st.contacts_created, st.accepted),
         (0, 0, 1)
     );
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_already_exists_answer_sends_it_back_to_searching() {
     let w = WorkDir::new();
-    w.write(
+    let seed = w.write(
         "seed.csv",
         format!(
             "id,locationId,email,conversationId\nseededContact0000001,{LOCATION},ann@example.com,seededConversation01\n"
         ),
     );
     w.write(
-        "in.csv",
+        INPUT,
         "altId,contactEmail,type,direction,message\nb1,Ann@Example.com,Email,inbound,hi\n",
     );
     // The search index lags: the first search misses the conversation the contact has.
-    let sb = start(SandboxConfig {
-        contacts: Some(w.path("seed.csv")),
+    let s = Scenario::prepared(w, |c| SandboxConfig {
+        contacts: Some(seed),
         search_misses: 1,
-        ..config(&w)
+        ..c
     })
     .await;
-    let out = run(&w, &sb, "in.csv", &["--rate", "100000/s"]).await;
+    let out = run(&s, INPUT, &["--rate", "100000/s"]).await;
     out.expect_code(0);
-    let s = sb.stats();
+    let st = s.stats();
     assert_eq!(
         (
-            s.conversation_searches,
-            s.conversation_creates,
-            s.conversation_conflicts,
-            s.conversations_created
+            st.conversation_searches,
+            st.conversation_creates,
+            st.conversation_conflicts,
+            st.conversations_created
         ),
         (2, 1, 1, 0),
-        "{s:?}"
+        "{st:?}"
     );
-    let r = &w.results("in.results.csv")[0];
+    let r = &s.w.results(RESULTS)[0];
     assert_eq!(r["conversation_id"], "seededConversation01");
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,49 +397,38 @@ async fn resolve_only_counts_and_creates_nothing() {
         "old-crm-9999,+15035550110,amb@example.com,A,B,SMS,inbound,2023-04-01T10:00:00Z,hi,\n",
     );
     w.write("migration.csv", input);
-    let sb = start(SandboxConfig {
+    let s = Scenario::prepared(w, |c| SandboxConfig {
         contacts: Some(seed),
-        ..config(&w)
+        ..c
     })
     .await;
     let out = run(
-        &w,
-        &sb,
+        &s,
         "migration.csv",
         &["--dry-run", "--resolve-only", "--rate", "100000/s"],
     )
     .await;
     out.expect_code(1);
-    assert!(
-        out.stdout
-            .contains("resolve-only: 9 contact(s) in 30 row(s) of migration.csv"),
-        "{out:?}"
+    out.expect_stdout("resolve-only: 9 contact(s) in 30 row(s) of migration.csv");
+    out.expect_stdout("contacts       0 known from the ID map, 3 exist, 5 not found (the run fails their rows unless --create-contacts), 1 ambiguous");
+    out.expect_stdout(
+        "conversations  0 known from the ID map, 1 exist, 7 would be created, 0 ambiguous",
     );
-    assert!(
-        out.stdout.contains("contacts       0 known from the ID map, 3 exist, 5 not found (the run fails their rows unless --create-contacts), 1 ambiguous"),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout.contains(
-            "conversations  0 known from the ID map, 1 exist, 7 would be created, 0 ambiguous"
-        ),
-        "{out:?}"
-    );
-    let s = sb.stats();
+    let st = s.stats();
     assert_eq!(
-        (s.accepted, s.contact_upserts, s.conversation_creates),
+        (st.accepted, st.contact_upserts, st.conversation_creates),
         (0, 0, 0),
-        "nothing created, nothing sent: {s:?}"
+        "nothing created, nothing sent: {st:?}"
     );
-    assert!(!w.path("migration.results.csv").exists());
+    assert!(!s.path("migration.results.csv").exists());
     // What it found is kept: the run after it does not search those contacts again.
-    let ids = w.results("migration.results.csv.ids.csv");
+    let ids = s.w.results("migration.results.csv.ids.csv");
     assert_eq!(
         ids.len(),
         3 + 1,
         "3 contacts found, one of them with its conversation"
     );
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,20 +538,14 @@ fn json(v: Value) -> Vec<u8> {
 async fn rows_waiting_for_lookups_survive_a_lane_spilling_to_disk() {
     // 3 new contacts with 100 rows each: each lane holds far more than the 32 rows a lane keeps
     // in memory, so rows still waiting for their IDs go through the spill file.
-    let w = WorkDir::new();
-    w.write("in.csv", migration(3, 100));
-    let sb = start(SandboxConfig {
-        latency: Some(DurationRange {
-            low: Duration::from_millis(1),
-            high: Duration::from_millis(3),
-        }),
-        ..config(&w)
+    let s = Scenario::with(migration(3, 100), |c| SandboxConfig {
+        latency: latency(1, 3),
+        ..c
     })
     .await;
     let out = run(
-        &w,
-        &sb,
-        "in.csv",
+        &s,
+        INPUT,
         &[
             "--create-contacts",
             "--concurrency",
@@ -634,14 +556,14 @@ async fn rows_waiting_for_lookups_survive_a_lane_spilling_to_disk() {
     )
     .await;
     out.expect_code(0);
-    let s = sb.stats();
-    assert_eq!((s.accepted, s.out_of_order), (300, 0), "{s:?}");
+    let st = s.stats();
+    assert_eq!((st.accepted, st.out_of_order), (300, 0), "{st:?}");
     assert_eq!(
-        (s.contacts_created, s.conversations_created),
+        (st.contacts_created, st.conversations_created),
         (3, 3),
-        "{s:?}"
+        "{st:?}"
     );
-    let record = record_lines(&w, "record.jsonl");
+    let record = s.record();
     let mut texts: Vec<&str> = record
         .iter()
         .map(|v| v["body"]["message"].as_str().unwrap())
@@ -649,5 +571,5 @@ async fn rows_waiting_for_lookups_survive_a_lane_spilling_to_disk() {
     texts.sort_unstable();
     texts.dedup();
     assert_eq!(texts.len(), 300, "every row's own body arrived once");
-    sb.shutdown().await;
+    s.finish().await;
 }

@@ -3,35 +3,33 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use lc_import::rate::{DurationRange, Rate};
+use lc_import::rate::Rate;
 use lc_import::sandbox::SandboxConfig;
 use serde_json::Value;
 
-use crate::fixture;
-use crate::support::{self, BIN, WorkDir};
-
-fn record_lines(w: &WorkDir) -> Vec<Value> {
-    std::fs::read_to_string(w.path("record.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
+use crate::fixture::{self, latency};
+use crate::scenario::{self, RESULTS, Scenario};
+use crate::support::{self, WorkDir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sample_imports_and_bad_rows_are_invalid() {
     let w = WorkDir::new();
     w.copy("samples/messages.csv");
     w.copy("samples/bad.csv");
-    let sb = fixture::start(fixture::recorded(&w)).await;
-    let out = fixture::run(&w, &sb.base_url(), "messages.csv", &[], "sandbox-token").await;
+    let s = Scenario::prepared(w, |c| c).await;
+    let out = s
+        .invoke(&[])
+        .input("messages.csv")
+        .default_rate()
+        .output()
+        .await;
     out.expect_code(0);
-    let results = w.results("messages.results.csv");
+    let results = s.w.results("messages.results.csv");
     assert_eq!(results.len(), 200);
-    let record = record_lines(&w);
+    let record = s.record();
     assert_eq!(record.len(), 200, "each valid row stored once");
     let by_id: HashMap<&str, &Value> = record
         .iter()
@@ -50,14 +48,14 @@ async fn the_sample_imports_and_bad_rows_are_invalid() {
         assert!(!r["trace_id"].is_empty());
     }
 
-    let out = fixture::run(&w, &sb.base_url(), "bad.csv", &[], "sandbox-token").await;
+    let out = s.invoke(&[]).input("bad.csv").default_rate().output().await;
     out.expect_code(1);
     assert_eq!(
-        fixture::statuses(&w.path("bad.results.csv")),
+        fixture::statuses(&s.path("bad.results.csv")),
         HashMap::from([("invalid".to_owned(), 25)])
     );
-    assert_eq!(sb.stats().requests, 200, "no invalid row reached the API");
-    sb.shutdown().await;
+    assert_eq!(s.stats().requests, 200, "no invalid row reached the API");
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,46 +73,30 @@ async fn run_sandbox_needs_no_account() {
     .await
     .unwrap();
     out.expect_code(0);
-    assert!(
-        out.stdout
-            .contains("sent                200   (200 now, 0 in earlier runs)"),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout
-            .contains("sandbox: every message it stored is in messages.sandbox.jsonl"),
-        "{out:?}"
-    );
+    out.expect_stdout("sent                200   (200 now, 0 in earlier runs)");
+    out.expect_stdout("sandbox: every message it stored is in messages.sandbox.jsonl");
     assert_eq!(w.read("messages.sandbox.jsonl").lines().count(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_is_reached_and_never_tripped() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(100, 10));
     let rate = Rate {
         max: 20,
         period: Duration::from_secs(1),
     };
-    let sb = fixture::start(SandboxConfig {
+    let s = Scenario::with(support::export(100, 10), |c| SandboxConfig {
         rate: Some(rate),
-        ..fixture::recorded(&w)
+        ..c
     })
     .await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "20/s", "--concurrency", "8"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "20/s", "--concurrency", "8"]).await;
     out.expect_code(0);
-    let stats = sb.stats();
+    let stats = s.stats();
     assert_eq!(stats.rate_limited, 0, "no 429: {stats:?}");
     assert_eq!(stats.accepted, 100);
     // Achieved pace from the server's own receive times, counting the last window whole.
-    let times: Vec<jiff::Timestamp> = record_lines(&w)
+    let times: Vec<jiff::Timestamp> = s
+        .record()
         .iter()
         .map(|v| v["receivedAt"].as_str().unwrap().parse().unwrap())
         .collect();
@@ -125,205 +107,99 @@ async fn the_rate_is_reached_and_never_tripped() {
         achieved <= 20.0 * 1.01,
         "achieved {achieved:.2}/s is over 20/s"
     );
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_one_conversation_arrive_in_order() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(400, 6));
-    let sb = fixture::start(SandboxConfig {
-        latency: Some(DurationRange {
-            low: Duration::from_millis(1),
-            high: Duration::from_millis(15),
-        }),
-        ..fixture::recorded(&w)
+    let s = Scenario::with(support::export(400, 6), |c| SandboxConfig {
+        latency: latency(1, 15),
+        ..c
     })
     .await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--concurrency", "8", "--rate", "100000/s"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--concurrency", "8", "--rate", "100000/s"]).await;
     out.expect_code(0);
-    let stats = sb.stats();
+    let stats = s.stats();
     assert_eq!(stats.accepted, 400);
     assert_eq!(stats.out_of_order, 0, "{stats:?}");
     // Conversations did run side by side.
     assert!(stats.peak_concurrent >= 4, "{stats:?}");
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_sent() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(300, 30));
-    let sb = fixture::start(SandboxConfig {
+    let s = Scenario::with(support::export(300, 30), |c| SandboxConfig {
         fail_rate: 0.2,
         seed: Some(7),
-        ..fixture::recorded(&w)
+        ..c
     })
     .await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s", "--max-retries", "8"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "100000/s", "--max-retries", "8"]).await;
     out.expect_code(0);
     assert!(
-        sb.stats().server_errors > 20,
+        s.stats().server_errors > 20,
         "faults were injected: {:?}",
-        sb.stats()
+        s.stats()
     );
-    assert_eq!(
-        fixture::statuses(&w.path("in.results.csv")),
-        HashMap::from([("sent".to_owned(), 300)])
-    );
-    fixture::assert_each_stored_once(&w, 300);
-    sb.shutdown().await;
+    assert_eq!(s.statuses(), HashMap::from([("sent".to_owned(), 300)]));
+    s.assert_each_stored_once(300);
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_answers_end_unknown_and_are_never_resent() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(400, 40));
-    let sb = fixture::start(SandboxConfig {
+    let s = Scenario::with(support::export(400, 40), |c| SandboxConfig {
         drop_rate: 0.05,
         seed: Some(11),
-        ..fixture::recorded(&w)
+        ..c
     })
     .await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s", "--timeout", "5s"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "100000/s", "--timeout", "5s"]).await;
     out.expect_code(1);
-    let dropped = sb.stats().dropped as usize;
-    assert!(dropped > 5, "{:?}", sb.stats());
-    let counts = fixture::statuses(&w.path("in.results.csv"));
+    let dropped = s.stats().dropped as usize;
+    assert!(dropped > 5, "{:?}", s.stats());
+    let counts = s.statuses();
     assert_eq!(counts.get("unknown").copied(), Some(dropped), "{counts:?}");
     assert_eq!(
         counts.get("sent").copied(),
         Some(400 - dropped),
         "{counts:?}"
     );
-    assert!(out.stdout.contains("--resend-unknown"), "{out:?}");
+    out.expect_stdout("--resend-unknown");
     // Every row is stored once: the dropped ones too (the sandbox stored them).
-    fixture::assert_each_stored_once(&w, 400);
+    s.assert_each_stored_once(400);
 
-    let requests = sb.stats().requests;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s"],
-        "sandbox-token",
-    )
-    .await;
+    let requests = s.stats().requests;
+    let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(1);
-    assert_eq!(sb.stats().requests, requests, "a resume sends nothing new");
-    assert!(
-        out.stdout
-            .contains(&format!("(0 now, {} in earlier runs)", 400 - dropped)),
-        "{out:?}"
-    );
-    assert!(
-        out.stdout
-            .contains(&format!("({} now, {dropped} from earlier runs)", 0)),
-        "{out:?}"
-    );
-    assert_eq!(
-        fixture::statuses(&w.path("in.results.csv"))
-            .get("unknown")
-            .copied(),
-        Some(dropped)
-    );
-    sb.shutdown().await;
+    assert_eq!(s.stats().requests, requests, "a resume sends nothing new");
+    out.expect_stdout(&format!("(0 now, {} in earlier runs)", 400 - dropped));
+    out.expect_stdout(&format!("({} now, {dropped} from earlier runs)", 0));
+    assert_eq!(s.statuses().get("unknown").copied(), Some(dropped));
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_then_resume_sends_every_row_once() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(120, 12));
-    let sb = fixture::start(fixture::recorded(&w)).await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s", "--limit", "50"],
-        "sandbox-token",
-    )
-    .await;
+    let s = Scenario::new(support::export(120, 12)).await;
+    let out = s.run(&["--rate", "100000/s", "--limit", "50"]).await;
     out.expect_code(3);
-    assert!(
-        out.stdout.contains("stopped early: --limit 50 reached."),
-        "{out:?}"
-    );
-    assert_eq!(sb.stats().accepted, 50);
-    assert_eq!(w.results("in.results.csv").len(), 50);
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s"],
-        "sandbox-token",
-    )
-    .await;
+    out.expect_stdout("stopped early: --limit 50 reached.");
+    assert_eq!(s.stats().accepted, 50);
+    assert_eq!(s.results().len(), 50);
+    let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(0);
-    assert!(
-        out.stdout.contains("(70 now, 50 in earlier runs)"),
-        "{out:?}"
-    );
-    fixture::assert_each_stored_once(&w, 120);
-    let rows = w.results("in.results.csv");
+    out.expect_stdout("(70 now, 50 in earlier runs)");
+    s.assert_each_stored_once(120);
+    let rows = s.results();
     assert_eq!(rows.len(), 120);
     assert!(
         rows.iter()
             .enumerate()
             .all(|(i, r)| r["row"] == (i + 1).to_string() && r["status"] == "sent")
     );
-    sb.shutdown().await;
-}
-
-/// Starts the binary as a child process, for signals.
-fn spawn(w: &WorkDir, args: &[String], token: &str) -> std::process::Child {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(w.path(""))
-        .env("LC_TOKEN", token)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start lc-import")
-}
-
-/// Sends the child Ctrl-C (SIGINT), waits for it to end, and checks it stopped as an
-/// interrupted run does: exit 3 and "stopped early: interrupted." Returns its stdout.
-async fn interrupt(child: std::process::Child) -> String {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
-    assert!(stdout.contains("stopped early: interrupted."), "{stdout}");
-    stdout
+    s.finish().await;
 }
 
 fn lines_in(path: &Path) -> usize {
@@ -334,59 +210,35 @@ fn lines_in(path: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(300, 30));
-    let sb = fixture::start(SandboxConfig {
-        latency: Some(DurationRange {
-            low: Duration::from_millis(20),
-            high: Duration::from_millis(30),
-        }),
-        ..fixture::recorded(&w)
+    let s = Scenario::with(support::export(300, 30), |c| SandboxConfig {
+        latency: latency(20, 30),
+        ..c
     })
     .await;
-    let args: Vec<String> = [
-        "run",
-        "in.csv",
-        "--base-url",
-        &sb.base_url(),
-        "--rate",
-        "100000/s",
-        "--concurrency",
-        "4",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let child = spawn(&w, &args, "sandbox-token");
-    let results = w.path("in.results.csv");
+    let args = ["--rate", "100000/s", "--concurrency", "4"];
+    let child = s.spawn(&args, Stdio::piped(), Stdio::piped());
+    let results = s.path(RESULTS);
     fixture::wait_for("some rows sent", Duration::from_secs(30), || {
         lines_in(&results) > 40
     })
     .await;
-    let stdout = interrupt(child).await;
+    let stdout = scenario::interrupt(child).await;
     assert!(
         stdout.contains("to resume, run the same command again"),
         "{stdout}"
     );
-    let partial = w.results("in.results.csv");
+    let partial = s.results();
     assert!(partial.len() < 300, "stopped part way: {}", partial.len());
     assert!(
         partial.iter().all(|r| r["status"] == "sent"),
         "in-flight requests were drained"
     );
 
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(0);
-    fixture::assert_each_stored_once(&w, 300);
-    assert_eq!(w.results("in.results.csv").len(), 300);
-    sb.shutdown().await;
+    s.assert_each_stored_once(300);
+    assert_eq!(s.results().len(), 300);
+    s.finish().await;
 }
 
 /// Messages go through hyper directly, unless the environment names a proxy: then through
@@ -395,30 +247,21 @@ async fn an_interrupt_stops_cleanly_and_the_resume_completes() {
 /// is stored only if the proxy carried it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_named_in_the_environment_carries_the_requests() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(20, 4));
-    let sb = fixture::start(fixture::recorded(&w)).await;
+    let s = Scenario::new(support::export(20, 4)).await;
     let nobody = "http://127.0.0.1:9";
-    let env: Vec<(String, String)> = [
-        ("LC_TOKEN", "sandbox-token".to_string()),
-        ("HTTP_PROXY", sb.base_url()),
-        ("http_proxy", sb.base_url()),
-        ("NO_PROXY", String::new()),
-        ("no_proxy", String::new()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let args = fixture::run_args("in.csv", nobody, &["--rate", "none"]);
-    let out = tokio::task::spawn_blocking({
-        let dir = w.path("");
-        move || support::run_in(&dir, &args, &env)
-    })
-    .await
-    .unwrap();
+    let proxy = s.base_url();
+    let out = s
+        .invoke(&["--rate", "none"])
+        .base_url(nobody)
+        .env("HTTP_PROXY", &proxy)
+        .env("http_proxy", &proxy)
+        .env("NO_PROXY", "")
+        .env("no_proxy", "")
+        .output()
+        .await;
     out.expect_code(0);
-    fixture::assert_each_stored_once(&w, 20);
-    sb.shutdown().await;
+    s.assert_each_stored_once(20);
+    s.finish().await;
 }
 
 /// The pass over the input before sending (duplicate keys, the quota plan) takes seconds on a
@@ -426,20 +269,16 @@ async fn a_proxy_named_in_the_environment_carries_the_requests() {
 /// nothing sent and the plan never printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_the_pass_before_sending_stops_the_run() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(300_000, 2_000));
-    let sb = fixture::start(fixture::recorded(&w)).await;
-    let args = fixture::run_args("in.csv", &sb.base_url(), &["--rate", "none"]);
-    let child = spawn(&w, &args, "sandbox-token");
-    let results = w.path("in.results.csv");
+    let s = Scenario::new(support::export(300_000, 2_000)).await;
+    let child = s.spawn(&["--rate", "none"], Stdio::piped(), Stdio::piped());
+    let results = s.path(RESULTS);
+    // The binary installs its signal handlers before it opens the results file.
     fixture::wait_for("the results file", Duration::from_secs(30), || {
         results.exists()
     })
     .await;
-    // Time for the signal handler to be installed; far less than the pass takes.
-    tokio::time::sleep(Duration::from_millis(150)).await;
     let signalled = std::time::Instant::now();
-    let stdout = interrupt(child).await;
+    let stdout = scenario::interrupt(child).await;
     // The pass checks for Ctrl-C at every row; it does not run on to its end (seconds here).
     let heard_after = signalled.elapsed();
     assert!(
@@ -450,166 +289,105 @@ async fn ctrl_c_during_the_pass_before_sending_stops_the_run() {
         !stdout.contains("quota plan"),
         "the pass ran to its end before the signal was heard:\n{stdout}"
     );
-    assert_eq!(sb.stats().requests, 0);
+    assert_eq!(s.stats().requests, 0);
     assert_eq!(lines_in(&results), 1, "only the header");
-    sb.shutdown().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_stops_at_once() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(200, 20));
-    let sb = fixture::start(fixture::recorded(&w)).await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s", "--concurrency", "2"],
-        "wrong-token",
-    )
-    .await;
+    let s = Scenario::new(support::export(200, 20)).await;
+    let out = s
+        .invoke(&["--rate", "100000/s", "--concurrency", "2"])
+        .token("wrong-token")
+        .output()
+        .await;
     out.expect_code(3);
-    assert!(out.stdout.contains("stopped early: the API rejected the token (401: HTTP 401: Invalid token: access token is invalid)."), "{out:?}");
+    out.expect_stdout("stopped early: the API rejected the token (401: HTTP 401: Invalid token: access token is invalid).");
     // At most the requests already in flight when the first 401 came.
-    assert!(sb.stats().unauthorized <= 2, "{:?}", sb.stats());
-    let rows = w.results("in.results.csv");
+    assert!(s.stats().unauthorized <= 2, "{:?}", s.stats());
+    let rows = s.results();
     assert!(
         rows.iter()
             .all(|r| r["status"] == "failed" && r["http_status"] == "401"),
         "{rows:?}"
     );
     // With the right token the same command resumes and sends everything once.
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(0);
-    fixture::assert_each_stored_once(&w, 200);
-    sb.shutdown().await;
+    s.assert_each_stored_once(200);
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_daily_budget_stops_and_the_next_day_resumes() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(100, 10));
-    let sb = fixture::start(SandboxConfig {
+    let mut s = Scenario::with(support::export(100, 10), |c| SandboxConfig {
         daily: Some(30),
-        ..fixture::recorded(&w)
+        ..c
     })
     .await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s", "--concurrency", "4"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "100000/s", "--concurrency", "4"]).await;
     out.expect_code(3);
-    assert!(
-        out.stdout
-            .contains("stopped early: the daily request budget is spent"),
-        "{out:?}"
-    );
-    assert_eq!(sb.stats().accepted, 30);
-    sb.shutdown().await;
+    out.expect_stdout("stopped early: the daily request budget is spent");
+    assert_eq!(s.stats().accepted, 30);
     // "The next day": a fresh budget, same record file.
-    let sb = fixture::start(SandboxConfig {
+    s.restart(|c| SandboxConfig {
         daily: Some(1000),
-        ..fixture::recorded(&w)
+        ..c
     })
     .await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(0);
-    fixture::assert_each_stored_once(&w, 100);
-    sb.shutdown().await;
+    s.assert_each_stored_once(100);
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_on_the_same_results_file_refuses() {
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(200, 20));
-    let sb = fixture::start(SandboxConfig {
-        latency: Some(DurationRange {
-            low: Duration::from_millis(20),
-            high: Duration::from_millis(30),
-        }),
-        ..fixture::recorded(&w)
+    let s = Scenario::with(support::export(200, 20), |c| SandboxConfig {
+        latency: latency(20, 30),
+        ..c
     })
     .await;
-    let args: Vec<String> = [
-        "run",
-        "in.csv",
-        "--base-url",
-        &sb.base_url(),
-        "--rate",
-        "100000/s",
-        "--concurrency",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut first = spawn(&w, &args, "sandbox-token");
-    let results = w.path("in.results.csv");
+    let first = s.spawn(
+        &["--rate", "100000/s", "--concurrency", "2"],
+        Stdio::piped(),
+        Stdio::piped(),
+    );
+    let results = s.path(RESULTS);
     fixture::wait_for(
         "the first run to start sending",
         Duration::from_secs(30),
         || lines_in(&results) > 2,
     )
     .await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "100000/s"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "100000/s"]).await;
     out.expect_code(2);
-    assert!(
-        out.stderr.contains("is in use by another lc-import run"),
-        "{out:?}"
-    );
-    let status = tokio::task::spawn_blocking(move || first.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    out.expect_stderr("is in use by another lc-import run");
+    let status = scenario::wait(first).await;
     assert_eq!(status.code(), Some(0));
-    fixture::assert_each_stored_once(&w, 200);
-    sb.shutdown().await;
+    s.assert_each_stored_once(200);
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_never_reaches_any_output() {
     const TOKEN: &str = "tok-Distinctive-7f3a9c";
-    let w = WorkDir::new();
-    w.write("in.csv", support::export(30, 3));
-    w.write(
+    let s = Scenario::with(support::export(30, 3), |c| SandboxConfig {
+        token: TOKEN.into(),
+        ..c
+    })
+    .await;
+    s.w.write(
         "bad.csv",
         "conversationId,contactId,type,direction,message\nc1,k1,Text,inbound,hi\n",
     );
-    let sb = fixture::start(SandboxConfig {
-        token: TOKEN.into(),
-        ..fixture::recorded(&w)
-    })
-    .await;
     for args in [
         vec!["-vv", "--results", "text.csv"],
         vec!["-vv", "--log-format", "json", "--results", "json.csv"],
     ] {
-        let out = fixture::run(&w, &sb.base_url(), "in.csv", &args, TOKEN).await;
+        // The scenario runs with the token its sandbox accepts: TOKEN.
+        let out = s.invoke(&args).default_rate().output().await;
         out.expect_code(0);
         assert!(
             out.stderr.contains("sending"),
@@ -621,20 +399,19 @@ async fn the_token_never_reaches_any_output() {
         );
     }
     // A rejected token is not echoed either.
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "bad.csv",
-        &["-vv"],
-        "tok-Other-Secret-1234",
-    )
-    .await;
+    let out = s
+        .invoke(&["-vv"])
+        .input("bad.csv")
+        .token("tok-Other-Secret-1234")
+        .default_rate()
+        .output()
+        .await;
     assert!(
         !out.stdout.contains("tok-Other-Secret-1234")
             && !out.stderr.contains("tok-Other-Secret-1234")
     );
-    assert!(!w.read("text.csv").contains(TOKEN) && !w.read("json.csv").contains(TOKEN));
-    sb.shutdown().await;
+    assert!(!s.w.read("text.csv").contains(TOKEN) && !s.w.read("json.csv").contains(TOKEN));
+    s.finish().await;
 }
 
 #[test]
@@ -643,11 +420,8 @@ fn a_missing_token_or_plain_http_is_a_usage_error() {
     w.copy("samples/messages.csv");
     let out = w.run(&["run", "messages.csv"]);
     out.expect_code(2);
-    assert!(
-        out.stderr.contains(
-            "no API token: set the environment variable LC_TOKEN, or give --token-file PATH"
-        ),
-        "{out:?}"
+    out.expect_stderr(
+        "no API token: set the environment variable LC_TOKEN, or give --token-file PATH",
     );
     let out = w.run_with(
         &[
@@ -659,11 +433,7 @@ fn a_missing_token_or_plain_http_is_a_usage_error() {
         &[("LC_TOKEN", "t")],
     );
     out.expect_code(2);
-    assert!(
-        out.stderr
-            .contains("plain http:// would send the token in clear"),
-        "{out:?}"
-    );
+    out.expect_stderr("plain http:// would send the token in clear");
     assert!(
         !w.path("messages.results.csv").exists(),
         "nothing was started"
@@ -676,8 +446,8 @@ fn dry_run_is_validate() {
     w.copy("samples/messages.csv");
     let out = w.run(&["run", "messages.csv", "--dry-run"]);
     out.expect_code(0);
-    assert!(out.stdout.contains("row 1 (line 2):"), "{out:?}");
-    assert!(out.stdout.contains(": 200 valid, 0 invalid"), "{out:?}");
+    out.expect_stdout("row 1 (line 2):");
+    out.expect_stdout(": 200 valid, 0 invalid");
     assert!(
         !w.path("messages.results.csv").exists(),
         "a dry run sends and records nothing"
@@ -686,7 +456,6 @@ fn dry_run_is_validate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_seen_twice_in_one_input_is_sent_once() {
-    let w = WorkDir::new();
     let mut csv = support::export(10, 3);
     // Rows 11 and 12 repeat the keys of rows 4 and 6 (even with another text).
     csv.push_str(
@@ -695,19 +464,11 @@ async fn a_key_seen_twice_in_one_input_is_sent_once() {
     csv.push_str(
         "r5,conv0000000000000002,cont0000000000000002,SMS,inbound,2024-01-02T00:00:01Z,message 5\n",
     );
-    w.write("in.csv", csv);
-    let sb = fixture::start(fixture::recorded(&w)).await;
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "none"],
-        "sandbox-token",
-    )
-    .await;
+    let s = Scenario::new(csv).await;
+    let out = s.run(&["--rate", "none"]).await;
     out.expect_code(0);
-    assert!(out.stdout.contains("duplicate             2"), "{out:?}");
-    let rows = w.results("in.results.csv");
+    out.expect_stdout("duplicate             2");
+    let rows = s.results();
     assert_eq!(rows.len(), 12);
     assert_eq!(rows[10]["status"], "duplicate");
     assert!(
@@ -716,21 +477,11 @@ async fn a_key_seen_twice_in_one_input_is_sent_once() {
         rows[10]
     );
     assert_eq!(rows[11]["status"], "duplicate");
-    fixture::assert_each_stored_once(&w, 10);
+    s.assert_each_stored_once(10);
     // On resume the duplicates stay duplicates and the first rows stay sent.
-    let out = fixture::run(
-        &w,
-        &sb.base_url(),
-        "in.csv",
-        &["--rate", "none"],
-        "sandbox-token",
-    )
-    .await;
+    let out = s.run(&["--rate", "none"]).await;
     out.expect_code(0);
-    assert!(
-        out.stdout.contains("(0 now, 10 in earlier runs)"),
-        "{out:?}"
-    );
-    fixture::assert_each_stored_once(&w, 10);
-    sb.shutdown().await;
+    out.expect_stdout("(0 now, 10 in earlier runs)");
+    s.assert_each_stored_once(10);
+    s.finish().await;
 }

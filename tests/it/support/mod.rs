@@ -45,6 +45,18 @@ impl Output {
         assert_eq!(self.code, Some(code), "unexpected exit code{self:?}");
         self
     }
+
+    /// Panics with the whole output unless stdout contains `text`.
+    pub fn expect_stdout(&self, text: &str) -> &Self {
+        assert!(self.stdout.contains(text), "stdout lacks {text:?}{self:?}");
+        self
+    }
+
+    /// Panics with the whole output unless stderr contains `text`.
+    pub fn expect_stderr(&self, text: &str) -> &Self {
+        assert!(self.stderr.contains(text), "stderr lacks {text:?}{self:?}");
+        self
+    }
 }
 
 impl WorkDir {

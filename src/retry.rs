@@ -85,7 +85,7 @@ pub enum StopReason {
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StopReason::TokenRejected(why) => write!(f, "the API rejected the token (401: {why})"),
+            StopReason::TokenRejected(why) => write!(f, "the API rejected the token ({why})"),
             StopReason::DailyBudget => {
                 f.write_str("the daily request budget is spent (X-RateLimit-Daily-Remaining: 0)")
             }
@@ -579,9 +579,7 @@ mod tests {
         let d = p.decide(refused, 1, Request::Lookup, 0.0);
         assert_eq!(
             d.next,
-            Next::Failed(
-                "not stored: the API rejected the token (401: HTTP 401: Invalid token)".into()
-            )
+            Next::Failed("not stored: the API rejected the token (HTTP 401: Invalid token)".into())
         );
         assert!(matches!(d.stop, Some(StopReason::TokenRejected(_))));
     }

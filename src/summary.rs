@@ -80,6 +80,8 @@ impl Counters {
 #[derive(Debug, Default)]
 pub struct Report {
     pub stopped: Option<StopReason>,
+    /// Rows in the input (from the pass before sending; 0 when it did not finish).
+    pub total: u64,
     pub rows: u64,
     pub sent: u64,
     pub sent_before: u64,
@@ -88,7 +90,13 @@ pub struct Report {
     pub unknown: u64,
     pub unknown_before: u64,
     pub duplicate: u64,
+    /// Requests of every kind; `lookups` of them were contact and conversation lookups.
     pub requests: u64,
+    pub lookups: u64,
+    /// Rows recorded `sent` by earlier runs that this input no longer has.
+    pub gone: u64,
+    /// Rows are keyed by a hash of their cells (no key column).
+    pub content_keys: bool,
     pub elapsed: Duration,
 }
 
@@ -103,6 +111,7 @@ impl Report {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Report {
             stopped,
+            total: 0,
             rows: n(&c.rows),
             sent: n(&c.sent),
             sent_before: n(&c.sent_before),
@@ -112,8 +121,22 @@ impl Report {
             unknown_before: n(&c.unknown_before),
             duplicate: n(&c.duplicate),
             requests,
+            lookups: 0,
+            gone: 0,
+            content_keys: false,
             elapsed,
         }
+    }
+
+    /// Rows with their outcome, now or earlier.
+    pub fn finished(&self) -> u64 {
+        self.sent
+            + self.sent_before
+            + self.invalid
+            + self.failed
+            + self.unknown
+            + self.unknown_before
+            + self.duplicate
     }
 
     pub fn ending(&self) -> Ending {
@@ -149,24 +172,47 @@ impl Report {
         let secs = r.elapsed.as_secs_f64();
         let _ = writeln!(
             out,
-            "  {} requests in {:.1}s ({:.1} sent/s)",
+            "  {} requests ({} messages, {} lookups) in {:.1}s: {:.1} messages sent/s",
             r.requests,
+            r.requests.saturating_sub(r.lookups),
+            r.lookups,
             secs,
             r.sent as f64 / secs.max(0.001)
         );
+        if r.gone > 0 {
+            let _ = writeln!(
+                out,
+                "  {} row(s) sent earlier are not in this input (their lines are kept){}",
+                r.gone,
+                if r.content_keys {
+                    ": rows keyed by content change key when a cell is edited, so an edited row is sent again as new; give the export a key column (--key-column)"
+                } else {
+                    ""
+                }
+            );
+        }
         let again = resume_command();
         match &r.stopped {
             Some(reason) => {
                 let _ = writeln!(out, "stopped early: {reason}.");
+                let left = r.total.saturating_sub(r.finished());
+                let what = match reason {
+                    StopReason::TokenRejected(_) => {
+                        "fix the token (a new one in LC_TOKEN or the --token-file), then run the same command again"
+                    }
+                    _ => "to resume, run the same command again",
+                };
                 let _ = writeln!(
                     out,
-                    "rows not attempted are not in the results file; to resume, run the same command again:\n  {again}"
+                    "{left} row(s) still to do (rows not attempted are not in the results file); {what}{}:\n  {again}",
+                    token_note()
                 );
             }
             None if r.failed + r.invalid > 0 => {
                 let _ = writeln!(
                     out,
-                    "failed and invalid rows are tried again when you run the same command (fix the input first for invalid rows):\n  {again}"
+                    "failed and invalid rows are tried again when you run the same command (fix the input first for invalid rows){}:\n  {again}",
+                    token_note()
                 );
             }
             None => {}
@@ -181,9 +227,34 @@ impl Report {
     }
 }
 
-/// The command line of this run, quoted for a POSIX shell.
+/// How the token reaches the resumed run, when it came from the environment: its variable,
+/// never its value.
+fn token_note() -> &'static str {
+    let from_env = std::env::var_os("LC_TOKEN").is_some_and(|t| !t.is_empty());
+    let from_file_or_sandbox = std::env::args()
+        .any(|a| a == "--sandbox" || a == "--token-file" || a.starts_with("--token-file="));
+    if from_env && !from_file_or_sandbox {
+        " (with the token in LC_TOKEN, as for this run)"
+    } else {
+        ""
+    }
+}
+
+/// The command line of this run, quoted for a POSIX shell, without `--limit` (a canary's limit
+/// would stop the resume after as many rows again).
 pub fn resume_command() -> String {
+    let mut skip_next = false;
     std::env::args()
+        .filter(|a| {
+            if std::mem::take(&mut skip_next) {
+                return false;
+            }
+            if a == "--limit" {
+                skip_next = true;
+                return false;
+            }
+            !a.starts_with("--limit=")
+        })
         .map(|a| {
             if !a.is_empty()
                 && a.chars()

@@ -151,6 +151,13 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         duplicates,
     } = prepared;
     say(&plan.describe(settings.rate, settings.max_requests));
+    let content_keys = !mapping.has_key_column();
+    if content_keys {
+        warn!(
+            "{} has no key column (altId, or one named with --key-column): each row is known by a hash of its cells, so a row edited after it was sent is sent again as a new row. Give a column that identifies each message with --key-column COLUMN",
+            settings.input.display()
+        );
+    }
     let plan_rows = plan.rows;
     let journal = Arc::new(journal);
     let counters = Arc::new(Counters::default());
@@ -244,7 +251,13 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let mut stopped = deliver.gate.reason();
     let requests = deliver.gate.requests();
     let resolved = deliver.resolver.as_ref().map(|r| r.summary());
+    let lookups = deliver.resolver.as_ref().map_or(0, |r| r.lookups());
     drop(deliver);
+    // Only an input read to its end tells which rows sent earlier it no longer has.
+    let gone = match (&prior, &stopped) {
+        (Some(prior), None) => prior.unmatched_sent(),
+        _ => 0,
+    };
     if let Some(prior) = prior
         && let Err(e) = tokio::task::block_in_place(|| journal.compact(&prior))
     {
@@ -256,7 +269,13 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
             e.root_cause()
         )));
     }
-    let report = Report::read(&counters, stopped, requests, started.elapsed());
+    let report = Report {
+        total: plan_rows,
+        lookups,
+        gone,
+        content_keys,
+        ..Report::read(&counters, stopped, requests, started.elapsed())
+    };
     say(&report.render(&settings.input, journal.path()));
     if let Some(resolved) = resolved {
         say(&resolved);

@@ -15,6 +15,12 @@ impl Mapping {
         }
     }
 
+    /// Whether rows are keyed by a column (`altId` or `--key-column`); without one, each row's
+    /// key is a hash of its cells, which changes when a cell is edited.
+    pub fn has_key_column(&self) -> bool {
+        self.key.is_some()
+    }
+
     /// The row's identity for resume and duplicate detection: the key column's value, or
     /// `h:` and a 128-bit hash of every cell (also when the key cell is empty).
     pub fn key(&self, cells: &ByteRecord) -> String {

@@ -192,6 +192,11 @@ impl Resolver {
         })
     }
 
+    /// Lookup requests made so far.
+    pub fn lookups(&self) -> u64 {
+        self.counters.lookups.load(Ordering::Relaxed)
+    }
+
     /// The resolver's lines of the run's summary.
     pub fn summary(&self) -> String {
         let c = &self.counters;

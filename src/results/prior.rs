@@ -166,6 +166,18 @@ impl Prior {
         self.entries.iter().filter(|e| e.status() == status).count()
     }
 
+    /// Keys recorded `sent` that this run's input did not have (read to its end): rows of an
+    /// earlier export, or rows whose content key changed because a cell was edited.
+    pub fn unmatched_sent(&self) -> u64 {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                self.matched[i / 64] & (1 << (i % 64)) == 0 && e.status() == Status::Sent
+            })
+            .count() as u64
+    }
+
     /// Offsets of the lines whose keys this run's input did not have.
     pub(crate) fn unmatched(&self) -> impl Iterator<Item = u64> + '_ {
         self.entries

@@ -175,7 +175,7 @@ async fn a_token_revoked_mid_run_stops_it_and_a_new_token_resumes() {
     let log = s.w.read("first.log");
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(
-        log.contains("stopped early: the API rejected the token (401"),
+        log.contains("stopped early: the API rejected the token (HTTP 401"),
         "{log}"
     );
     let rows = s.results();

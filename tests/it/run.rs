@@ -303,7 +303,7 @@ async fn a_rejected_token_stops_at_once() {
         .output()
         .await;
     out.expect_code(3);
-    out.expect_stdout("stopped early: the API rejected the token (401: HTTP 401: Invalid token: access token is invalid).");
+    out.expect_stdout("stopped early: the API rejected the token (HTTP 401: Invalid token: access token is invalid).");
     // At most the requests already in flight when the first 401 came.
     assert!(s.stats().unauthorized <= 2, "{:?}", s.stats());
     let rows = s.results();

@@ -153,3 +153,74 @@ async fn validate_never_overwrites_a_runs_outcomes() {
     );
     s.finish().await;
 }
+
+/// A canary (`--limit`) says how many rows are left and prints a resume command that runs as
+/// pasted: without `--limit` (which would stop it after as many rows again), naming the token's
+/// variable but never its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_summary_counts_the_rows_left_and_its_command_resumes_as_pasted() {
+    let s = Scenario::new(support::export(60, 6)).await;
+    let out = s.run(&["--limit", "20"]).await;
+    out.expect_code(3);
+    assert!(out.stdout.contains("40 row(s) still to do"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("(with the token in LC_TOKEN, as for this run)"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stdout.contains(crate::fixture::TOKEN),
+        "never the token's value{out:?}"
+    );
+    let command = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.contains("to resume, run the same command again"))
+        .nth(1)
+        .expect("the command on the next line")
+        .trim()
+        .to_owned();
+    assert!(!command.contains("--limit"), "{command}");
+    let pasted = std::process::Command::new("sh")
+        .args(["-c", &command])
+        .current_dir(s.path(""))
+        .env("LC_TOKEN", crate::fixture::TOKEN)
+        .output()
+        .expect("sh");
+    assert_eq!(
+        pasted.status.code(),
+        Some(0),
+        "{command}\n{}",
+        String::from_utf8_lossy(&pasted.stdout)
+    );
+    s.assert_each_stored_once(60);
+    s.finish().await;
+}
+
+/// Rows without a key column are keyed by their content: the run says so at the start, naming
+/// --key-column, and when an edited row makes a new key, the summary counts the row sent earlier
+/// that the input no longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_keys_are_announced_and_rows_gone_from_the_input_are_counted() {
+    let export = support::export(30, 3).replace("altId,", "ref,");
+    let s = Scenario::new(&export).await;
+    let out = s.run(&[]).await;
+    out.expect_code(0);
+    assert!(out.stderr.contains("has no key column"), "{out:?}");
+    assert!(out.stderr.contains("--key-column COLUMN"), "{out:?}");
+    s.w.write(
+        "in.csv",
+        export.replace("message 7\n", "message 7 (typo fixed)\n"),
+    );
+    let out = s.run(&[]).await;
+    out.expect_code(0);
+    assert!(
+        out.stdout.contains("(1 now, 29 in earlier runs)"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("1 row(s) sent earlier are not in this input (their lines are kept): rows keyed by content"),
+        "{out:?}"
+    );
+    s.finish().await;
+}

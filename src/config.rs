@@ -101,6 +101,7 @@ impl Settings {
             }
             (None, None) => Duration::from_secs(30),
         };
+        check_proxy_env()?;
         let concurrency = args.concurrency.or(file.concurrency).unwrap_or(8);
         if concurrency == 0 {
             bail!("--concurrency 0 would send nothing: give 1 or more");
@@ -139,6 +140,42 @@ impl Settings {
             rehearsal,
         })
     }
+}
+
+/// A proxy variable that does not parse would be skipped by the HTTP client, and the run would
+/// go direct, around the proxy the user named: refused instead.
+fn check_proxy_env() -> Result<()> {
+    for name in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        let Some(value) = std::env::var_os(name) else {
+            continue;
+        };
+        let value = value.to_string_lossy();
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        let with_scheme = if value.contains("://") {
+            value.to_owned()
+        } else {
+            format!("http://{value}")
+        };
+        let parsed = url::Url::parse(&with_scheme)
+            .ok()
+            .filter(|u| u.host().is_some());
+        if parsed.is_none() {
+            bail!(
+                "the environment variable {name} is not a proxy URL (expected such as http://proxy.example:3128): fix or unset it; the run does not go around a proxy it cannot read"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The token from `--token-file`, else from `LC_TOKEN`. Never from the command line, where

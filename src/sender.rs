@@ -361,6 +361,13 @@ fn transport_error(
         Attempt::NotConnected(error_chain(e))
     } else if is_timeout {
         Attempt::NoAnswer("no answer within --timeout".into())
+    } else if error_chain(e).contains("error writing a body") {
+        // The server closed the connection while the body was going out: it never had the
+        // whole request, so it stored nothing (bug: such rows were `unknown`).
+        Attempt::NotConnected(format!(
+            "the request body could not be written whole, so nothing was stored: {}",
+            error_chain(e)
+        ))
     } else {
         Attempt::NoAnswer(error_chain(e))
     }

@@ -227,6 +227,22 @@ impl Report {
     }
 }
 
+/// An argument holding a URL with a password (`--base-url https://user:pw@host`), with the
+/// password replaced: the summary must not print it.
+fn redact_password(arg: &str) -> String {
+    let (flag, value) = match arg.split_once('=') {
+        Some((flag, value)) if flag.starts_with("--") => (format!("{flag}="), value),
+        _ => (String::new(), arg),
+    };
+    match url::Url::parse(value) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("PASSWORD"));
+            format!("{flag}{url}")
+        }
+        _ => arg.to_owned(),
+    }
+}
+
 /// How the token reaches the resumed run, when it came from the environment: its variable,
 /// never its value.
 fn token_note() -> &'static str {
@@ -255,6 +271,7 @@ pub fn resume_command() -> String {
             }
             !a.starts_with("--limit=")
         })
+        .map(|a| redact_password(&a))
         .map(|a| {
             if !a.is_empty()
                 && a.chars()

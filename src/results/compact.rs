@@ -22,6 +22,36 @@ pub(crate) fn context(path: &Path) -> String {
     format!("compacting results file {}", path.display())
 }
 
+/// The name a compaction of `path` gives its temp file before the rename: the results file's
+/// own name is in it, so the run holding that file's lock knows which leftovers are its own.
+pub(crate) fn temp_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".lc-import-results.{name}.")
+}
+
+/// Removes what compactions of `path` killed midway left behind (a temp file as large as the
+/// results file each time). Only the run holding `path`'s lock may call it.
+pub(crate) fn remove_leftovers(path: &Path) {
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(folder_of(path)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(
+                    "removed {}, left by a compaction that was killed midway",
+                    entry.path().display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
 /// Writes a new `path` from the journal `file`: for each row in `finals` (`[row, offset, 0]`,
 /// any order) the line at its last offset, then the lines of `prior` no row took, in file
 /// order.
@@ -30,7 +60,7 @@ pub(crate) fn rewrite(path: &Path, file: &File, finals: ExternalSort, prior: &Pr
     let dir = folder_of(path);
     let finals = finals.finish().with_context(context)?;
     let temp = tempfile::Builder::new()
-        .prefix(".lc-import-results")
+        .prefix(&temp_prefix(path))
         .tempfile_in(&dir)
         .with_context(context)?;
     let mut out = BufWriter::with_capacity(256 * 1024, temp);

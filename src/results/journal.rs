@@ -61,6 +61,7 @@ impl Journal {
                     .with_context(|| format!("cannot lock results file {}", path.display()));
             }
         }
+        super::compact::remove_leftovers(path);
         let mut len = file.metadata()?.len();
         if len == 0 {
             let header = format!("{}\n", HEADER.join(","));
@@ -128,8 +129,14 @@ impl Journal {
                 .then(|| {
                     let row = text(&record, col::ROW)?;
                     let key = text(&record, col::KEY)?;
-                    let status: Status = text(&record, col::STATUS)?.parse().ok()?;
+                    let mut status: Status = text(&record, col::STATUS)?.parse().ok()?;
                     row.parse::<u64>().ok()?;
+                    // A `sent` line without a message ID (edited by hand, or written by
+                    // something else) does not show the message was stored: taken as
+                    // `unknown`, so the row is neither skipped as sent nor sent again.
+                    if status == Status::Sent && text(&record, col::MESSAGE_ID)?.trim().is_empty() {
+                        status = Status::Unknown;
+                    }
                     let conversation = text(&record, col::CONVERSATION_ID)?;
                     Some((
                         row.to_owned(),

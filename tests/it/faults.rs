@@ -232,3 +232,53 @@ async fn a_server_gone_stops_the_run_and_back_again_it_resumes() {
     s.assert_all_sent(150);
     s.finish().await;
 }
+
+/// A server that closes the connection while a large body is still going out never had the
+/// whole request: nothing can have been stored, so the row is `failed` (tried again), not
+/// `unknown`. (Bug: "error writing a body … Broken pipe" was recorded `unknown`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_off_while_it_is_written_is_failed_not_unknown() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Reads the head and a little of the body, then closes the connection.
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            drop(socket);
+        }
+    });
+    let w = support::WorkDir::new();
+    let big = "x".repeat(8 * 1024 * 1024);
+    w.write(
+        "in.csv",
+        format!("altId,conversationId,contactId,type,direction,date,message\nr0,conv0000000000000001,cont0000000000000001,Email,inbound,2024-01-01T00:00:00Z,{big}\n"),
+    );
+    let out = support::run_in(
+        &w.path(""),
+        &[
+            "run".into(),
+            "in.csv".into(),
+            "--base-url".into(),
+            format!("http://{addr}"),
+            "--rate".into(),
+            "none".into(),
+            "--max-retries".into(),
+            "1".into(),
+        ],
+        &[("LC_TOKEN".into(), "t".into())],
+    );
+    server.abort();
+    let rows = crate::fixture::results(&w.path("in.results.csv"));
+    assert_eq!(rows.len(), 1, "{out:?}");
+    assert_eq!(rows[0]["status"], "failed", "{out:?}\n{:?}", rows[0]);
+    assert!(
+        rows[0]["error"].contains("the request body could not be written whole"),
+        "{:?}",
+        rows[0]
+    );
+}

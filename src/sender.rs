@@ -20,9 +20,13 @@ pub const INBOUND_PATH: &str = "/conversations/messages/inbound";
 /// The rate limit the server announced with an answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerLimits {
+    /// `X-RateLimit-Max`: requests allowed per window; `None` when absent.
     pub max: Option<u32>,
+    /// `X-RateLimit-Interval-Milliseconds`: the length of that window; `None` when absent.
     pub interval: Option<Duration>,
+    /// `X-RateLimit-Remaining`: requests left in the current window; `None` when absent.
     pub remaining: Option<u64>,
+    /// `X-RateLimit-Daily-Remaining`: requests left today; `None` when absent.
     pub daily_remaining: Option<u64>,
 }
 
@@ -148,6 +152,8 @@ pub(crate) fn api_client(
 }
 
 impl Sender {
+    /// A sender posting to `base` + the inbound path, with the token, the `Version` header, a
+    /// per-request `timeout` and up to `concurrency` kept-alive connections.
     pub fn new(
         base: &reqwest::Url,
         token: &str,
@@ -188,6 +194,7 @@ impl Sender {
         Ok(Sender { client, url })
     }
 
+    /// The full URL of the inbound endpoint that bodies are posted to.
     pub fn url(&self) -> &reqwest::Url {
         &self.url
     }

@@ -52,31 +52,50 @@ pub struct Ending {
 /// Counters of a run, shared by the stages; the [`Report`] is read from them at the end.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Input rows read so far, whatever became of them.
     pub rows: AtomicU64,
     /// Input bytes read so far, for progress.
     pub bytes: AtomicU64,
+    /// Rows stored by this run.
     pub sent: AtomicU64,
+    /// Rows skipped because an earlier run sent them.
     pub sent_before: AtomicU64,
+    /// Rows that break a rule; recorded, not sent.
     pub invalid: AtomicU64,
+    /// Rows recorded `failed` by this run: not stored (refused, out of retries, lookup failed).
     pub failed: AtomicU64,
+    /// Rows sent with no answer in this run: they may be stored.
     pub unknown: AtomicU64,
+    /// Rows left `unknown` by an earlier run and not sent again (no `--resend-unknown`).
     pub unknown_before: AtomicU64,
+    /// Rows whose key repeats an earlier row of the input; recorded, not sent.
     pub duplicate: AtomicU64,
 }
 
 /// What a finished (or stopped) run reports.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Why the run stopped early; `None` when it read the input to the end.
     pub stopped: Option<StopReason>,
+    /// Input rows read.
     pub rows: u64,
+    /// Rows stored by this run.
     pub sent: u64,
+    /// Rows skipped because an earlier run sent them.
     pub sent_before: u64,
+    /// Rows that break a rule.
     pub invalid: u64,
+    /// Rows recorded `failed` by this run: not stored (refused, out of retries, lookup failed).
     pub failed: u64,
+    /// Rows sent with no answer in this run.
     pub unknown: u64,
+    /// Rows left `unknown` by an earlier run and not sent again.
     pub unknown_before: u64,
+    /// Rows whose key repeats an earlier row of the input.
     pub duplicate: u64,
+    /// Requests the run made: lookups and messages.
     pub requests: u64,
+    /// Wall-clock time of the run.
     pub elapsed: Duration,
 }
 
@@ -104,6 +123,7 @@ impl Report {
         }
     }
 
+    /// How the run ended, for the exit code: its stop, and the rows that need the user.
     pub fn ending(&self) -> Ending {
         Ending {
             stopped: self.stopped.clone(),
@@ -193,6 +213,7 @@ pub struct ErrorTally {
 }
 
 impl ErrorTally {
+    /// Counts one row error under its kind; the first of a kind is kept as its example.
     pub fn add(&mut self, error: &RowError) {
         let entry = self
             .kinds
@@ -201,6 +222,7 @@ impl ErrorTally {
         entry.0 += 1;
     }
 
+    /// `true` when no error was added.
     pub fn is_empty(&self) -> bool {
         self.kinds.is_empty()
     }

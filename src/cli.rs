@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The whole command line: a subcommand and the logging flags every subcommand takes.
 #[derive(Debug, Parser)]
 #[command(
     name = "lc-import",
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
     about = "Import message history from CSV into HighLevel / LeadConnector"
 )]
 pub struct Cli {
+    /// What to do: `run`, `validate`, `sandbox` or `report`.
     #[command(subcommand)]
     pub command: Command,
     /// More log output (-v: debug, -vv: trace). Message bodies appear only at debug and above.
@@ -25,12 +27,18 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// How log lines are written to stderr (`--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    // `#[doc = concat!(..)]`, not `///`: clap makes a variant's `///` the help of its value,
+    // which would switch every `--help` to the long layout, with a list of the values.
+    #[doc = concat!("Plain lines for a person, without timestamps (the default).")]
     Text,
+    #[doc = concat!("One JSON object per line, with a timestamp, for log collectors.")]
     Json,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Import rows: send each as an inbound message, recording every outcome (the main job).
@@ -98,6 +106,7 @@ pub struct RunArgs {
     /// Stop cleanly (exit 3, resumable) after N requests, lookups and messages together.
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,
+    /// How rows become request bodies.
     #[command(flatten)]
     pub mapping: MappingArgs,
 }
@@ -109,6 +118,7 @@ pub struct ReportArgs {
     pub results: PathBuf,
 }
 
+/// `lc-import validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// The CSV export to check.
@@ -119,6 +129,7 @@ pub struct ValidateArgs {
     /// Print the request bodies of the first N valid rows as JSON.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub show: usize,
+    /// How rows become request bodies.
     #[command(flatten)]
     pub mapping: MappingArgs,
 }

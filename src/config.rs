@@ -22,20 +22,34 @@ pub const DEFAULT_BASE_URL: &str = "https://services.leadconnectorhq.com";
 
 /// Everything a run needs, checked.
 pub struct Settings {
+    /// The CSV export to import (`INPUT`).
     pub input: PathBuf,
+    /// The results journal, also the resume state: `--results`, else
+    /// `<INPUT stem>.results.csv` beside the input.
     pub results: PathBuf,
+    /// The API root, checked (https, or http to a loopback host); the sandbox's with `--sandbox`.
     pub base_url: reqwest::Url,
+    /// The API token, from `--token-file` or `LC_TOKEN`, or the sandbox's with `--sandbox`.
     pub token: String,
+    /// The `Version` header sent on every request (default `2021-07-28`).
     pub api_version: String,
-    /// `None`: no limit (only for the in-process sandbox).
+    /// `--rate`; `None`: no pace of the run's own (`--rate none`, or the in-process sandbox).
     pub rate: Option<Rate>,
+    /// Requests in flight at most (`--concurrency`, default 8; never 0).
     pub concurrency: usize,
+    /// Retries per row for retryable failures (`--max-retries`, default 5).
     pub max_retries: u32,
+    /// Timeout of each request (`--timeout`, default 30 s).
     pub timeout: Duration,
+    /// Stop after this many rows were attempted (`--limit`); `None`: all rows.
     pub limit: Option<u64>,
+    /// On resume, send again the rows whose outcome is unknown (`--resend-unknown`).
     pub resend_unknown: bool,
+    /// How rows become request bodies: `--map`, `--set`, list separator, dates, key column.
     pub mapping: MappingOptions,
+    /// The input's field delimiter, one ASCII byte (`--delimiter`, default `,`).
     pub delimiter: u8,
+    /// The wait schedule between retries (always the default).
     pub backoff: Backoff,
     /// ID resolution: `--create-contacts`.
     pub create_contacts: bool,
@@ -50,7 +64,9 @@ pub struct Settings {
 /// An API the run is pointed at instead of the flags' (the in-process sandbox of `--sandbox`):
 /// its base URL and token, and no pace of the run's own.
 pub struct Endpoint {
+    /// The API root of the target.
     pub base_url: String,
+    /// The token the target accepts.
     pub token: String,
 }
 
@@ -199,27 +215,47 @@ fn read_token(file: Option<&Path>) -> Result<String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
+    /// `--map` pairs (`FIELD = "COLUMN"`); the flags' own come after them, so they win.
     #[serde(default)]
     pub map: Pairs,
+    /// `--set` pairs (`FIELD = "VALUE"`); the flags' own come after them, so they win.
     #[serde(default)]
     pub set: Pairs,
+    /// `--delimiter`.
     pub delimiter: Option<String>,
+    /// `--list-sep`.
     pub list_sep: Option<String>,
+    /// `--date-format`.
     pub date_format: Option<String>,
+    /// `--timezone`.
     pub timezone: Option<String>,
+    /// `--key-column`.
     pub key_column: Option<String>,
+    /// `--location-id`.
     pub location_id: Option<String>,
+    /// `--default-country`.
     pub default_country: Option<String>,
+    /// `--create-contacts`; `true` here turns it on even without the flag.
     pub create_contacts: Option<bool>,
+    /// `--max-requests`.
     pub max_requests: Option<u64>,
+    /// `--results`.
     pub results: Option<PathBuf>,
+    /// `--base-url`.
     pub base_url: Option<String>,
+    /// `--token-file`.
     pub token_file: Option<PathBuf>,
+    /// `--api-version`.
     pub api_version: Option<String>,
+    /// `--rate`, as written on the command line (`100/10s`, `none`).
     pub rate: Option<String>,
+    /// `--concurrency`.
     pub concurrency: Option<usize>,
+    /// `--max-retries`.
     pub max_retries: Option<u32>,
+    /// `--timeout`, as written on the command line (`30s`, `500ms`).
     pub timeout: Option<String>,
+    /// `--limit`.
     pub limit: Option<u64>,
 }
 
@@ -227,9 +263,12 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(untagged)]
 pub enum Pairs {
+    /// The key is absent: no pairs.
     #[default]
     None,
+    /// A table: `[map] message = "Body"`.
     Table(toml::Table),
+    /// A list of `"FIELD=VALUE"` strings.
     List(Vec<String>),
 }
 

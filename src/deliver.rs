@@ -25,10 +25,15 @@ use crate::summary::Counters;
 
 /// What every delivery of a run shares.
 pub struct Deliver {
+    /// Posts the message bodies.
     pub sender: Sender,
+    /// The run's gate: stop, pace, `--max-requests`; every request passes it first.
     pub gate: Gate,
+    /// The run's retry policy.
     pub policy: Policy,
+    /// The results journal every outcome is written to.
     pub journal: Arc<Journal>,
+    /// The run's counters, shared with intake and the final report.
     pub counters: Arc<Counters>,
     /// Looks up IDs for rows without them; `None` when the mapping does not resolve.
     pub resolver: Option<Resolver>,

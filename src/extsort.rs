@@ -51,6 +51,7 @@ impl ExternalSort {
         }
     }
 
+    /// Adds one record; a full buffer is sorted and spilled to a temp file (`Err` if that fails).
     pub fn push(&mut self, record: Record) -> io::Result<()> {
         if self.buffer.capacity() == 0 {
             // Allocated whole at once, so memory does not depend on how many records come.
@@ -143,9 +144,13 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<Record>> {
 
 /// The sorted records, from memory or merged from runs.
 pub enum Sorted {
+    /// Everything fit in one buffer: sorted in memory, no temp file.
     Memory(std::vec::IntoIter<Record>),
+    /// Merged from sorted runs in temp files.
     Merge {
+        /// One reader per run, each past the records already in the heap.
         readers: Vec<BufReader<File>>,
+        /// The next record of each run, with the index of its reader; smallest on top.
         heap: BinaryHeap<Reverse<(Record, usize)>>,
     },
 }

@@ -114,6 +114,7 @@ impl Gate {
         self.stop.clone()
     }
 
+    /// `true` once the run is stopping (a stop reason was given, or the soft stop came).
     pub fn is_stopping(&self) -> bool {
         self.stop.is_cancelled()
     }

@@ -32,22 +32,31 @@ pub const BATCH: usize = 64;
 
 /// What intake reads and writes.
 pub struct Intake {
+    /// The CSV input, positioned at the first record.
     pub input: CsvInput,
+    /// How records become request bodies.
     pub mapping: Mapping,
+    /// The outcomes of earlier runs, by key: a row sent (or left `unknown`) before is kept.
     pub prior: Prior,
+    /// The rows whose key an earlier row already has, found by the pass before sending.
     pub duplicates: DuplicateRows,
+    /// The results journal every row's outcome is written to.
     pub journal: Arc<Journal>,
+    /// The run's counters, shared with delivery and the final report.
     pub counters: Arc<Counters>,
     /// The run's stop: intake takes no row after it.
     pub stop: CancellationToken,
     /// `--limit`: at most this many jobs.
     pub limit: Option<u64>,
+    /// `--resend-unknown`: send again the rows an earlier run left `unknown`.
     pub resend_unknown: bool,
 }
 
 /// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
 pub struct Ended {
+    /// The outcomes of earlier runs as intake leaves them, for compaction.
     pub prior: Prior,
+    /// Why intake stopped the run (`--limit`, input or results file failing); `None`: it did not.
     pub stop: Option<StopReason>,
 }
 

@@ -10,6 +10,8 @@
 //! (through [`gate`], [`sender`] and [`retry`]) → [`results`], with [`shutdown`], [`progress`]
 //! and [`summary`] beside them.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -10,30 +10,44 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InboundMessage {
+    /// `type`: the channel (SMS, Email, Call, …).
     #[serde(rename = "type")]
     pub kind: MessageType,
+    /// `conversationId`: the conversation it goes in; empty while [`crate::resolve`] is to find it.
     pub conversation_id: String,
+    /// `contactId`: the contact it belongs to; empty while [`crate::resolve`] is to find it.
     pub contact_id: String,
+    /// `conversationProviderId`: the custom provider; needed for `Custom` and `Call`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_provider_id: Option<String>,
+    /// `message`: the text of the message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// `attachments`: URLs of the attached files; empty: none (left out of the JSON).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub attachments: Vec<String>,
+    /// `html`: the HTML body of an e-mail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub html: Option<String>,
+    /// `subject`: the subject of an e-mail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// `emailFrom`: the sender's address of an e-mail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email_from: Option<String>,
+    /// `emailTo`: the recipient's address of an e-mail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email_to: Option<String>,
+    /// `emailCc`: the Cc addresses of an e-mail; empty: none.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub email_cc: Vec<String>,
+    /// `emailBcc`: the Bcc addresses of an e-mail; empty: none.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub email_bcc: Vec<String>,
+    /// `emailMessageId`: the e-mail's own Message-ID.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email_message_id: Option<String>,
+    /// `altId`: the message's ID in the system it was exported from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alt_id: Option<String>,
     /// Always sent: the API's default is `outbound` (FACTS §2), which would misfile history.
@@ -41,6 +55,7 @@ pub struct InboundMessage {
     /// RFC 3339 in UTC, normalised by the mapping.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub date: Option<String>,
+    /// `call`: who called whom and how it went, for call types.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<CallData>,
 }
@@ -48,10 +63,13 @@ pub struct InboundMessage {
 /// `CallDataDTO`: who called whom, and how it went. No field is required.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CallData {
+    /// `call.to`: the number that was called.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// `call.from`: the number that called.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// `call.status`: how the call went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<CallStatus>,
 }
@@ -81,6 +99,7 @@ pub trait SpecEnum: Sized + Copy + 'static {
     /// Common words for a value that are not the value itself: suggested, never accepted
     /// silently, because a wrong guess would misfile a message.
     const SYNONYMS: &'static [(&'static str, Self)] = &[];
+    /// The spec's exact spelling, as sent in the JSON.
     fn as_str(self) -> &'static str;
 
     /// Case, `_`, `-`, `.` and spaces ignored. On failure, the closest value if one is close.
@@ -143,6 +162,7 @@ macro_rules! spec_enum {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
         impl $name {
+            /// Every value, in the spec's order.
             pub const VALUES: &'static [$name] = &[$($name::$variant),+];
         }
     };
@@ -152,23 +172,40 @@ spec_enum!(
     /// `type`: the channel of the message.
     #[derive(Default)]
     MessageType {
+        /// A text message.
         #[default]
         Sms = "SMS",
+        /// An RCS chat message.
         Rcs = "RCS",
+        /// An e-mail.
         Email = "Email",
+        /// A WhatsApp message.
         WhatsApp = "WhatsApp",
+        /// A Google Business Profile message.
         Gmb = "GMB",
+        /// An Instagram direct message.
         Ig = "IG",
+        /// A Facebook Messenger message.
         Fb = "FB",
+        /// A message of a custom conversation provider (needs `conversationProviderId`).
         Custom = "Custom",
+        /// A message from the website chat widget.
         WebChat = "WebChat",
+        /// A live chat message.
         LiveChat = "Live_Chat",
+        /// A phone call (needs `conversationProviderId`).
         Call = "Call",
+        /// A call handled by an IVR menu.
         IvrCall = "IVR_Call",
+        /// A call made by a campaign.
         CampaignCall = "Campaign_Call",
+        /// A voicemail left by a campaign.
         CampaignVoiceMail = "Campaign_VoiceMail",
+        /// A TikTok message.
         TikTok = "TIKTOK",
+        /// A message of the all-in-one chat channel.
         AllInOneChat = "ALL_IN_ONE_CHAT",
+        /// A form submission.
         FormSubmission = "FORM_SUBMISSION",
     }
 );
@@ -228,8 +265,10 @@ spec_enum!(
     /// `direction`: the spec types it as `object` but the API takes these two strings.
     #[derive(Default)]
     Direction {
+        /// From the contact to the business.
         #[default]
         Inbound = "inbound",
+        /// From the business to the contact.
         Outbound = "outbound",
     }
 );
@@ -255,13 +294,21 @@ impl SpecEnum for Direction {
 spec_enum!(
     /// `call.status`.
     CallStatus {
+        /// Not ended yet.
         Pending = "pending",
+        /// Connected and ended.
         Completed = "completed",
+        /// Picked up.
         Answered = "answered",
+        /// The line was busy.
         Busy = "busy",
+        /// Nobody picked up.
         NoAnswer = "no-answer",
+        /// Could not be placed.
         Failed = "failed",
+        /// Canceled before it connected.
         Canceled = "canceled",
+        /// Went to voicemail.
         Voicemail = "voicemail",
     }
 );

@@ -34,12 +34,17 @@ use crate::results::{Journal, Prior, Status};
 pub struct Prepared {
     /// The input, opened afresh after the pass, at its first row.
     pub input: CsvInput,
+    /// How records become request bodies, built from the input's header.
     pub mapping: Mapping,
+    /// The results journal, opened and locked for this run.
     pub journal: Journal,
+    /// The outcomes of earlier runs, read from the results file, by key.
     pub prior: Prior,
     /// `None` when no row needs a lookup.
     pub resolver: Option<Resolver>,
+    /// What the run still has to do, in requests: printed before anything is sent.
     pub plan: Plan,
+    /// The rows whose key an earlier row already has, in row order.
     pub duplicates: DuplicateRows,
 }
 

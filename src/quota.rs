@@ -22,6 +22,7 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// A budget of `max` requests (`--max-requests`); `None`: no budget.
     pub fn new(max: Option<u64>) -> Quota {
         Quota {
             max,
@@ -42,6 +43,7 @@ impl Quota {
         }
     }
 
+    /// The budget; `u64::MAX` when there is none.
     pub fn max(&self) -> u64 {
         self.max.unwrap_or(u64::MAX)
     }
@@ -65,6 +67,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Lookup requests the run needs: (fewest, if every ID is found; most, if all are created).
     pub fn lookups(&self) -> (u64, u64) {
         (
             self.contacts + self.conversations,
@@ -72,6 +75,7 @@ impl Plan {
         )
     }
 
+    /// Requests the run needs, messages and lookups: (fewest, most).
     pub fn requests(&self) -> (u64, u64) {
         let (low, high) = self.lookups();
         (self.messages + low, self.messages + high)

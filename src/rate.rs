@@ -11,7 +11,9 @@ use std::time::Duration;
 /// At most `max` requests in any window of `period`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
+    /// Requests allowed in one window (at least 1 when parsed).
     pub max: u32,
+    /// Length of the window (never zero when parsed).
     pub period: Duration,
 }
 
@@ -108,7 +110,9 @@ pub fn format_duration(d: Duration) -> String {
 /// A duration range `LOW..HIGH` (or a single value, meaning exactly that).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DurationRange {
+    /// Shortest duration of the range.
     pub low: Duration,
+    /// Longest duration of the range; never below `low`.
     pub high: Duration,
 }
 

@@ -19,6 +19,28 @@ use tokio::time::Instant;
 use crate::rate::Rate;
 
 /// The pace of one run. Shared by reference between sender tasks.
+///
+/// ```
+/// use std::time::Duration;
+/// use lc_import::ratelimit::RateLimit;
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread()
+///     .enable_time()
+///     .build()
+///     .unwrap();
+/// runtime.block_on(async {
+///     let limit = RateLimit::new(Some("2/s".parse().unwrap()));
+///     // A zero timeout still polls once: `Ok` only if both start without waiting at all.
+///     let two = tokio::time::timeout(Duration::ZERO, async {
+///         limit.acquire().await;
+///         limit.acquire().await;
+///     });
+///     assert!(two.await.is_ok());
+///     // A third would wait until the first is a second (plus the margin) old.
+///     let third = tokio::time::timeout(Duration::ZERO, limit.acquire());
+///     assert!(third.await.is_err());
+/// });
+/// ```
 #[derive(Debug)]
 pub struct RateLimit {
     state: Mutex<State>,
@@ -45,6 +67,7 @@ pub struct SlidingLog {
 }
 
 impl SlidingLog {
+    /// A log for `rate`, its period lengthened by the margin (1 %, at most 50 ms) against jitter.
     pub fn new(rate: Rate) -> SlidingLog {
         let margin = (rate.period / 100).min(Duration::from_millis(50));
         SlidingLog {

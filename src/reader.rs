@@ -20,7 +20,9 @@ use crate::validate::{Invalid, Problem};
 pub struct RowError {
     /// 1-based line of the input where the row (or the broken cell) starts.
     pub line: u64,
+    /// The cell to blame; `None` when the problem is the row as a whole.
     pub column: Option<Column>,
+    /// What is wrong.
     pub invalid: Invalid,
 }
 
@@ -69,6 +71,7 @@ pub struct Record<'a> {
     pub row: u64,
     /// 1-based line where the record starts.
     pub line: u64,
+    /// The record's cells, as bytes.
     pub cells: &'a ByteRecord,
     /// Set when the record's shape is broken; its cells are then not to be trusted.
     pub broken: Option<RowError>,
@@ -124,6 +127,7 @@ impl CsvInput {
         })
     }
 
+    /// The input file, as given.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -143,6 +147,7 @@ impl CsvInput {
         self.len
     }
 
+    /// `true` when the input file was empty when it was opened.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

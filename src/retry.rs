@@ -33,10 +33,15 @@ use serde::Deserialize;
 pub enum Attempt {
     /// The server answered.
     Answered {
+        /// The HTTP status code.
         status: u16,
+        /// The answer's body as it came (empty if it could not be read).
         body: Vec<u8>,
+        /// The `Retry-After` header, in whole seconds; `None` when absent or unreadable.
         retry_after: Option<Duration>,
+        /// The `X-RateLimit-Daily-Remaining` header: requests left today; `None` when absent.
         daily_remaining: Option<u64>,
+        /// The `X-RateLimit-Interval-Milliseconds` header: the server's rate window, if sent.
         interval: Option<Duration>,
     },
     /// No connection was made, so the request was never written: safe to send again.
@@ -53,8 +58,11 @@ pub enum Outcome {
     /// Not stored; worth another try after a pause (`after` is the server's own word).
     /// `throttled`: the answer was a 429, so every request should wait, not only this one.
     Retry {
+        /// The API's words (or the transport error) for why it was not stored.
         reason: String,
+        /// The wait the server asked for (`Retry-After`, or on a 429 its rate window), if any.
         after: Option<Duration>,
+        /// The answer was a 429: every request should wait, not only this one.
         throttled: bool,
     },
     /// Refused for good: a 4xx other than 401/429, or a 2xx without a `messageId`.
@@ -68,15 +76,20 @@ pub enum Outcome {
 /// Why a run stops early (exit 3, resumable).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
+    /// The API answered 401; holds its words for the refusal.
     TokenRejected(String),
+    /// A 429 with `X-RateLimit-Daily-Remaining: 0`: nothing more can be sent today.
     DailyBudget,
+    /// Too many server errors or lost answers in a row ([`SERVER_FAILURE_LIMIT`]); says the last.
     ServerFailing(String),
     /// The results file could not be written (disk full, file too large): `path: error`.
     ResultsFile(String),
     /// Any other error after sending started (the input could not be read, a temp file could
     /// not be written): the run stops as it would on Ctrl-C, so nothing in flight is lost.
     Error(String),
+    /// Ctrl-C (or a termination signal).
     Interrupted,
+    /// `--limit N` reached; holds N.
     Limit(u64),
     /// `--max-requests` reached.
     MaxRequests(u64),
@@ -106,12 +119,16 @@ impl std::fmt::Display for StopReason {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
+    /// The ID of the stored message; never empty in [`Outcome::Sent`].
     #[serde(default)]
     pub message_id: String,
+    /// The conversation the message was stored in; empty if the answer had none.
     #[serde(default)]
     pub conversation_id: String,
+    /// The contact the message belongs to; empty if the answer had none.
     #[serde(default)]
     pub contact_id: String,
+    /// The API's trace ID of the request, for support; empty if the answer had none.
     #[serde(default)]
     pub trace_id: String,
 }
@@ -160,6 +177,32 @@ pub fn trace_id(body: &[u8]) -> String {
 }
 
 /// Decides what an attempt came to. Pure: the table in the tests below is the specification.
+///
+/// ```
+/// use lc_import::retry::{Attempt, Outcome, classify};
+///
+/// let answered = |status, body: &str| Attempt::Answered {
+///     status,
+///     body: body.as_bytes().to_vec(),
+///     retry_after: None,
+///     daily_remaining: Some(100),
+///     interval: None,
+/// };
+///
+/// // A 422 is refused for good: failed, with the API's own words.
+/// let refused = answered(422, r#"{"statusCode":422,"message":["type must be a string"]}"#);
+/// assert_eq!(
+///     classify(&refused),
+///     Outcome::Failed("HTTP 422: type must be a string".into())
+/// );
+///
+/// // A 2xx with a messageId is stored.
+/// let stored = answered(200, r#"{"messageId":"m1","conversationId":"c1","contactId":"k1"}"#);
+/// match classify(&stored) {
+///     Outcome::Sent(accepted) => assert_eq!(accepted.message_id, "m1"),
+///     other => panic!("expected Sent, got {other:?}"),
+/// }
+/// ```
 pub fn classify(attempt: &Attempt) -> Outcome {
     let (status, body, retry_after, daily_remaining, interval) = match attempt {
         Attempt::NotConnected(why) => {
@@ -210,7 +253,9 @@ pub fn classify(attempt: &Attempt) -> Outcome {
 /// `[0, min(cap, base * 2^(n-1))]`, or exactly what the server asked for when it said.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
+    /// The longest wait of the first retry (250 ms by default).
     pub base: Duration,
+    /// The longest wait of any retry (30 s by default).
     pub cap: Duration,
 }
 
@@ -264,8 +309,11 @@ pub enum Next {
     Unknown(String),
     /// Try again after `delay`. `pause`: first hold every request of the run that long (a 429).
     Retry {
+        /// The API's words (or the transport error) for why the attempt failed.
         reason: String,
+        /// How long this row waits before its next attempt.
         delay: Duration,
+        /// `Some` after a 429: first hold every request of the run this long.
         pause: Option<Duration>,
     },
 }
@@ -273,7 +321,9 @@ pub enum Next {
 /// What [`Policy::decide`] says: how this row goes on, and whether the whole run stops.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
+    /// How this row (or lookup) goes on.
     pub next: Next,
+    /// `Some`: the whole run stops, for this reason.
     pub stop: Option<StopReason>,
 }
 
@@ -288,6 +338,7 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A policy giving each row `max_retries` retries, waiting as `backoff` says.
     pub fn new(max_retries: u32, backoff: Backoff) -> Policy {
         Policy {
             max_retries,
@@ -296,10 +347,12 @@ impl Policy {
         }
     }
 
+    /// Retries per row (`--max-retries`).
     pub fn max_retries(&self) -> u32 {
         self.max_retries
     }
 
+    /// The wait schedule between retries.
     pub fn backoff(&self) -> Backoff {
         self.backoff
     }

@@ -29,11 +29,14 @@ pub const LANE_MEMORY: usize = 32;
 /// One row on its way to the API.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Job {
+    /// The row's 1-based number in the input (the header is not a row).
     pub row: u64,
+    /// The row's key (for resume and duplicates), as the results file records it.
     pub key: String,
     /// The lane: the conversation ID, or for a row whose IDs are still to be looked up, its
     /// contact's key.
     pub conversation_id: Arc<str>,
+    /// What is sent: the body, or the mapped row still waiting for its lookups.
     pub payload: Payload,
 }
 
@@ -69,6 +72,7 @@ struct Lane {
 }
 
 impl Lanes {
+    /// No rows yet; a lane that holds too many spills them to temp files in `spill_dir`.
     pub fn new(spill_dir: &Path) -> Lanes {
         Lanes {
             lanes: HashMap::default(),

@@ -20,9 +20,13 @@ pub const INBOUND_PATH: &str = "/conversations/messages/inbound";
 /// The rate limit the server announced with an answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerLimits {
+    /// `X-RateLimit-Max`: requests allowed per window; `None` when absent.
     pub max: Option<u32>,
+    /// `X-RateLimit-Interval-Milliseconds`: the length of that window; `None` when absent.
     pub interval: Option<Duration>,
+    /// `X-RateLimit-Remaining`: requests left in the current window; `None` when absent.
     pub remaining: Option<u64>,
+    /// `X-RateLimit-Daily-Remaining`: requests left today; `None` when absent.
     pub daily_remaining: Option<u64>,
 }
 
@@ -91,8 +95,6 @@ enum Client {
     Proxied(reqwest::Client),
 }
 
-/// Checks `--base-url`: https anywhere, plain http only to a loopback host (the token would
-/// otherwise cross the network in clear).
 /// A URL as the tool prints it: without the user name and password it may carry.
 pub fn shown(url: &reqwest::Url) -> String {
     let mut url = url.clone();
@@ -101,6 +103,8 @@ pub fn shown(url: &reqwest::Url) -> String {
     url.to_string()
 }
 
+/// Checks `--base-url`: https anywhere, plain http only to a loopback host (the token would
+/// otherwise cross the network in clear).
 pub fn check_base_url(base: &str) -> Result<reqwest::Url> {
     let url = reqwest::Url::parse(base.trim_end_matches('/')).with_context(|| {
         format!(
@@ -156,6 +160,8 @@ pub(crate) fn api_client(
 }
 
 impl Sender {
+    /// A sender posting to `base` + the inbound path, with the token, the `Version` header, a
+    /// per-request `timeout` and up to `concurrency` kept-alive connections.
     pub fn new(
         base: &reqwest::Url,
         token: &str,
@@ -196,6 +202,7 @@ impl Sender {
         Ok(Sender { client, url })
     }
 
+    /// The full URL of the inbound endpoint that bodies are posted to.
     pub fn url(&self) -> &reqwest::Url {
         &self.url
     }

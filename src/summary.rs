@@ -52,13 +52,21 @@ pub struct Ending {
 /// Counters of a run, shared by the stages; the [`Report`] is read from them at the end.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Input rows read so far, whatever became of them.
     pub rows: AtomicU64,
+    /// Rows stored by this run.
     pub sent: AtomicU64,
+    /// Rows skipped because an earlier run sent them.
     pub sent_before: AtomicU64,
+    /// Rows that break a rule; recorded, not sent.
     pub invalid: AtomicU64,
+    /// Rows recorded `failed` by this run: not stored (refused, out of retries, lookup failed).
     pub failed: AtomicU64,
+    /// Rows sent with no answer in this run: they may be stored.
     pub unknown: AtomicU64,
+    /// Rows left `unknown` by an earlier run and not sent again (no `--resend-unknown`).
     pub unknown_before: AtomicU64,
+    /// Rows whose key repeats an earlier row of the input; recorded, not sent.
     pub duplicate: AtomicU64,
 }
 
@@ -79,24 +87,35 @@ impl Counters {
 /// What a finished (or stopped) run reports.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Why the run stopped early; `None` when it read the input to the end.
     pub stopped: Option<StopReason>,
     /// Rows in the input (from the pass before sending; 0 when it did not finish).
     pub total: u64,
+    /// Input rows read.
     pub rows: u64,
+    /// Rows stored by this run.
     pub sent: u64,
+    /// Rows skipped because an earlier run sent them.
     pub sent_before: u64,
+    /// Rows that break a rule.
     pub invalid: u64,
+    /// Rows recorded `failed` by this run: not stored (refused, out of retries, lookup failed).
     pub failed: u64,
+    /// Rows sent with no answer in this run.
     pub unknown: u64,
+    /// Rows left `unknown` by an earlier run and not sent again.
     pub unknown_before: u64,
+    /// Rows whose key repeats an earlier row of the input.
     pub duplicate: u64,
     /// Requests of every kind; `lookups` of them were contact and conversation lookups.
     pub requests: u64,
+    /// Contact and conversation lookups among the requests.
     pub lookups: u64,
     /// Rows recorded `sent` by earlier runs that this input no longer has.
     pub gone: u64,
     /// Rows are keyed by a hash of their cells (no key column).
     pub content_keys: bool,
+    /// Wall-clock time of the run.
     pub elapsed: Duration,
 }
 
@@ -139,6 +158,7 @@ impl Report {
             + self.duplicate
     }
 
+    /// How the run ended, for the exit code: its stop, and the rows that need the user.
     pub fn ending(&self) -> Ending {
         Ending {
             stopped: self.stopped.clone(),
@@ -293,6 +313,7 @@ pub struct ErrorTally {
 }
 
 impl ErrorTally {
+    /// Counts one row error under its kind; the first of a kind is kept as its example.
     pub fn add(&mut self, error: &RowError) {
         let entry = self
             .kinds
@@ -301,6 +322,7 @@ impl ErrorTally {
         entry.0 += 1;
     }
 
+    /// `true` when no error was added.
     pub fn is_empty(&self) -> bool {
         self.kinds.is_empty()
     }

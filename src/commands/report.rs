@@ -17,7 +17,9 @@ use crate::summary::Ending;
 /// Counts of one results file.
 #[derive(Debug, Default)]
 pub struct Summary {
+    /// Rows in the file, each counted once (by its last line).
     pub rows: u64,
+    /// Rows per status of their last line; rows still `sending` are counted in `in_flight` instead.
     pub by_status: HashMap<Status, u64>,
     /// Rows whose last line is `sending`: their request was in flight when a run died.
     pub in_flight: u64,
@@ -25,6 +27,7 @@ pub struct Summary {
     pub errors: HashMap<String, (u64, String)>,
 }
 
+/// `lc-import report`: prints the summary; rows not `sent`, `valid` or `duplicate` need attention.
 pub fn run(args: ReportArgs) -> Result<Ending> {
     let summary = summarise(&args.results)?;
     let _ = print(&args.results, &summary, &mut crate::summary::Stdout);
@@ -148,6 +151,8 @@ fn error_kind(error: &str) -> String {
     out
 }
 
+/// Writes the summary of the results file at `path` to `out`: rows per status, then the most
+/// frequent errors.
 pub fn print(path: &Path, s: &Summary, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "{}: {} rows", path.display(), s.rows)?;
     let order = [

@@ -41,6 +41,7 @@ const JOURNAL_FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// How long a hard stop waits for the journal's lock to write the lines still in memory.
 const HARD_STOP_FLUSH: Duration = Duration::from_millis(200);
 
+/// `lc-import run`: imports the rows (with `--dry-run`, only validates them) and says how it ended.
 pub fn run(args: RunArgs) -> Result<Ending> {
     if args.dry_run && !args.resolve_only {
         return crate::commands::validate::run(ValidateArgs {

@@ -20,13 +20,19 @@ use crate::summary::{Ending, ErrorTally, Stdout, say_err};
 /// What a validation found.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Rows read from the input.
     pub rows: u64,
+    /// Rows that map to a request body.
     pub valid: u64,
+    /// Rows with at least one error.
     pub invalid: u64,
+    /// The invalid rows' errors, by kind, with an example of each.
     pub errors: ErrorTally,
+    /// The results file written.
     pub results: PathBuf,
 }
 
+/// `lc-import validate`: checks every row and prints the summary; invalid rows need attention.
 pub fn run(args: ValidateArgs) -> Result<Ending> {
     let report = validate(&args, &mut Stdout)?;
     Ok(Ending {
@@ -193,7 +199,9 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
 /// What [`check_bytes`] found: rows that map to a request body, and rows with errors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Checked {
+    /// Rows that map to a request body.
     pub valid: u64,
+    /// Rows with at least one error.
     pub invalid: u64,
 }
 

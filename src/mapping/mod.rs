@@ -20,10 +20,11 @@ use crate::reader::Column;
 use crate::validate::DateReader;
 
 macro_rules! fields {
-    ($($variant:ident = $name:literal),+ $(,)?) => {
-        /// A field of the request body that a column or `--set` can fill.
+    ($($(#[$vmeta:meta])* $variant:ident = $name:literal),+ $(,)?) => {
+        /// A field that a column or `--set` can fill: of the request body, or one that finds the
+        /// contact (not sent).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum Field { $($variant),+ }
+        pub enum Field { $($(#[$vmeta])* $variant),+ }
         impl Field {
             /// Every field, in the order a row is read.
             pub const ALL: &'static [Field] = &[$(Field::$variant),+];
@@ -36,31 +37,56 @@ macro_rules! fields {
 }
 
 fields!(
+    /// `type`: the channel of the message (SMS, Email, …).
     Type = "type",
+    /// `conversationId`: the conversation the message goes in.
     ConversationId = "conversationId",
+    /// `contactId`: the contact the message belongs to.
     ContactId = "contactId",
+    /// `conversationProviderId`: the custom provider (needed for Custom and Call).
     ConversationProviderId = "conversationProviderId",
+    /// `message`: the text of the message.
     Message = "message",
+    /// `attachments`: URLs of the attached files (a list cell).
     Attachments = "attachments",
+    /// `html`: the HTML body of an e-mail.
     Html = "html",
+    /// `subject`: the subject of an e-mail.
     Subject = "subject",
+    /// `emailFrom`: the sender's address of an e-mail.
     EmailFrom = "emailFrom",
+    /// `emailTo`: the recipient's address of an e-mail.
     EmailTo = "emailTo",
+    /// `emailCc`: the Cc addresses of an e-mail (a list cell).
     EmailCc = "emailCc",
+    /// `emailBcc`: the Bcc addresses of an e-mail (a list cell).
     EmailBcc = "emailBcc",
+    /// `emailMessageId`: the e-mail's own Message-ID.
     EmailMessageId = "emailMessageId",
+    /// `altId`: the message's ID in the system it was exported from.
     AltId = "altId",
+    /// `direction`: inbound or outbound.
     Direction = "direction",
+    /// `date`: the message's date and time (read as `--date-format` and `--timezone` say).
     Date = "date",
+    /// `call.to`: the number that was called.
     CallTo = "call.to",
+    /// `call.from`: the number that called.
     CallFrom = "call.from",
+    /// `call.status`: how the call went.
     CallStatus = "call.status",
     // Not sent: they find or create the contact when a row has no contactId (issue 7).
+    /// `contactPhone`: the contact's phone number, to find or create the contact by.
     ContactPhone = "contactPhone",
+    /// `contactEmail`: the contact's e-mail address, to find or create the contact by.
     ContactEmail = "contactEmail",
+    /// `contactName`: the full name of a contact to create.
     ContactName = "contactName",
+    /// `firstName`: the first name of a contact to create.
     FirstName = "firstName",
+    /// `lastName`: the last name of a contact to create.
     LastName = "lastName",
+    /// `locationId`: the sub-account (location) IDs are looked up in (`--location-id`).
     LocationId = "locationId",
 );
 

@@ -45,6 +45,7 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// The word for it in the ID map's file: `given`, `found` or `created`.
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Given => "given",
@@ -66,7 +67,9 @@ impl Origin {
 /// One known ID with how it came to be known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Known {
+    /// The HighLevel ID (a contact's or a conversation's).
     pub id: String,
+    /// How it came to be known.
     pub origin: Origin,
 }
 
@@ -135,6 +138,7 @@ impl IdMap {
         })
     }
 
+    /// Where the map lives (`<results>.ids.csv`).
     pub fn path(&self) -> &Path {
         &self.path
     }

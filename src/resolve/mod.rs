@@ -47,13 +47,17 @@ const CONVERSATIONS_VERSION: &str = "2021-04-15";
 /// Who a row's contact is, when the row lacks a HighLevel ID for it or for its conversation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lookup {
+    /// The sub-account (location) the contact is looked up and created in.
     pub location_id: String,
     /// E.164.
     pub phone: Option<String>,
     /// Lower case.
     pub email: Option<String>,
+    /// `contactName`: the full name a created contact gets; `None`: not given.
     pub name: Option<String>,
+    /// `firstName`: the first name a created contact gets; `None`: not given.
     pub first_name: Option<String>,
+    /// `lastName`: the last name a created contact gets; `None`: not given.
     pub last_name: Option<String>,
 }
 
@@ -78,11 +82,17 @@ impl Lookup {
 /// What the resolver did, for the summary.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Lookup requests made, retries included.
     pub lookups: AtomicU64,
+    /// Contacts the API already had.
     pub contacts_found: AtomicU64,
+    /// Contacts created (`--create-contacts`).
     pub contacts_created: AtomicU64,
+    /// Contacts not found, and not created (no `--create-contacts`): their rows fail.
     pub contacts_missing: AtomicU64,
+    /// Conversations the API already had.
     pub conversations_found: AtomicU64,
+    /// Conversations created.
     pub conversations_created: AtomicU64,
     /// Searches that returned more than one conversation for a contact (the first was taken).
     pub conversations_ambiguous: AtomicU64,
@@ -93,8 +103,11 @@ pub struct Counters {
 pub enum Failure {
     /// This row cannot be resolved now: it is recorded `failed` and tried again next run.
     Row {
+        /// Why, in words, for the results file.
         error: String,
+        /// The HTTP status of the refusal; `None` when no HTTP answer is to blame.
         http_status: Option<u16>,
+        /// The API's trace ID of the refusal; empty when there is none.
         trace_id: String,
     },
     /// The run stops (with this reason) or was interrupted (`None`); the row stays unrecorded.
@@ -115,7 +128,9 @@ impl Failure {
 /// pace, budget, the server's limits) and the retry policy.
 #[derive(Clone, Copy)]
 pub struct Env<'a> {
+    /// The run's gate: stop, pace, `--max-requests`, the server's limits.
     pub gate: &'a Gate,
+    /// The run's retry policy.
     pub policy: &'a Policy,
 }
 
@@ -140,7 +155,9 @@ pub struct Resolver {
     client: reqwest::Client,
     base: reqwest::Url,
     create_contacts: bool,
+    /// The contact and conversation IDs found or created so far (also on disk, for resume).
     pub ids: IdMap,
+    /// What the resolver did, for the summary.
     pub counters: Counters,
     /// Keyed locks: a name is here while a resolution holds or awaits it.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -173,6 +190,7 @@ struct WithId {
 }
 
 impl Resolver {
+    /// A resolver sending to `base` with `token`; `create_contacts` is `--create-contacts`.
     pub fn new(
         base: &reqwest::Url,
         token: &str,

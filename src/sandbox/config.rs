@@ -85,15 +85,19 @@ impl SandboxConfig {
 /// Why a sandbox refuses to start with a configuration.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
+    /// The listen address is not a loopback address.
     #[error(
         "refusing to listen on {0}: the sandbox accepts a well-known token and is for this \
          machine only; use a loopback address such as 127.0.0.1:8787"
     )]
     NotLoopback(SocketAddr),
+    /// The token is empty, or has spaces, commas or non-printable characters.
     #[error("the token must be non-empty printable ASCII without spaces or commas")]
     Token,
+    /// The fail rate or the drop rate (named) is outside 0 to 1.
     #[error("the {0} must be between 0 and 1, not {1}")]
     Probability(&'static str, f64),
+    /// The fail rate plus the drop rate is above 1.
     #[error("fail rate {0} plus drop rate {1} is more than 1")]
     FaultsAboveOne(f64, f64),
 }

@@ -104,6 +104,7 @@ pub struct SandboxArgs {
 }
 
 impl SandboxArgs {
+    /// The sandbox's configuration, from these flags.
     pub fn config(&self) -> SandboxConfig {
         SandboxConfig {
             token: self.token.clone(),
@@ -154,6 +155,7 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// The address it listens on (the real port when port 0 was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -163,6 +165,7 @@ impl Sandbox {
         format!("http://{}", self.addr)
     }
 
+    /// Its counters as they stand now.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
     }

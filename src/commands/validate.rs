@@ -15,7 +15,7 @@ use crate::mapping::{Mapping, MappingOptions};
 use crate::reader::CsvInput;
 use crate::results::line::{ResultsWriter, col, folder_of, text};
 use crate::results::{ResultLine, Status};
-use crate::summary::{Ending, ErrorTally, Stdout, say_err};
+use crate::summary::{Ending, ErrorTally, Stdout};
 
 /// What a validation found.
 #[derive(Debug, Default)]
@@ -103,7 +103,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let mapping = Mapping::new(input.header(), &options)
         .with_context(|| format!("{}", args.input.display()))?;
     for warning in &mapping.warnings {
-        say_err(&format!("warning: {}: {warning}", args.input.display()));
+        tracing::warn!("{}: {warning}", args.input.display());
     }
 
     let results = args

@@ -58,6 +58,35 @@ impl Resolver {
         env: &Env<'_>,
     ) -> Result<Known, Failure> {
         let (email, phone) = (lookup.email.as_deref(), lookup.phone.as_deref());
+        let who = || {
+            [
+                email.map(|e| format!("e-mail {e}")),
+                phone.map(|p| format!("phone {p}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" or ")
+        };
+        let missing = || {
+            Failure::row(format!(
+                "no contact with {} in location {}: add it in HighLevel, or run with --create-contacts",
+                who(),
+                lookup.location_id
+            ))
+        };
+        // A contact found missing in this run is not searched for again for each of its rows
+        // (and counted once in the summary).
+        let name = (lookup.location_id.clone(), lookup.key(""));
+        if !self.create_contacts
+            && self
+                .missing
+                .lock()
+                .expect("missing contacts")
+                .contains(&name)
+        {
+            return Err(missing());
+        }
         if let Some(id) = self
             .search_contact(&lookup.location_id, email, phone, env)
             .await?
@@ -69,21 +98,12 @@ impl Resolver {
             });
         }
         if !self.create_contacts {
-            self.counters
-                .contacts_missing
-                .fetch_add(1, Ordering::Relaxed);
-            let who = [
-                email.map(|e| format!("e-mail {e}")),
-                phone.map(|p| format!("phone {p}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" or ");
-            return Err(Failure::row(format!(
-                "no contact with {who} in location {}: add it in HighLevel, or run with --create-contacts",
-                lookup.location_id
-            )));
+            if self.missing.lock().expect("missing contacts").insert(name) {
+                self.counters
+                    .contacts_missing
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(missing());
         }
         // Only the fields that name the contact: never `tags` (it replaces all tags).
         let mut body = json!({ "locationId": lookup.location_id });

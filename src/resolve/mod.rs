@@ -161,6 +161,9 @@ pub struct Resolver {
     pub counters: Counters,
     /// Keyed locks: a name is here while a resolution holds or awaits it.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `(location, key)` of contacts this run searched for and did not find (without
+    /// `--create-contacts`): their later rows fail without another search.
+    missing: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Holds a keyed lock; dropping it frees the key.
@@ -207,6 +210,7 @@ impl Resolver {
             ids,
             counters: Counters::default(),
             locks: Mutex::new(HashMap::new()),
+            missing: Mutex::new(std::collections::HashSet::new()),
         })
     }
 

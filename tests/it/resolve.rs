@@ -573,3 +573,20 @@ async fn rows_waiting_for_lookups_survive_a_lane_spilling_to_disk() {
     assert_eq!(texts.len(), 300, "every row's own body arrived once");
     s.finish().await;
 }
+
+/// Three contacts the location does not have, four rows each: the summary counts 3 missing
+/// contacts (not one per row), and each is searched for once. (Bug: "4 missing" for 3 distinct
+/// contacts, and a search per row.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_contact_is_counted_and_searched_once() {
+    let s = Scenario::new(migration(3, 4)).await;
+    let out = run(&s, INPUT, &["--concurrency", "4"]).await;
+    out.expect_code(1);
+    out.expect_stdout("contacts      0 found, 0 created, 3 missing");
+    let rows = s.w.results(RESULTS);
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r["status"] == "failed"), "{rows:?}");
+    let st = s.stats();
+    assert_eq!((lookups(&st), st.accepted), (3, 0), "{st:?}");
+    s.finish().await;
+}

@@ -188,3 +188,74 @@ async fn an_input_that_fails_after_sending_started_is_a_stop_with_a_compacted_fi
     s.assert_each_stored_once(800);
     s.finish().await;
 }
+
+/// A second Ctrl-C ends the run at once, without waiting for the requests in flight (2 s each
+/// here), and still exits 3: the outcome lines held in memory are written, the rows in flight are
+/// `sending` in the file, and the resume reads them `unknown`, never sending a row twice. (The
+/// hard stop used to be `process::exit` inside the signal task, with a global journal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_exits_at_once_and_nothing_is_sent_twice() {
+    let s = Scenario::with(support::export(40, 20), |c| SandboxConfig {
+        latency: Some(DurationRange {
+            low: Duration::from_millis(2000),
+            high: Duration::from_millis(2100),
+        }),
+        ..c
+    })
+    .await;
+    let mut child = s.spawn(&["--concurrency", "8"], Stdio::null(), Stdio::piped());
+    let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let results = s.path(RESULTS);
+    fixture::wait_for("requests in flight", Duration::from_secs(30), || {
+        std::fs::read_to_string(&results).is_ok_and(|t| t.matches(",sending,").count() >= 8)
+    })
+    .await;
+    scenario::signal(&child, "INT");
+    // The second signal only once the first was heard (two pending signals would be one).
+    let (heard, stderr) = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = stderr.lines();
+        let mut seen = String::new();
+        for line in lines.by_ref() {
+            let line = line.expect("a stderr line");
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("stopping:") {
+                return (true, (seen, lines));
+            }
+        }
+        (false, (seen, lines))
+    })
+    .await
+    .unwrap();
+    let (mut stderr, rest) = stderr;
+    assert!(heard, "the first Ctrl-C was heard: {stderr}");
+    let signalled = Instant::now();
+    scenario::signal(&child, "INT");
+    let status = scenario::wait(child).await;
+    for line in rest.map_while(Result::ok) {
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1500),
+        "waited {:?} for requests in flight",
+        signalled.elapsed()
+    );
+    assert!(stderr.contains("exiting at once"), "{stderr}");
+    // The sandbox finishes (stores) the requests it was holding; then the resume.
+    fixture::wait_for("the sandbox to finish", Duration::from_secs(10), || {
+        let st = s.stats();
+        st.accepted == st.requests
+    })
+    .await;
+    let out = s.run(&["--concurrency", "16"]).await;
+    let unknown = s.assert_sent_or_unknown(&out);
+    assert!(
+        !unknown.is_empty() && unknown.len() <= 8,
+        "the rows in flight: {unknown:?}"
+    );
+    assert_eq!(s.results().len(), 40);
+    s.finish().await;
+}

@@ -244,12 +244,8 @@ async fn a_second_ctrl_c_exits_at_once_and_nothing_is_sent_twice() {
         signalled.elapsed()
     );
     assert!(stderr.contains("exiting at once"), "{stderr}");
-    // The sandbox finishes (stores) the requests it was holding; then the resume.
-    fixture::wait_for("the sandbox to finish", Duration::from_secs(10), || {
-        let st = s.stats();
-        st.accepted == st.requests
-    })
-    .await;
+    // The requests the sandbox held died with their connections when the run exited: what it
+    // stored is settled before the resume.
     let out = s.run(&["--concurrency", "16"]).await;
     let unknown = s.assert_sent_or_unknown(&out);
     assert!(

@@ -301,11 +301,13 @@ pub async fn run<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut lanes = Lanes::new(spill_dir);
-    let mut in_flight = 0usize;
     let mut reader_done = false;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Arc<str>>();
-    // Every deliver task is tracked, so the run ends only when all have finished.
-    let tasks = tokio_util::task::TaskTracker::new();
+    // Every deliver task is here until it has finished, with its lane: the run ends only when
+    // all have. The task is `deliver(job)` itself, spawned as it is: wrapping it in another
+    // future (to report its lane) would make each task twice the size, and every spawn moves
+    // the whole task (measured: 7 % more instructions per row).
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut lane_of: HashMap<tokio::task::Id, Arc<str>, Xxh3DefaultBuilder> = HashMap::default();
     let spill_failed = |e: io::Error| {
         gate.stop_with(StopReason::Error(format!(
             "cannot spill queued rows to a temp file in {}: {e}",
@@ -314,27 +316,34 @@ pub async fn run<F, Fut>(
     };
     loop {
         let stopping = gate.is_stopping();
-        while in_flight < concurrency && !stopping {
+        while tasks.len() < concurrency && !stopping {
             let Some(job) = lanes.next_ready() else { break };
-            in_flight += 1;
             let lane = job.conversation_id.clone();
-            let delivered = deliver(job);
-            let done = done_tx.clone();
-            tasks.spawn(async move {
-                delivered.await;
-                // The scheduler outlives every task, so the send cannot fail.
-                let _ = done.send(lane);
-            });
+            let task = tasks.spawn(deliver(job));
+            lane_of.insert(task.id(), lane);
         }
-        if in_flight == 0 && (stopping || (reader_done && lanes.is_idle())) {
+        if tasks.is_empty() && (stopping || (reader_done && lanes.is_idle())) {
             break;
         }
         let accepting = !reader_done && !stopping && lanes.in_memory() < max_queued;
         tokio::select! {
-            Some(lane) = done_rx.recv(), if in_flight > 0 => {
-                in_flight -= 1;
-                if let Err(e) = lanes.done(&lane) {
-                    spill_failed(e);
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(e) => e.id(),
+                };
+                let lane = lane_of.remove(&id).expect("every task has its lane");
+                match done {
+                    Ok(_) => {
+                        if let Err(e) = lanes.done(&lane) {
+                            spill_failed(e);
+                        }
+                    }
+                    // Its row's line is whatever it wrote (`sending`: read back `unknown`);
+                    // its lane stays busy, so the run stops.
+                    Err(e) => gate.stop_with(StopReason::Error(format!(
+                        "a delivery failed unexpectedly: {e}"
+                    ))),
                 }
             }
             batch = jobs.recv(), if accepting => match batch {
@@ -351,8 +360,6 @@ pub async fn run<F, Fut>(
         }
     }
     jobs.close();
-    tasks.close();
-    tasks.wait().await;
 }
 
 #[cfg(test)]

@@ -214,10 +214,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let pipeline = schedule::run(
         job_rx,
         &deliver.gate,
-        |job| {
-            let deliver = deliver.clone();
-            async move { deliver.row(job).await }
-        },
+        |job| deliver.clone().row(job),
         settings.concurrency,
         (settings.concurrency * 128).max(1024),
         &spill_dir,

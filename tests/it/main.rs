@@ -6,6 +6,7 @@ mod exits;
 mod faults;
 mod fixture;
 mod hostile;
+mod power_cut;
 mod report;
 mod resolve;
 mod results_file;

@@ -85,16 +85,56 @@ impl Scenario {
 
     /// Starts the run as a child; `stdout` and `stderr` as given (pipes to close, files…).
     pub fn spawn(&self, extra: &[&str], stdout: Stdio, stderr: Stdio) -> Child {
+        self.spawn_with(extra, &[], stdout, stderr)
+    }
+
+    /// The same with more environment variables (a preloaded shim and its settings…).
+    pub fn spawn_with(
+        &self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Child {
         Command::new(BIN)
             .args(self.args(extra))
             .current_dir(self.w.path(""))
             .env_remove("LC_BASE_URL")
             .env("LC_TOKEN", TOKEN)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .expect("start lc-import")
+    }
+
+    /// Starts the run as a child with more environment variables, its stdout and stderr in
+    /// `log` in the work directory (a file: a killed child never blocks on a full pipe).
+    pub fn spawn_logged(&self, extra: &[&str], env: &[(&str, &str)], log: &str) -> Child {
+        let out = std::fs::File::create(self.w.path(log)).expect("create a log file");
+        let err = out.try_clone().expect("clone the log file");
+        self.spawn_with(extra, env, out.into(), err.into())
+    }
+
+    /// Builds the C shim `source` (a file of `tests/faults/`, with the system's `cc`) into the
+    /// work directory, for `LD_PRELOAD`; returns its path.
+    pub fn shim(&self, source: &str) -> String {
+        let name = std::path::Path::new(source)
+            .file_stem()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        let shim = self.w.path(&format!("{name}.so"));
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&shim)
+            .arg(crate::support::repo(source))
+            .arg("-ldl")
+            .status()
+            .expect("a C compiler (cc) for the fault shim");
+        assert!(built.success(), "building {source}");
+        shim.to_string_lossy().into_owned()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

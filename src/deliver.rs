@@ -1,6 +1,6 @@
 //! Deliver: one row, from the scheduler's hands to its outcome line. In order:
 //! look its IDs up if it has none (each lookup through the same gate and policy as a message) →
-//! the [`Gate`] (stop, pace, budget) → the write-ahead `sending` line → the POST → the
+//! the [`Gate`] (stop, pace, budget) → the write-ahead `sending` line, on disk → the POST → the
 //! [`Policy`] (sent, failed, unknown, or retry after a pause) → the outcome line.
 //!
 //! A row whose first request never left is not recorded: the next run sends it. Once its
@@ -71,8 +71,21 @@ impl Deliver {
             }
             if line.attempts == 0 {
                 line.status = Some(Status::Sending);
-                if let Err(e) = self.journal.write_ahead(&line) {
-                    // Without the write-ahead line the request must not leave.
+                let end = match self.journal.write_ahead(&line) {
+                    Ok(end) => end,
+                    Err(e) => {
+                        // Without the write-ahead line the request must not leave.
+                        self.gate.stop_with(self.journal_error(&e));
+                        return;
+                    }
+                };
+                // On disk before the first byte leaves: a power cut must not lose the line of a
+                // request that may be stored (the resume would send it again). One sync serves
+                // every row waiting here.
+                if let Err(e) = self.journal.on_disk(end).await {
+                    // The line is in the file, so the row gets an outcome: it was not sent.
+                    let why = format!("not sent: the results file could not be synced: {e}");
+                    self.finish(&mut line, Status::Failed, why);
                     self.gate.stop_with(self.journal_error(&e));
                     return;
                 }

@@ -1,7 +1,8 @@
 //! Compaction: at the end of a run the journal is rewritten atomically (temp file in the same
-//! folder, fsync, rename) to one line per row in input order, then the lines of earlier runs
-//! whose rows are no longer in the input, so no record of a sent message is ever dropped. The
-//! lines are copied raw, read back through a few windows of the old file ([`LineReader`]).
+//! folder, fsync, rename, fsync of the folder so the new name survives a power cut) to one
+//! line per row in input order, then the lines of earlier runs whose rows are no longer in the
+//! input, so no record of a sent message is ever dropped. The lines are copied raw, read back
+//! through a few windows of the old file ([`LineReader`]).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 
 use super::line::{HEADER, col, folder_of};
 use super::prior::Prior;
+use super::sync::sync_folder;
 use crate::extsort::ExternalSort;
 
 // Lines are copied with their row number swapped without parsing them: that needs the row to
@@ -95,9 +97,10 @@ pub(crate) fn rewrite(path: &Path, file: &File, finals: ExternalSort, prior: &Pr
         .with_context(context)?;
     temp.as_file().sync_all().with_context(context)?;
     temp.persist(path).with_context(context)?;
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    // Bug: a folder that could not be opened or synced was let be silently, so the rename could
+    // be lost to a power cut with nothing said. Now only a filesystem that cannot sync folders
+    // is (see `sync_folder`). Either way the file at `path` is whole: the old one or this one.
+    sync_folder(&dir).with_context(context)?;
     Ok(())
 }
 

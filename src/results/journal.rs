@@ -1,7 +1,16 @@
 //! The write-ahead journal: the results file of a `run`, open and locked for the run. Opening
 //! it reads what earlier runs recorded into a [`Prior`] (repairing a last line a crash cut
-//! short); then every row's `sending` line is written before its request leaves, and outcome
-//! lines follow it in the same `write(2)`. Compaction at the end is in `compact`.
+//! short); then every row's `sending` line is written, and on disk, before its request leaves;
+//! outcome lines follow it in the same `write(2)`. Compaction at the end is in `compact`.
+//!
+//! What is on disk when: [`Journal::write_ahead`] writes the line to the OS and returns where it
+//! ends; [`Journal::on_disk`] waits until it is on disk (`fdatasync`), with group commit: one
+//! sync on the syncer thread ([`sync`](super::sync)) covers every line written before it, so
+//! with 16 requests in flight one `fdatasync` serves up to 16 rows. Outcome lines are never
+//! synced for their own sake: they ride on the next sync (or the compaction's). So a power cut
+//! loses at most the lines written since the last sync: a lost outcome leaves its row `sending`,
+//! read back `unknown` (never sent again), and a lost `sending` line is a row whose request
+//! never left. A new results file is synced, with its folder, before it is used.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -16,6 +25,7 @@ use super::line::{
     HEADER, ResultLine, Status, col, encode_line, folder_of, key_id, now_rfc3339, text,
 };
 use super::prior::{Prior, PriorEntry, PriorOutcome, conversation_tag};
+use super::sync::{Syncer, sync_folder};
 use crate::extsort::ExternalSort;
 
 /// Bytes of outcome lines held before they are written whatever comes next.
@@ -25,6 +35,10 @@ const PENDING_MAX: usize = 64 * 1024;
 pub struct Journal {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Puts written lines on disk, on a thread of its own with its own handle to the file.
+    /// Dropped last (after `drop` wrote the lines still in memory): its thread ends, and is
+    /// joined, once the sync in progress returns.
+    syncer: Syncer,
 }
 
 struct Inner {
@@ -67,7 +81,14 @@ impl Journal {
             let header = format!("{}\n", HEADER.join(","));
             (&file).write_all(header.as_bytes())?;
             len = header.len() as u64;
+            // A file new to its folder survives a power cut only once the folder is synced: its
+            // lines would otherwise be on disk under no name, and the next run send them again.
+            file.sync_data()
+                .and_then(|()| sync_folder(&folder_of(path)))
+                .with_context(|| format!("cannot sync new results file {}", path.display()))?;
         }
+        let syncer = Syncer::start(file.try_clone()?)
+            .with_context(|| format!("cannot start syncing results file {}", path.display()))?;
         let journal = Journal {
             path: path.to_owned(),
             inner: Mutex::new(Inner {
@@ -77,6 +98,7 @@ impl Journal {
                 pending: Vec::with_capacity(PENDING_MAX + 512),
                 pending_finals: Vec::new(),
             }),
+            syncer,
         };
         let prior = journal.read_prior()?;
         Ok((journal, prior))
@@ -146,9 +168,10 @@ impl Journal {
                     ))
                 })
                 .flatten();
-            // Lines are appended whole, so only the last one can be cut short: by a crash of the
-            // machine (lines reach the OS, not the disk, before a request leaves) or a full disk
-            // in an older version.
+            // Lines are appended whole, so only the last one can be cut short: by a power cut (the
+            // lines written since the last sync are lost, and a sync can land in the middle of a
+            // write), by `kill -9` in a write that spans pages, or by a full disk in an older
+            // version.
             let is_last = reader.position().byte() >= len;
             if is_last && (!ends_with_newline || parsed.is_none()) {
                 let cut = CutLine::read(&record, line);
@@ -260,23 +283,39 @@ impl Journal {
     }
 
     /// Appends a row's `sending` line, written through to the OS (with any outcome lines
-    /// waiting ahead of it, in one `write`) before returning: the request may leave only
-    /// after this returns `Ok`.
-    pub fn write_ahead(&self, line: &ResultLine) -> io::Result<()> {
-        let mut inner = self.inner.lock().expect("journal lock");
-        let offset = inner.write_line(line)?;
-        // A `sending` line stands for its row until the outcome line replaces it. Bug: when the
-        // outcome could not be written (disk full), compaction dropped the row's only line and
-        // the next run sent a stored message again; now it keeps `sending`, read back `unknown`.
-        inner.finals.push([line.row, offset, 0])
+    /// waiting ahead of it, in one `write`) before returning, and asks for it to be synced.
+    /// Returns the offset where the line ends: the request may leave only once
+    /// [`on_disk`](Journal::on_disk) of it returned `Ok`.
+    pub fn write_ahead(&self, line: &ResultLine) -> io::Result<u64> {
+        let end = {
+            let mut inner = self.inner.lock().expect("journal lock");
+            let offset = inner.write_line(line)?;
+            // A `sending` line stands for its row until the outcome line replaces it. Bug: when
+            // the outcome could not be written (disk full), compaction dropped the row's only
+            // line and the next run sent a stored message again; now it keeps `sending`, read
+            // back `unknown`.
+            inner.finals.push([line.row, offset, 0])?;
+            inner.len
+        };
+        self.syncer.request(end);
+        Ok(end)
+    }
+
+    /// Waits until the file is on disk up to `end` (from [`write_ahead`](Journal::write_ahead)):
+    /// a power cut after this returns `Ok` cannot lose the line. An error (a sync failed) is
+    /// final: the line may never reach the disk, so its request must not leave.
+    pub async fn on_disk(&self, end: u64) -> io::Result<()> {
+        self.syncer.reached(end).await
     }
 
     /// Records a row's final line (an outcome, or invalid, duplicate…). It waits in memory
     /// until the next `sending` line is written or the next [`flush`](Journal::flush) (a run
     /// flushes every few milliseconds): one `write` per row instead of two, which was 15 % of
-    /// a run's CPU. A crash before it is written leaves the row `sending`, read back as
-    /// `unknown`, never sent twice; and since outcomes go out ahead of the next `sending` line,
-    /// rows left that way are never more than the requests that were in flight.
+    /// a run's CPU. It is not synced on its own: the next sync carries it. A crash (or a power
+    /// cut) before it is written (or on disk) leaves the row `sending`, read back as `unknown`,
+    /// never sent twice; and since outcomes go out ahead of the next `sending` line, rows left
+    /// that way are never more than the requests that were in flight when it was written (or
+    /// at the last sync).
     pub fn record(&self, line: &ResultLine) -> io::Result<()> {
         let mut inner = self.inner.lock().expect("journal lock");
         let offset = inner.len + inner.pending.len() as u64;

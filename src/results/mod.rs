@@ -7,18 +7,21 @@
 //!   [`Prior`] ([`prior`]): per row key, the last status and where its line is. A `sending`
 //!   line with no outcome after it (a crash or `kill -9` mid-request) becomes `unknown` at once.
 //! - [`Journal::write_ahead`] writes a row's `sending` line with one `write(2)` before its
-//!   request leaves; [`Journal::record`] keeps an outcome line in memory until it can go out in
-//!   that same `write` with the next `sending` line (or a flush within 10 ms): outcomes always
-//!   reach the file ahead of the next request ([`journal`]).
+//!   request leaves, and [`Journal::on_disk`] waits until a `fdatasync` covers it (one sync for
+//!   every line written before it: group commit, on the syncer thread of [`sync`]);
+//!   [`Journal::record`] keeps an outcome line in memory until it can go out in that same
+//!   `write` with the next `sending` line (or a flush within 10 ms): outcomes always reach the
+//!   file ahead of the next request, and the disk with the next sync ([`journal`]).
 //! - [`Journal::compact`] rewrites the file atomically (temp file in the same folder, fsync,
-//!   rename) to one line per row in input order, keeping lines of earlier runs whose rows are no
-//!   longer in the input after them, so no record of a sent message is ever dropped
-//!   (`compact`).
+//!   rename, fsync of the folder) to one line per row in input order, keeping lines of earlier
+//!   runs whose rows are no longer in the input after them, so no record of a sent message is
+//!   ever dropped (`compact`).
 
 mod compact;
 pub mod journal;
 pub mod line;
 pub mod prior;
+mod sync;
 pub mod target;
 
 pub use journal::Journal;

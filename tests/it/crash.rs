@@ -14,8 +14,7 @@
 //! and the only rows stored twice are `unknown` rows the server had stored (the documented risk
 //! of that flag).
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use lc_import::rate::DurationRange;
@@ -48,58 +47,6 @@ fn input() -> (String, Vec<bool>) {
         out.push('\n');
     }
     (out, valid)
-}
-
-/// Rows whose request may have left unanswered at a kill: those whose last journal line is
-/// `sending`, counted as the resume will count them. SIGKILL can cut the last line short (the
-/// kernel checks for a fatal signal between the pages of one write, so a line that straddles a
-/// page boundary may be half written); the resume repairs such a line conservatively, and so
-/// does this count: a cut `sending` line, or one cut inside its status, is a row in flight; a
-/// cut `sent`/`failed` line is that outcome; any other cut line is no line.
-fn in_flight(journal: &Path) -> HashSet<String> {
-    let bytes = std::fs::read(journal).expect("the journal reads");
-    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(&bytes[..whole]);
-    let mut last: HashMap<String, String> = HashMap::new();
-    for record in reader.records() {
-        let record = record.expect("whole journal lines parse");
-        assert_eq!(record.len(), 11, "a whole journal line: {record:?}");
-        last.insert(record[1].to_owned(), record[2].to_owned());
-    }
-    let tail = &bytes[whole..];
-    if !tail.is_empty() {
-        let cut = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(tail)
-            .records()
-            .next()
-            .and_then(Result::ok);
-        // A field is whole only when a comma follows it.
-        let field = |i: usize| {
-            cut.as_ref()
-                .filter(|r| r.len() > i + 1)
-                .map(|r| r[i].to_owned())
-        };
-        if let Some(key) = field(1).filter(|k| !k.is_empty()) {
-            match field(2).as_deref() {
-                Some("sent") | Some("failed") => {
-                    last.insert(key, "done".into());
-                }
-                Some("invalid") | Some("duplicate") | Some("valid") => {}
-                _ if last.get(&key).map(String::as_str) == Some("sent") => {}
-                _ => {
-                    last.insert(key, "sending".into());
-                }
-            }
-        }
-    }
-    last.into_iter()
-        .filter(|(_, s)| s == "sending")
-        .map(|(k, _)| k)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +104,7 @@ async fn sigkill_at_random_points_loses_and_doubles_nothing() {
             Some(status) => break status,
             None => {
                 kills += 1;
-                let rows = in_flight(&journal);
+                let rows = fixture::in_flight(&journal);
                 let pending = rows.len();
                 pending_rows.extend(rows);
                 // At most --concurrency requests in flight, plus the row of a line the kill cut

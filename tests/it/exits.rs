@@ -3,7 +3,7 @@
 //! stderr never changes the outcome or swallows a signal.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lc_import::rate::DurationRange;
@@ -145,16 +145,7 @@ async fn a_closed_stdout_or_stderr_does_not_change_the_exit_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_that_fails_after_sending_started_is_a_stop_with_a_compacted_file() {
     let s = Scenario::new(support::export(800, 40)).await;
-    let shim = s.path("failread.so");
-    let built = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&shim)
-        .arg(support::repo("tests/faults/failread.c"))
-        .arg("-ldl")
-        .status()
-        .expect("a C compiler (cc) for the fault shim");
-    assert!(built.success(), "building tests/faults/failread.c");
-    let shim = shim.to_string_lossy().into_owned();
+    let shim = s.shim("tests/faults/failread.c");
     let out = s
         .invoke(&["--concurrency", "4"])
         .env("LD_PRELOAD", &shim)

@@ -3,7 +3,7 @@
 //! run against it (to the end, or as a child to signal), and readers for what both sides
 //! recorded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -141,6 +141,58 @@ pub fn statuses(path: &Path) -> HashMap<String, usize> {
         *counts.entry(r["status"].clone()).or_default() += 1;
     }
     counts
+}
+
+/// Rows whose request may have left unanswered at a kill: those whose last journal line is
+/// `sending`, counted as the resume will count them. SIGKILL can cut the last line short (the
+/// kernel checks for a fatal signal between the pages of one write, so a line that straddles a
+/// page boundary may be half written); the resume repairs such a line conservatively, and so
+/// does this count: a cut `sending` line, or one cut inside its status, is a row in flight; a
+/// cut `sent`/`failed` line is that outcome; any other cut line is no line.
+pub fn in_flight(journal: &Path) -> HashSet<String> {
+    let bytes = std::fs::read(journal).expect("the journal reads");
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(&bytes[..whole]);
+    let mut last: HashMap<String, String> = HashMap::new();
+    for record in reader.records() {
+        let record = record.expect("whole journal lines parse");
+        assert_eq!(record.len(), 11, "a whole journal line: {record:?}");
+        last.insert(record[1].to_owned(), record[2].to_owned());
+    }
+    let tail = &bytes[whole..];
+    if !tail.is_empty() {
+        let cut = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(tail)
+            .records()
+            .next()
+            .and_then(Result::ok);
+        // A field is whole only when a comma follows it.
+        let field = |i: usize| {
+            cut.as_ref()
+                .filter(|r| r.len() > i + 1)
+                .map(|r| r[i].to_owned())
+        };
+        if let Some(key) = field(1).filter(|k| !k.is_empty()) {
+            match field(2).as_deref() {
+                Some("sent") | Some("failed") => {
+                    last.insert(key, "done".into());
+                }
+                Some("invalid") | Some("duplicate") | Some("valid") => {}
+                _ if last.get(&key).map(String::as_str) == Some("sent") => {}
+                _ => {
+                    last.insert(key, "sending".into());
+                }
+            }
+        }
+    }
+    last.into_iter()
+        .filter(|(_, s)| s == "sending")
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `limit`.

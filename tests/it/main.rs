@@ -6,6 +6,7 @@ mod exits;
 mod faults;
 mod fixture;
 mod hostile;
+mod power_cut;
 mod progress;
 mod report;
 mod resolve;

@@ -155,6 +155,58 @@ impl Scenario {
         self.invoke(extra).spawn(stdout, stderr)
     }
 
+    /// Runs `lc-import` on `in.csv` to its end with more environment variables.
+    pub async fn run_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut run = self.invoke(extra);
+        for (name, value) in env {
+            run = run.env(name, value);
+        }
+        run.output().await
+    }
+
+    /// The same with more environment variables (a preloaded shim and its settings…).
+    pub fn spawn_with(
+        &self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Child {
+        let mut run = self.invoke(extra);
+        for (name, value) in env {
+            run = run.env(name, value);
+        }
+        run.spawn(stdout, stderr)
+    }
+
+    /// Starts the run as a child with more environment variables, its stdout and stderr in
+    /// `log` in the work directory (a file: a killed child never blocks on a full pipe).
+    pub fn spawn_logged(&self, extra: &[&str], env: &[(&str, &str)], log: &str) -> Child {
+        let out = std::fs::File::create(self.w.path(log)).expect("create a log file");
+        let err = out.try_clone().expect("clone the log file");
+        self.spawn_with(extra, env, out.into(), err.into())
+    }
+
+    /// Builds the C shim `source` (a file of `tests/faults/`, with the system's `cc`) into the
+    /// work directory, for `LD_PRELOAD`; returns its path.
+    pub fn shim(&self, source: &str) -> String {
+        let name = std::path::Path::new(source)
+            .file_stem()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        let shim = self.w.path(&format!("{name}.so"));
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&shim)
+            .arg(crate::support::repo(source))
+            .arg("-ldl")
+            .status()
+            .expect("a C compiler (cc) for the fault shim");
+        assert!(built.success(), "building {source}");
+        shim.to_string_lossy().into_owned()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.w.path(name)
     }

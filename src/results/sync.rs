@@ -1,0 +1,219 @@
+//! The syncer: puts the journal's lines on disk before the requests they announce leave, with
+//! group commit. It owns one thread (`fdatasync` blocks, and must not block the runtime) that
+//! waits for end offsets of written `sending` lines, takes the largest as its target, calls
+//! `sync_data` on its own handle to the file (so appends go on while it syncs), then publishes
+//! "on disk through `target`". One sync covers every line written before it: with 16 requests
+//! in flight, one `fdatasync` serves up to 16 rows. A request waits in [`Syncer::reached`] for
+//! the sync that covers its line.
+//!
+//! A failed sync is final: every wait, then and after, returns the error (the request must not
+//! leave), and the thread ends. Dropping the [`Syncer`] ends the thread after the sync in
+//! progress, if any, and joins it.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+
+/// How far the file is known to be on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Synced {
+    /// Every byte before this offset is on disk.
+    Through(u64),
+    /// A sync failed: nothing written since is known to be on disk, ever.
+    Failed {
+        kind: io::ErrorKind,
+        message: String,
+    },
+}
+
+/// The syncer thread and the two ends that talk to it.
+pub(crate) struct Syncer {
+    /// End offsets of lines to put on disk. Dropped first in `drop`: the thread's `recv` then
+    /// fails and it ends.
+    wanted: Option<mpsc::Sender<u64>>,
+    /// What the thread published last; cloned by each waiting request.
+    synced: watch::Receiver<Synced>,
+    /// Joined in `drop`, so the thread never outlives the journal.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Starts syncing `file`, a handle to the journal's file of its own. Nothing of it is taken
+    /// to be on disk yet: what an earlier run wrote may still be only in the OS's cache.
+    pub(crate) fn start(file: File) -> io::Result<Syncer> {
+        Syncer::with(move || file.sync_data())
+    }
+
+    /// The syncer with `sync` in place of `fdatasync` (the tests count and fail syncs).
+    fn with(mut sync: impl FnMut() -> io::Result<()> + Send + 'static) -> io::Result<Syncer> {
+        let (wanted, targets) = mpsc::channel::<u64>();
+        let (publish, synced) = watch::channel(Synced::Through(0));
+        let thread = std::thread::Builder::new()
+            .name("results-sync".into())
+            .spawn(move || {
+                // Ends when the sender is dropped (the journal is), or on the first failure.
+                while let Ok(first) = targets.recv() {
+                    // Every line whose end was sent before now was written before this sync.
+                    let target = targets.try_iter().fold(first, u64::max);
+                    match sync() {
+                        Ok(()) => {
+                            publish.send_if_modified(|s| match s {
+                                Synced::Through(at) if *at < target => {
+                                    *at = target;
+                                    true
+                                }
+                                _ => false,
+                            });
+                        }
+                        Err(e) => {
+                            tracing::debug!("syncing the results file failed: {e}");
+                            publish.send_replace(Synced::Failed {
+                                kind: e.kind(),
+                                message: e.to_string(),
+                            });
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            wanted: Some(wanted),
+            synced,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for the bytes before `end` to be put on disk. Cheap (a channel send); after a
+    /// failure the thread is gone and the request is ignored ([`reached`](Self::reached) says
+    /// why).
+    pub(crate) fn request(&self, end: u64) {
+        if let Some(wanted) = &self.wanted {
+            let _ = wanted.send(end);
+        }
+    }
+
+    /// Waits until every byte before `end` is on disk: `Ok` then, or the error of the sync that
+    /// failed. `end` must have been [`request`](Self::request)ed, or this waits for a later one.
+    pub(crate) async fn reached(&self, end: u64) -> io::Result<()> {
+        let mut synced = self.synced.clone();
+        let seen = synced
+            .wait_for(|s| !matches!(s, Synced::Through(at) if *at < end))
+            .await;
+        match seen.as_deref() {
+            Ok(Synced::Through(_)) => Ok(()),
+            Ok(Synced::Failed { kind, message }) => Err(io::Error::new(
+                *kind,
+                format!("cannot sync it to disk: {message}"),
+            )),
+            // Only after the thread ended, which a live journal's does only on a failure.
+            Err(_) => Err(io::Error::other("cannot sync it to disk: the syncer ended")),
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.wanted.take());
+        if let Some(thread) = self.thread.take() {
+            // At most the sync in progress is waited for; a panic in it has nothing to say here.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Puts `dir`'s entries on disk: after a file was created in it or renamed into it, that name
+/// survives a power cut only once its folder is synced. Filesystems that cannot sync a folder
+/// (`fsync` on a directory fails with EINVAL or ENOTSUP: some network and FUSE filesystems)
+/// are let be: there is no way to do better on them.
+pub(crate) fn sync_folder(dir: &Path) -> io::Result<()> {
+    let folder = File::open(dir)?;
+    match folder.sync_all() {
+        // EINVAL and ENOTSUP / EOPNOTSUPP, as std names them.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+            ) =>
+        {
+            tracing::debug!(
+                "{}: the filesystem cannot sync a folder: {e}",
+                dir.display()
+            );
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    #[tokio::test]
+    async fn one_sync_covers_every_line_written_before_it() {
+        // The first sync blocks until 15 more lines are written; the second covers all of them.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Barrier::new(2));
+        let syncer = {
+            let (calls, gate) = (calls.clone(), gate.clone());
+            Syncer::with(move || {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    gate.wait(); // in the first sync
+                    gate.wait(); // released
+                }
+                Ok(())
+            })
+            .unwrap()
+        };
+        syncer.reached(0).await.unwrap(); // nothing to wait for: no sync
+        syncer.request(20);
+        gate.wait();
+        for end in (30..=170).step_by(10) {
+            syncer.request(end);
+        }
+        gate.wait();
+        syncer.reached(20).await.unwrap();
+        syncer.reached(170).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "16 lines, two syncs");
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_every_wait_then_and_after() {
+        let syncer = Syncer::with(|| Err(io::Error::from_raw_os_error(5))).unwrap();
+        syncer.request(100);
+        let e = syncer.reached(100).await.unwrap_err();
+        assert!(e.to_string().contains("Input/output error"), "{e}");
+        // The thread is gone: later lines are never on disk, and their waits fail at once.
+        syncer.request(200);
+        assert!(syncer.reached(200).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn dropping_it_ends_the_thread() {
+        // The thread owns the sync function: once it has ended, only this test holds `alive`.
+        let alive = Arc::new(());
+        let syncer = {
+            let alive = alive.clone();
+            Syncer::with(move || {
+                let _ = &alive;
+                Ok(())
+            })
+            .unwrap()
+        };
+        syncer.request(5);
+        syncer.reached(5).await.unwrap();
+        assert_eq!(Arc::strong_count(&alive), 2);
+        drop(syncer);
+        assert_eq!(
+            Arc::strong_count(&alive),
+            1,
+            "the thread ended before drop returned"
+        );
+    }
+}

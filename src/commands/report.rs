@@ -162,6 +162,7 @@ pub fn print(path: &Path, s: &Summary, out: &mut impl Write) -> std::io::Result<
         Status::Unknown,
         Status::Invalid,
         Status::Duplicate,
+        Status::Changed,
     ];
     for status in order {
         if let Some(n) = s.by_status.get(&status) {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mapping::Mapping;
 use crate::preflight::DuplicateRows;
 use crate::reader::{CsvInput, Record};
-use crate::results::content::{self, ContentIndex};
+use crate::results::content::{self, EarlierVersions};
 use crate::results::line::now_rfc3339;
 use crate::results::{Journal, Prior, ResultLine, Status};
 use crate::retry::StopReason;
@@ -54,9 +54,9 @@ pub struct Intake {
     pub limit: Option<u64>,
     /// `--resend-unknown`: send again the rows an earlier run left `unknown`.
     pub resend_unknown: bool,
-    /// For rows keyed by content: the rows sent earlier, every key of the input marked by the
-    /// pass before sending. `None` when rows have a key column.
-    pub content: Option<ContentIndex>,
+    /// For rows keyed by content: the rows sent earlier whose keys the input no longer has,
+    /// found by the pass before sending. `None` when rows have a key column.
+    pub content: Option<EarlierVersions>,
     /// `--send-changed`: send the rows that look like rows sent earlier with a cell edited.
     pub send_changed: bool,
 }
@@ -149,7 +149,7 @@ fn fate(
     journal: &Journal,
     counters: &Counters,
     resend_unknown: bool,
-    content: Option<(&mut ContentIndex, bool)>,
+    content: Option<(&mut EarlierVersions, bool)>,
 ) -> Result<Fate, StopReason> {
     let (row, line_no) = (record.row, record.line);
     let key = mapping.record_key(&record);

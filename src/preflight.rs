@@ -27,7 +27,7 @@ use crate::mapping::Mapping;
 use crate::quota::Plan;
 use crate::reader::CsvInput;
 use crate::resolve::{IdMap, Resolver};
-use crate::results::content::{self, ContentIndex, ContentLog};
+use crate::results::content::{self, ContentLog, EarlierVersions};
 use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
 use crate::results::target::{self, Target};
@@ -49,9 +49,9 @@ pub struct Prepared {
     pub plan: Plan,
     /// The rows whose key an earlier row already has, in row order.
     pub duplicates: DuplicateRows,
-    /// For rows keyed by content: the rows sent earlier, every key of this input marked, and
-    /// the file each row sent is added to. `None` when rows have a key column.
-    pub content: Option<(ContentLog, ContentIndex)>,
+    /// For rows keyed by content: the file each row sent is added to, and the rows sent
+    /// earlier whose keys this input no longer has. `None` when rows have a key column.
+    pub content: Option<(ContentLog, EarlierVersions)>,
 }
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
@@ -128,6 +128,13 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
             }),
     };
     let duplicates = DuplicateRows::from_pairs(pairs, &temp, &mut conflicts)?;
+    let content = match content {
+        Some((log, index)) => {
+            let gone = index.earlier_versions(&log)?;
+            Some((log, gone))
+        }
+        None => None,
+    };
     if let Some(c) = conflicts.first() {
         bail!(
             "{results} records key {key} as sent to another conversation than row {row} of {input} has ({conversation}): the results file seems to belong to another input, and going on would skip this row as sent. Give {input} its own --results file (or, if you changed that row's conversationId on purpose, delete its line from {results} to send it again)",

@@ -78,44 +78,36 @@ pub struct Earlier {
     pub message_id: String,
 }
 
-#[derive(Debug)]
+/// One line of the content index while the input is read: 32 bytes, whatever the length of its
+/// key and message ID (those are read back only for the rows gone from the input).
+#[derive(Clone, Copy, Debug)]
 struct Entry {
+    key: [u64; 2],
     fingerprint: u64,
-    key: u128,
-    earlier: Earlier,
+    /// Where its line starts in the file.
+    offset: u64,
 }
 
-/// The entry's key is in this run's input: it is not an earlier version of another row.
-const PRESENT: u8 = 1;
-/// A row of this run was taken for this entry edited: it explains no other row.
-const CLAIMED: u8 = 2;
+fn split_id(id: u128) -> [u64; 2] {
+    [(id >> 64) as u64, id as u64]
+}
 
-/// The rows sent earlier, by fingerprint, read from the content index at the start of a run.
+/// The rows sent earlier, read from the content index at the start of a run, while the pass
+/// before sending marks the keys its input has ([`ContentIndex::mark_present`]).
 #[derive(Debug, Default)]
 pub struct ContentIndex {
-    /// Sorted by fingerprint.
+    /// Sorted by key.
     entries: Vec<Entry>,
-    /// `(key id, index into entries)`, sorted by key id.
-    keys: Vec<(u128, u32)>,
-    /// Per entry: [`PRESENT`], [`CLAIMED`].
-    flags: Vec<u8>,
+    /// One bit per entry: its key is in this run's input.
+    present: Vec<u64>,
 }
 
 impl ContentIndex {
     fn from_entries(mut entries: Vec<Entry>) -> ContentIndex {
-        entries.sort_by_key(|e| e.fingerprint);
-        let mut keys: Vec<(u128, u32)> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.key, i as u32))
-            .collect();
-        keys.sort_unstable();
-        let flags = vec![0; entries.len()];
-        ContentIndex {
-            entries,
-            keys,
-            flags,
-        }
+        entries.sort_unstable_by_key(|e| (e.key, e.offset));
+        entries.shrink_to_fit();
+        let present = vec![0; entries.len().div_ceil(64)];
+        ContentIndex { entries, present }
     }
 
     /// How many rows sent earlier it records.
@@ -131,25 +123,73 @@ impl ContentIndex {
     /// Marks `key` as a key of this run's input (the pass before sending calls it for every
     /// row): its entries are then no earlier version of another row.
     pub fn mark_present(&mut self, key: &str) {
-        let id = key_id(key);
-        let from = self.keys.partition_point(|(k, _)| *k < id);
-        for (_, i) in self.keys[from..].iter().take_while(|(k, _)| *k == id) {
-            self.flags[*i as usize] |= PRESENT;
+        let id = split_id(key_id(key));
+        let from = self.entries.partition_point(|e| e.key < id);
+        for i in (from..self.entries.len()).take_while(|&i| self.entries[i].key == id) {
+            self.present[i / 64] |= 1 << (i % 64);
         }
     }
 
-    /// The row sent earlier that a new row with `fingerprint` looks like: one whose key this
-    /// input no longer has, and that no other row of this run was taken for. It is claimed: an
-    /// earlier row is the earlier version of one row at most.
-    pub fn earlier_version(&mut self, fingerprint: u64) -> Option<&Earlier> {
-        let from = self
+    /// Once every key of the input is marked: the rows sent earlier whose keys the input no
+    /// longer has, with their row and message ID read back from `log`'s file.
+    pub fn earlier_versions(self, log: &ContentLog) -> Result<EarlierVersions> {
+        let mut gone: Vec<Entry> = self
             .entries
-            .partition_point(|e| e.fingerprint < fingerprint);
-        let i = (from..self.entries.len())
-            .take_while(|&i| self.entries[i].fingerprint == fingerprint)
-            .find(|&i| self.flags[i] == 0)?;
-        self.flags[i] |= CLAIMED;
-        Some(&self.entries[i].earlier)
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.present[i / 64] & (1 << (i % 64)) == 0)
+            .map(|(_, e)| *e)
+            .collect();
+        drop(self);
+        gone.sort_unstable_by_key(|e| e.offset);
+        let text = std::fs::read(&log.path)
+            .with_context(|| format!("reading content index {}", log.path.display()))?;
+        let mut versions = Vec::with_capacity(gone.len());
+        let mut wanted = gone.iter().peekable();
+        for (offset, record) in lines(&text) {
+            let Some(e) = wanted.next_if(|e| e.offset == offset) else {
+                continue;
+            };
+            if let Some((_, _, earlier)) = parse_line(&record) {
+                versions.push((e.fingerprint, earlier));
+            }
+        }
+        versions.sort_by_key(|(fingerprint, _)| *fingerprint);
+        let claimed = vec![false; versions.len()];
+        Ok(EarlierVersions { versions, claimed })
+    }
+}
+
+/// The rows sent earlier that the input no longer has, by fingerprint: the earlier versions
+/// of its edited rows.
+#[derive(Debug, Default)]
+pub struct EarlierVersions {
+    /// Sorted by fingerprint.
+    versions: Vec<(u64, Earlier)>,
+    /// A row of this run was taken for that one edited: it explains no other row.
+    claimed: Vec<bool>,
+}
+
+impl EarlierVersions {
+    /// The row sent earlier that a new row with `fingerprint` looks like, if one is left. It is
+    /// claimed: an earlier row is the earlier version of one row at most.
+    pub fn earlier_version(&mut self, fingerprint: u64) -> Option<&Earlier> {
+        let from = self.versions.partition_point(|(f, _)| *f < fingerprint);
+        let i = (from..self.versions.len())
+            .take_while(|&i| self.versions[i].0 == fingerprint)
+            .find(|&i| !self.claimed[i])?;
+        self.claimed[i] = true;
+        Some(&self.versions[i].1)
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
     }
 }
 
@@ -224,33 +264,56 @@ impl ContentLog {
     }
 }
 
-/// The entries of a content index's text; lines that cannot be read are skipped.
-fn parse(text: &[u8]) -> Vec<Entry> {
+/// Every line of a content index's text after its header, with where it starts.
+fn lines(text: &[u8]) -> impl Iterator<Item = (u64, csv::ByteRecord)> + '_ {
     let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
+        .has_headers(false)
         .flexible(true)
         .from_reader(text);
-    let mut entries = Vec::new();
-    for record in reader.byte_records() {
-        let Ok(record) = record else { continue };
-        let field = |i| record.get(i).and_then(|f| std::str::from_utf8(f).ok());
-        let entry = (|| {
-            let (fingerprint, key, row, message_id) = (field(0)?, field(1)?, field(2)?, field(3)?);
-            if record.len() != HEADER.len() || fingerprint.len() != 16 || message_id.is_empty() {
-                return None;
+    let mut record = csv::ByteRecord::new();
+    std::iter::from_fn(move || {
+        loop {
+            let offset = reader.position().byte();
+            match reader.read_byte_record(&mut record) {
+                Ok(true) if offset == 0 => continue,
+                Ok(true) => return Some((offset, record.clone())),
+                // Not met reading bytes from memory with flexible lengths; were it met, the
+                // lines after it would only be rows sent as new when edited, as before.
+                Ok(false) | Err(_) => return None,
             }
-            Some(Entry {
-                fingerprint: u64::from_str_radix(fingerprint, 16).ok()?,
-                key: key_id(key),
-                earlier: Earlier {
-                    row: row.parse().ok()?,
-                    message_id: message_id.to_owned(),
-                },
-            })
-        })();
-        entries.extend(entry);
+        }
+    })
+}
+
+/// The fingerprint, key and earlier row of one line; `None` for a line that cannot be read.
+fn parse_line(record: &csv::ByteRecord) -> Option<(u64, &str, Earlier)> {
+    let field = |i| record.get(i).and_then(|f| std::str::from_utf8(f).ok());
+    let (fingerprint, key, row, message_id) = (field(0)?, field(1)?, field(2)?, field(3)?);
+    if record.len() != HEADER.len() || fingerprint.len() != 16 || message_id.is_empty() {
+        return None;
     }
-    entries
+    Some((
+        u64::from_str_radix(fingerprint, 16).ok()?,
+        key,
+        Earlier {
+            row: row.parse().ok()?,
+            message_id: message_id.to_owned(),
+        },
+    ))
+}
+
+/// The entries of a content index's text; lines that cannot be read are skipped.
+fn parse(text: &[u8]) -> Vec<Entry> {
+    lines(text)
+        .filter_map(|(offset, record)| {
+            let (fingerprint, key, _) = parse_line(&record)?;
+            Some(Entry {
+                key: split_id(key_id(key)),
+                fingerprint,
+                offset,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -310,28 +373,38 @@ mod tests {
         let (log, mut index) = ContentLog::open(&path).unwrap();
         assert_eq!(index.len(), 3);
         log.sent(11, "h:d", 4, "M4");
-        drop(log);
-        let (_, mut again) = ContentLog::open(&path).unwrap();
+        let (_, again) = ContentLog::open(&path).unwrap();
         assert_eq!(
             again.len(),
             4,
             "{}",
             std::fs::read_to_string(&path).unwrap()
         );
+        let mut again = again.earlier_versions(&log).unwrap();
         assert_eq!(again.earlier_version(11).map(|e| e.row), Some(4));
 
         // h:a and h:c are still in the input; h:b is gone (its row was edited).
         index.mark_present("h:a");
         index.mark_present("h:c");
+        let mut versions = index.earlier_versions(&log).unwrap();
         assert_eq!(
-            index.earlier_version(7),
+            versions.len(),
+            1,
+            "h:d was appended after this index was read"
+        );
+        assert_eq!(
+            versions.earlier_version(7),
             Some(&Earlier {
                 row: 2,
                 message_id: "M2".into()
             })
         );
-        assert_eq!(index.earlier_version(7), None, "claimed by the first row");
-        assert_eq!(index.earlier_version(9), None, "h:c is in the input");
-        assert_eq!(index.earlier_version(8), None);
+        assert_eq!(
+            versions.earlier_version(7),
+            None,
+            "claimed by the first row"
+        );
+        assert_eq!(versions.earlier_version(9), None, "h:c is in the input");
+        assert_eq!(versions.earlier_version(8), None);
     }
 }

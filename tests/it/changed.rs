@@ -66,6 +66,9 @@ async fn an_edited_row_keyed_by_content_is_changed_not_sent_again() {
     assert!(edited["error"].contains("--send-changed"), "{edited:?}");
     assert_eq!(s.record().len(), 30, "nothing new stored");
     assert_eq!(s.stats().requests, 30, "no request for the edited row");
+    s.w.run(&["report", "in.results.csv"])
+        .expect_code(1)
+        .expect_stdout("  changed            1");
 
     // Without the flag, the next run holds it back again (a `changed` row is not done).
     s.run(&[]).await.expect_code(1);

@@ -227,6 +227,9 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     tokio::select! {
         () = pipeline => {}
         () = shutdown.hard.cancelled() => {
+            if let Some(content) = &deliver.content {
+                content.flush();
+            }
             return Ok(hard_stop(&journal, &counters, &deliver.gate, started));
         }
     }
@@ -295,6 +298,9 @@ async fn flush_every(deliver: Arc<Deliver>) {
         tick.tick().await;
         if let Err(e) = deliver.journal.flush() {
             deliver.gate.stop_with(deliver.journal_error(&e));
+        }
+        if let Some(content) = &deliver.content {
+            content.flush();
         }
     }
 }

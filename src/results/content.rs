@@ -193,13 +193,26 @@ impl EarlierVersions {
     }
 }
 
-/// The content index's file, open for appending a line per row sent.
+/// Bytes of lines held before they are written whatever comes next.
+const PENDING_MAX: usize = 64 * 1024;
+
+/// The content index's file, open for appending a line per row sent. Lines wait in memory and
+/// go out in one `write(2)` at [`flush`](ContentLog::flush) (the run's journal flusher calls
+/// it every few milliseconds), when 64 KiB wait, and on drop.
 #[derive(Debug)]
 pub struct ContentLog {
     path: PathBuf,
-    file: Mutex<File>,
+    inner: Mutex<Pending>,
     /// A write failed and was reported: later failures are not.
     warned: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// Opened for append.
+    file: File,
+    /// Lines encoded but not yet written.
+    lines: Vec<u8>,
 }
 
 impl ContentLog {
@@ -226,41 +239,89 @@ impl ContentLog {
         file.seek(SeekFrom::End(0)).with_context(context)?;
         let log = ContentLog {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            inner: Mutex::new(Pending {
+                file,
+                lines: Vec::with_capacity(PENDING_MAX + 256),
+            }),
             warned: AtomicBool::new(false),
         };
         Ok((log, ContentIndex::from_entries(entries)))
     }
 
-    /// Appends the line of a row sent, with one `write(2)`. A failure is reported once and
-    /// otherwise ignored: a missing line only means that row, edited later, is sent as new.
+    /// Adds the line of a row sent. A failure to write is reported once and otherwise ignored:
+    /// a missing line only means that row, edited later, is sent as new.
     pub fn sent(&self, fingerprint: u64, key: &str, row: u64, message_id: &str) {
-        let mut line = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(Vec::with_capacity(96));
-        let written = line
-            .write_record([
-                format!("{fingerprint:016x}").as_str(),
-                key,
-                row.to_string().as_str(),
-                message_id,
-            ])
-            .map_err(io::Error::from)
-            .and_then(|()| line.into_inner().map_err(|e| e.into_error()))
-            .and_then(|bytes| {
-                self.file
-                    .lock()
-                    .expect("content log lock")
-                    .write_all(&bytes)
-            });
+        use std::fmt::Write as _;
+        let mut inner = self.inner.lock().expect("content log lock");
+        let mut numbers = String::with_capacity(40);
+        let _ = write!(numbers, "{fingerprint:016x}");
+        let out = &mut inner.lines;
+        out.extend_from_slice(numbers.as_bytes());
+        out.push(b',');
+        field(out, key.as_bytes());
+        numbers.clear();
+        let _ = write!(numbers, ",{row},");
+        out.extend_from_slice(numbers.as_bytes());
+        field(out, message_id.as_bytes());
+        out.push(b'\n');
+        if inner.lines.len() >= PENDING_MAX {
+            let written = inner.write();
+            self.report(written);
+        }
+    }
+
+    /// Writes the lines waiting in memory.
+    pub fn flush(&self) {
+        let written = self.inner.lock().expect("content log lock").write();
+        self.report(written);
+    }
+
+    fn report(&self, written: io::Result<()>) {
         if let Err(e) = written
             && !self.warned.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(
-                "{}: {e}: rows sent from now on are not in the content index, so if they are edited later they are sent again as new rows",
+                "{}: {e}: rows sent from now on may not be in the content index, so if they are edited later they are sent again as new rows",
                 self.path.display()
             );
         }
+    }
+}
+
+impl Drop for ContentLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+impl Pending {
+    fn write(&mut self) -> io::Result<()> {
+        if self.lines.is_empty() {
+            return Ok(());
+        }
+        // Dropped whether or not the write succeeds: a line is worth one try.
+        let written = self.file.write_all(&self.lines);
+        self.lines.clear();
+        written
+    }
+}
+
+/// One CSV field, quoted only where needed.
+fn field(out: &mut Vec<u8>, value: &[u8]) {
+    if value
+        .iter()
+        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+    {
+        out.push(b'"');
+        for b in value {
+            if *b == b'"' {
+                out.push(b'"');
+            }
+            out.push(*b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(value);
     }
 }
 
@@ -361,7 +422,7 @@ mod tests {
             assert!(index.is_empty());
             log.sent(7, "h:a", 1, "M1");
             log.sent(7, "h:b", 2, "M2");
-            log.sent(9, "h:c", 3, "M,3");
+            log.sent(9, "h:c", 3, "M,\"3\"");
         }
         // A line cut short by a crash is skipped, and the next line does not run on from it.
         std::fs::OpenOptions::new()
@@ -373,6 +434,7 @@ mod tests {
         let (log, mut index) = ContentLog::open(&path).unwrap();
         assert_eq!(index.len(), 3);
         log.sent(11, "h:d", 4, "M4");
+        log.flush();
         let (_, again) = ContentLog::open(&path).unwrap();
         assert_eq!(
             again.len(),
@@ -405,6 +467,10 @@ mod tests {
             "claimed by the first row"
         );
         assert_eq!(versions.earlier_version(9), None, "h:c is in the input");
+        assert_eq!(
+            again.earlier_version(9).map(|e| e.message_id.as_str()),
+            Some("M,\"3\"")
+        );
         assert_eq!(versions.earlier_version(8), None);
     }
 }

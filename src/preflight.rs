@@ -131,6 +131,18 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     let content = match content {
         Some((log, index)) => {
             let gone = index.earlier_versions(&log)?;
+            if !gone.is_empty() {
+                info!(
+                    "{}: {} row(s) sent earlier are not in this input: a new row with the conversation, direction, type and date of one of them is taken for it edited, and {}",
+                    settings.input.display(),
+                    gone.len(),
+                    if settings.send_changed {
+                        "sent as a new message (--send-changed)"
+                    } else {
+                        "recorded changed, not sent"
+                    }
+                );
+            }
             Some((log, gone))
         }
         None => None,

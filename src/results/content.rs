@@ -410,6 +410,20 @@ mod tests {
         outbound.message.direction = Direction::Outbound;
         assert_ne!(Some(a), fingerprint(&outbound));
         assert_eq!(fingerprint(&row("c1", None, "helo")), None, "no date");
+        // Rows whose IDs are looked up: by whom (before the lookup, so every run agrees).
+        let looked_up = |phone: &str| {
+            let mut r = row("", d, "helo");
+            r.message.contact_id.clear();
+            r.lookup = Some(Box::new(crate::resolve::Lookup {
+                location_id: "loc".into(),
+                phone: Some(phone.into()),
+                ..Default::default()
+            }));
+            fingerprint(&r)
+        };
+        assert_eq!(looked_up("+15550001"), looked_up("+15550001"));
+        assert_ne!(looked_up("+15550001"), looked_up("+15550002"));
+        assert_ne!(looked_up("+15550001"), Some(a));
     }
 
     #[test]

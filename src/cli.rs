@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// On resume, send again the rows whose outcome is unknown (they may then be stored twice).
     #[arg(long)]
     pub resend_unknown: bool,
+    /// Send the rows recorded `changed` (keyed by content, they look like a row sent earlier
+    /// with a cell edited: same conversation, direction, type and date) as new messages.
+    #[arg(long)]
+    pub send_changed: bool,
     /// Run against an embedded local sandbox API on a free loopback port, with no limits
     /// (--base-url and the token are then not used).
     #[arg(long)]

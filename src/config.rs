@@ -45,6 +45,8 @@ pub struct Settings {
     pub limit: Option<u64>,
     /// On resume, send again the rows whose outcome is unknown (`--resend-unknown`).
     pub resend_unknown: bool,
+    /// Send rows that look like rows sent earlier with a cell edited (`--send-changed`).
+    pub send_changed: bool,
     /// How rows become request bodies: `--map`, `--set`, list separator, dates, key column.
     pub mapping: MappingOptions,
     /// The input's field delimiter, one ASCII byte (`--delimiter`, default `,`).
@@ -147,6 +149,7 @@ impl Settings {
             timeout,
             limit: args.limit.or(file.limit),
             resend_unknown: args.resend_unknown,
+            send_changed: args.send_changed,
             mapping,
             delimiter,
             backoff: Backoff::default(),

@@ -16,6 +16,7 @@ use tracing::debug;
 use crate::gate::Gate;
 use crate::mapping::MappedRow;
 use crate::resolve::{Env, Failure, Resolver};
+use crate::results::content::ContentLog;
 use crate::results::line::now_rfc3339;
 use crate::results::{Journal, ResultLine, Status};
 use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
@@ -37,6 +38,8 @@ pub struct Deliver {
     pub counters: Arc<Counters>,
     /// Looks up IDs for rows without them; `None` when the mapping does not resolve.
     pub resolver: Option<Resolver>,
+    /// Where rows keyed by content go once sent; `None` when rows have a key column.
+    pub content: Option<ContentLog>,
 }
 
 impl Deliver {
@@ -44,6 +47,7 @@ impl Deliver {
     /// (Takes the `Arc` itself, so the task the scheduler spawns is this future and nothing
     /// around it.)
     pub async fn row(self: Arc<Self>, job: Job) {
+        let fingerprint = job.fingerprint;
         let mut line = ResultLine {
             row: job.row,
             key: job.key,
@@ -141,6 +145,11 @@ impl Deliver {
                 }
             };
             self.finish(&mut line, status, why);
+            if status == Status::Sent
+                && let (Some(content), Some(fp)) = (&self.content, fingerprint)
+            {
+                content.sent(fp, &line.key, line.row, &line.message_id);
+            }
             if let Some(reason) = decision.stop {
                 self.gate.stop_with(reason);
             }

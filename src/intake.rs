@@ -3,6 +3,9 @@
 //! - a **duplicate** (its key was seen on an earlier row; recorded, not sent),
 //! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept),
 //! - **invalid** (it breaks a rule; recorded with every problem, not sent),
+//! - **changed** (keyed by content, it looks like a row sent earlier that the input no longer
+//!   has: same conversation, direction, type and date, a cell edited; recorded, not sent unless
+//!   `--send-changed`),
 //! - a **job** for the scheduler, in batches.
 //!
 //! Intake stops at the run's stop, at `--limit`, or when the scheduler stops taking jobs. It
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mapping::Mapping;
 use crate::preflight::DuplicateRows;
 use crate::reader::{CsvInput, Record};
+use crate::results::content::{self, EarlierVersions};
 use crate::results::line::now_rfc3339;
 use crate::results::{Journal, Prior, ResultLine, Status};
 use crate::retry::StopReason;
@@ -50,6 +54,11 @@ pub struct Intake {
     pub limit: Option<u64>,
     /// `--resend-unknown`: send again the rows an earlier run left `unknown`.
     pub resend_unknown: bool,
+    /// For rows keyed by content: the rows sent earlier whose keys the input no longer has,
+    /// found by the pass before sending. `None` when rows have a key column.
+    pub content: Option<EarlierVersions>,
+    /// `--send-changed`: send the rows that look like rows sent earlier with a cell edited.
+    pub send_changed: bool,
 }
 
 /// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
@@ -103,6 +112,7 @@ impl Intake {
                 &self.journal,
                 &self.counters,
                 self.resend_unknown,
+                self.content.as_mut().map(|c| (c, self.send_changed)),
             )?;
             let Fate::Job(job) = fate else { continue };
             if self.limit.is_some_and(|n| handed >= n) {
@@ -128,7 +138,9 @@ impl Intake {
     }
 }
 
-/// Decides what `record` becomes, recording it when that is not a job.
+/// Decides what `record` becomes, recording it when that is not a job. `content`: the content
+/// index and `--send-changed`, when rows are keyed by content.
+#[allow(clippy::too_many_arguments)]
 fn fate(
     record: Record<'_>,
     mapping: &Mapping,
@@ -137,6 +149,7 @@ fn fate(
     journal: &Journal,
     counters: &Counters,
     resend_unknown: bool,
+    content: Option<(&mut EarlierVersions, bool)>,
 ) -> Result<Fate, StopReason> {
     let (row, line_no) = (record.row, record.line);
     let key = mapping.record_key(&record);
@@ -163,7 +176,8 @@ fn fate(
         return Ok(Fate::Done);
     }
     // A key recorded for another conversation was refused by the pass before sending.
-    match prior.take(&key) {
+    let earlier = prior.take(&key);
+    match earlier {
         Some(p) if p.status == Status::Sent => {
             counters.sent_before.fetch_add(1, Ordering::Relaxed);
             journal.keep_prior(row, p).map_err(journal_error)?;
@@ -203,6 +217,29 @@ fn fate(
             return Ok(Fate::Done);
         }
     };
+    let fingerprint = content.as_ref().and_then(|_| content::fingerprint(&mapped));
+    // A new key that looks like a row sent earlier and gone from the input: that row, edited.
+    if let (None, Some(fp), Some((index, false))) = (earlier, fingerprint, content)
+        && let Some(e) = index.earlier_version(fp)
+    {
+        counters.changed.fetch_add(1, Ordering::Relaxed);
+        journal
+            .record(&ResultLine {
+                row,
+                key,
+                status: Some(Status::Changed),
+                conversation_id: mapped.message.conversation_id.clone(),
+                contact_id: mapped.message.contact_id.clone(),
+                error: format!(
+                    "row {row} looks like row {} sent earlier as message {} (same conversation, direction, type and date; a cell was edited): not sent again; run with --send-changed to send it as a new message",
+                    e.row, e.message_id
+                ),
+                finished_at: now_rfc3339(),
+                ..Default::default()
+            })
+            .map_err(journal_error)?;
+        return Ok(Fate::Done);
+    }
     let (lane, payload) = match &mapped.lookup {
         None => (
             Arc::from(mapped.message.conversation_id.as_str()),
@@ -224,5 +261,6 @@ fn fate(
         key,
         conversation_id: lane,
         payload,
+        fingerprint,
     }))
 }

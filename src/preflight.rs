@@ -8,7 +8,9 @@
 //!   sorted on disk, so memory stays flat however many rows there are),
 //! - refuse a results file that belongs to another input: a key it records as sent to another
 //!   conversation than the row has. Found here, that costs nothing; found while sending, it
-//!   would stop a run that has already sent rows.
+//!   would stop a run that has already sent rows,
+//! - for rows keyed by content, mark in the content index every key the input has: the rows
+//!   sent earlier whose keys it no longer has are the earlier versions of edited rows.
 //!
 //! An error here is a usage error (exit 2): nothing has been sent.
 
@@ -25,6 +27,7 @@ use crate::mapping::Mapping;
 use crate::quota::Plan;
 use crate::reader::CsvInput;
 use crate::resolve::{IdMap, Resolver};
+use crate::results::content::{self, ContentLog, EarlierVersions};
 use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
 use crate::results::target::{self, Target};
@@ -46,6 +49,9 @@ pub struct Prepared {
     pub plan: Plan,
     /// The rows whose key an earlier row already has, in row order.
     pub duplicates: DuplicateRows,
+    /// For rows keyed by content: the file each row sent is added to, and the rows sent
+    /// earlier whose keys this input no longer has. `None` when rows have a key column.
+    pub content: Option<(ContentLog, EarlierVersions)>,
 }
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
@@ -71,6 +77,11 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         );
     }
     let has_lines = !prior.is_empty() || journal_has_lines(&settings.results);
+    // Opened under the results file's lock, which is also the content index's.
+    let mut content = match mapping.has_key_column() {
+        true => None,
+        false => Some(ContentLog::open(&content::path_for(&settings.results))?),
+    };
     let resolver = open_resolver(settings, &mapping)?;
     let temp = folder_of(&settings.results);
     let mut pairs = ExternalSort::new(&temp);
@@ -78,6 +89,9 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         // Ctrl-C during the pass ends it (a pass over a big input takes seconds).
         if interrupt.is_cancelled() {
             bail!("interrupted");
+        }
+        if let Some((_, index)) = content.as_mut() {
+            index.mark_present(key);
         }
         let id = key_id(key);
         pairs
@@ -114,6 +128,25 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
             }),
     };
     let duplicates = DuplicateRows::from_pairs(pairs, &temp, &mut conflicts)?;
+    let content = match content {
+        Some((log, index)) => {
+            let gone = index.earlier_versions(&log)?;
+            if !gone.is_empty() {
+                info!(
+                    "{}: {} row(s) sent earlier are not in this input: a new row with the conversation, direction, type and date of one of them is taken for it edited, and {}",
+                    settings.input.display(),
+                    gone.len(),
+                    if settings.send_changed {
+                        "sent as a new message (--send-changed)"
+                    } else {
+                        "recorded changed, not sent"
+                    }
+                );
+            }
+            Some((log, gone))
+        }
+        None => None,
+    };
     if let Some(c) = conflicts.first() {
         bail!(
             "{results} records key {key} as sent to another conversation than row {row} of {input} has ({conversation}): the results file seems to belong to another input, and going on would skip this row as sent. Give {input} its own --results file (or, if you changed that row's conversationId on purpose, delete its line from {results} to send it again)",
@@ -133,6 +166,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         resolver,
         plan,
         duplicates,
+        content,
     }))
 }
 

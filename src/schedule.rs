@@ -38,6 +38,9 @@ pub struct Job {
     pub conversation_id: Arc<str>,
     /// What is sent: the body, or the mapped row still waiting for its lookups.
     pub payload: Payload,
+    /// For a row keyed by content, its [`fingerprint`](crate::results::content::fingerprint):
+    /// once sent, it goes in the content index. `None`: the row is not indexed.
+    pub fingerprint: Option<u64>,
 }
 
 /// What a job sends.
@@ -209,6 +212,8 @@ impl Spill {
         p.extend_from_slice(job.key.as_bytes());
         p.extend_from_slice(&(body.len() as u64).to_le_bytes());
         p.extend_from_slice(&body);
+        p.push(u8::from(job.fingerprint.is_some()));
+        p.extend_from_slice(&job.fingerprint.unwrap_or(0).to_le_bytes());
         self.unread += 1;
         if self.pending.len() >= CHUNK {
             self.write_pending()?;
@@ -275,12 +280,15 @@ impl Spill {
         } else {
             Payload::Body(Bytes::copy_from_slice(body))
         };
+        let indexed = self.take(1)?[0] != 0;
+        let fingerprint = self.number()?;
         self.unread -= 1;
         Ok(Some(Job {
             row,
             key,
             conversation_id: lane.clone(),
             payload,
+            fingerprint: indexed.then_some(fingerprint),
         }))
     }
 }
@@ -388,6 +396,7 @@ mod tests {
             key: format!("k{row}"),
             conversation_id: Arc::from(conv),
             payload,
+            fingerprint: row.is_multiple_of(2).then_some(row * 7),
         }
     }
 

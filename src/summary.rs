@@ -68,6 +68,9 @@ pub struct Counters {
     pub unknown_before: AtomicU64,
     /// Rows whose key repeats an earlier row of the input; recorded, not sent.
     pub duplicate: AtomicU64,
+    /// Rows keyed by content that look like a row sent earlier with a cell edited; recorded
+    /// `changed`, not sent (no `--send-changed`).
+    pub changed: AtomicU64,
 }
 
 impl Counters {
@@ -81,6 +84,7 @@ impl Counters {
             + n(&self.unknown)
             + n(&self.unknown_before)
             + n(&self.duplicate)
+            + n(&self.changed)
     }
 }
 
@@ -107,6 +111,8 @@ pub struct Report {
     pub unknown_before: u64,
     /// Rows whose key repeats an earlier row of the input.
     pub duplicate: u64,
+    /// Rows that look like a row sent earlier with a cell edited; not sent.
+    pub changed: u64,
     /// Requests of every kind; `lookups` of them were contact and conversation lookups.
     pub requests: u64,
     /// Contact and conversation lookups among the requests.
@@ -139,6 +145,7 @@ impl Report {
             unknown: n(&c.unknown),
             unknown_before: n(&c.unknown_before),
             duplicate: n(&c.duplicate),
+            changed: n(&c.changed),
             requests,
             lookups: 0,
             gone: 0,
@@ -156,13 +163,18 @@ impl Report {
             + self.unknown
             + self.unknown_before
             + self.duplicate
+            + self.changed
     }
 
     /// How the run ended, for the exit code: its stop, and the rows that need the user.
     pub fn ending(&self) -> Ending {
         Ending {
             stopped: self.stopped.clone(),
-            attention: self.invalid + self.failed + self.unknown + self.unknown_before,
+            attention: self.invalid
+                + self.failed
+                + self.unknown
+                + self.unknown_before
+                + self.changed,
         }
     }
 
@@ -189,6 +201,7 @@ impl Report {
             r.unknown_before
         );
         let _ = writeln!(out, "  duplicate     {:>9}", r.duplicate);
+        let _ = writeln!(out, "  changed       {:>9}", r.changed);
         let secs = r.elapsed.as_secs_f64();
         let _ = writeln!(
             out,
@@ -205,7 +218,7 @@ impl Report {
                 "  {} row(s) sent earlier are not in this input (their lines are kept){}",
                 r.gone,
                 if r.content_keys {
-                    ": rows keyed by content change key when a cell is edited, so an edited row is sent again as new; give the export a key column (--key-column)"
+                    ": rows keyed by content change key when a cell is edited; an edited row is held back as changed when its conversation, direction, type and date are the same, else sent again as new; give the export a key column (--key-column)"
                 } else {
                     ""
                 }
@@ -236,6 +249,12 @@ impl Report {
                 );
             }
             None => {}
+        }
+        if r.changed > 0 {
+            let _ = writeln!(
+                out,
+                "changed rows look like rows sent earlier with a cell edited (the results file names each one and its message): they were not sent again. To send them as new messages, run the same command with --send-changed"
+            );
         }
         if r.unknown + r.unknown_before > 0 {
             let _ = writeln!(

@@ -1,6 +1,6 @@
 //! `lc-import report RESULTS`: what a results file says, summed up: rows per status and the
 //! most frequent errors. It reads a compacted file or a journal a crash left uncompacted (the
-//! last line of each row wins; a trailing `sending` is reported as in flight, like `unknown`).
+//! last line of each row and key wins; a trailing `sending` is reported as in flight, like `unknown`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -17,7 +17,7 @@ use crate::summary::Ending;
 /// Counts of one results file.
 #[derive(Debug, Default)]
 pub struct Summary {
-    /// Rows in the file, each counted once (by its last line).
+    /// Rows in the file, each counted once (by its last line): a row and key.
     pub rows: u64,
     /// Rows per status of their last line; rows still `sending` are counted in `in_flight` instead.
     pub by_status: HashMap<Status, u64>,
@@ -41,8 +41,8 @@ pub fn run(args: ReportArgs) -> Result<Ending> {
     })
 }
 
-/// Reads `path` once to sort `(row, line number)` pairs on disk, and once more to count the
-/// last line of each row: memory stays flat whatever the size of the file.
+/// Reads `path` once to sort `(row, key, line number)` triples on disk, and once more to count
+/// the last line of each row and key: memory stays flat whatever the size of the file.
 pub fn summarise(path: &Path) -> Result<Summary> {
     let context = || format!("reading results file {}", path.display());
     let open = || -> Result<csv::Reader<std::fs::File>> {
@@ -66,7 +66,9 @@ pub fn summarise(path: &Path) -> Result<Summary> {
         }
         Ok(reader)
     };
-    // Pass 1: the last line number of every row.
+    // Pass 1: the last line number of every row and key. A row's key counts: a compacted file
+    // keeps the lines of earlier runs whose keys the input no longer has (a row edited, say)
+    // after the input's own, and neither hides the other.
     let mut reader = open()?;
     let mut pairs = ExternalSort::new(&folder_of(path));
     let mut record = csv::StringRecord::new();
@@ -74,15 +76,16 @@ pub fn summarise(path: &Path) -> Result<Summary> {
     while reader.read_record(&mut record).with_context(context)? {
         n += 1;
         if let Some(row) = record.get(col::ROW).and_then(|r| r.parse::<u64>().ok()) {
-            pairs.push([row, n, 0]).with_context(context)?;
+            let key = xxhash_rust::xxh3::xxh3_64(record.get(col::KEY).unwrap_or("").as_bytes());
+            pairs.push([row, key, n]).with_context(context)?;
         }
     }
     let mut last_lines = ExternalSort::new(&folder_of(path));
     let mut sorted = pairs.finish().with_context(context)?.peekable();
     while let Some(pair) = sorted.next() {
-        let [row, mut line, _] = pair.with_context(context)?;
-        while let Some(Ok([r, l, _])) = sorted.peek()
-            && *r == row
+        let [row, key, mut line] = pair.with_context(context)?;
+        while let Some(Ok([r, k, l])) = sorted.peek()
+            && (*r, *k) == (row, key)
         {
             line = *l;
             sorted.next();
@@ -162,6 +165,7 @@ pub fn print(path: &Path, s: &Summary, out: &mut impl Write) -> std::io::Result<
         Status::Unknown,
         Status::Invalid,
         Status::Duplicate,
+        Status::Changed,
     ];
     for status in order {
         if let Some(n) = s.by_status.get(&status) {

@@ -150,7 +150,9 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         resolver,
         plan,
         duplicates,
+        content,
     } = prepared;
+    let (content_log, content_index) = content.unzip();
     say(&plan.describe(settings.rate, settings.max_requests));
     let content_keys = !mapping.has_key_column();
     if content_keys {
@@ -179,6 +181,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         journal: journal.clone(),
         counters: counters.clone(),
         resolver,
+        content: content_log,
     });
     info!(
         "importing {} into {} at {} with {} in flight; results in {}",
@@ -201,6 +204,8 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         stop: deliver.gate.token(),
         limit: settings.limit,
         resend_unknown: settings.resend_unknown,
+        content: content_index,
+        send_changed: settings.send_changed,
     };
     let reader = std::thread::Builder::new()
         .name("reader".into())
@@ -222,6 +227,9 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     tokio::select! {
         () = pipeline => {}
         () = shutdown.hard.cancelled() => {
+            if let Some(content) = &deliver.content {
+                content.flush();
+            }
             return Ok(hard_stop(&journal, &counters, &deliver.gate, started));
         }
     }
@@ -290,6 +298,9 @@ async fn flush_every(deliver: Arc<Deliver>) {
         tick.tick().await;
         if let Err(e) = deliver.journal.flush() {
             deliver.gate.stop_with(deliver.journal_error(&e));
+        }
+        if let Some(content) = &deliver.content {
+            content.flush();
         }
     }
 }

@@ -72,6 +72,9 @@ pub enum Status {
     Unknown,
     /// Its key was seen earlier in the same input; not sent.
     Duplicate,
+    /// Keyed by content, it looks like a row sent earlier with a cell edited; not sent (unless
+    /// `--send-changed`). Tried again on the next run, like `failed`.
+    Changed,
 }
 
 impl Status {
@@ -85,6 +88,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Unknown => "unknown",
             Status::Duplicate => "duplicate",
+            Status::Changed => "changed",
         }
     }
 }
@@ -106,6 +110,7 @@ impl FromStr for Status {
             "failed" => Status::Failed,
             "unknown" => Status::Unknown,
             "duplicate" => Status::Duplicate,
+            "changed" => Status::Changed,
             other => return Err(format!("'{other}' is not a status")),
         })
     }
@@ -292,6 +297,7 @@ mod tests {
             Status::Failed,
             Status::Unknown,
             Status::Duplicate,
+            Status::Changed,
         ] {
             assert_eq!(s.as_str().parse::<Status>(), Ok(s));
         }

@@ -16,8 +16,11 @@
 //!   rename, fsync of the folder) to one line per row in input order, keeping lines of earlier
 //!   runs whose rows are no longer in the input after them, so no record of a sent message is
 //!   ever dropped (`compact`).
+//! - [`content`] keeps, for rows keyed by content, what each row sent looked like apart from its
+//!   text, so that an edited row is recorded `changed` instead of being sent again.
 
 mod compact;
+pub mod content;
 pub mod journal;
 pub mod line;
 pub mod prior;

@@ -200,10 +200,10 @@ fn open_resolver(settings: &Settings, mapping: &Mapping) -> Result<Option<Resolv
         return Ok(None);
     }
     let ids = IdMap::open(&crate::resolve::idmap::path_for(&settings.results))?;
-    let (contacts, conversations) = ids.len();
-    if contacts + conversations > 0 {
+    // Per location: IDs of another location are no help to this run's rows.
+    for (location, (contacts, conversations)) in ids.per_location() {
         info!(
-            "{}: {contacts} contact(s) and {conversations} conversation(s) known from earlier runs",
+            "{}: {contacts} contact(s) and {conversations} conversation(s) of location {location} known from earlier runs",
             ids.path().display()
         );
     }

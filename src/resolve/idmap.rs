@@ -161,6 +161,19 @@ impl IdMap {
             .cloned()
     }
 
+    /// How many contacts and conversations the map knows in each location, by location.
+    pub fn per_location(&self) -> std::collections::BTreeMap<String, (usize, usize)> {
+        let inner = self.inner.lock().expect("id map lock");
+        let mut counts = std::collections::BTreeMap::<String, (usize, usize)>::new();
+        for (location, _) in inner.contacts.keys() {
+            counts.entry(location.clone()).or_default().0 += 1;
+        }
+        for (location, _) in inner.conversations.keys() {
+            counts.entry(location.clone()).or_default().1 += 1;
+        }
+        counts
+    }
+
     /// How many contacts and conversations the map knows.
     pub fn len(&self) -> (usize, usize) {
         let inner = self.inner.lock().expect("id map lock");
@@ -320,6 +333,21 @@ mod tests {
         assert_eq!(map.contact("L", "phone:+1").unwrap().id, "K3");
         assert_eq!(map.contact("other", "email:a@x.io"), None);
         assert_eq!(map.len(), (2, 1));
+    }
+
+    #[test]
+    fn counts_are_per_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = IdMap::open(&dir.path().join("r.csv.ids.csv")).unwrap();
+        let k = known("K1", Origin::Found);
+        map.record("L1", "email:a@x.io", &k, Some(&known("C1", Origin::Found)))
+            .unwrap();
+        map.record("L1", "email:b@x.io", &known("K2", Origin::Found), None)
+            .unwrap();
+        map.record("L2", "email:a@x.io", &known("K3", Origin::Created), None)
+            .unwrap();
+        let counts: Vec<_> = map.per_location().into_iter().collect();
+        assert_eq!(counts, vec![("L1".into(), (2, 1)), ("L2".into(), (1, 0))]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mapping::Mapping;
 use crate::preflight::DuplicateRows;
 use crate::reader::{CsvInput, Record};
-use crate::results::content::{self, EarlierVersions};
+use crate::results::content::EarlierVersions;
 use crate::results::line::now_rfc3339;
 use crate::results::{Journal, Prior, ResultLine, Status};
 use crate::retry::StopReason;
@@ -217,7 +217,7 @@ fn fate(
             return Ok(Fate::Done);
         }
     };
-    let fingerprint = content.as_ref().and_then(|_| content::fingerprint(&mapped));
+    let fingerprint = content.as_ref().and_then(|_| mapped.fingerprint());
     // A new key that looks like a row sent earlier and gone from the input: that row, edited.
     if let (None, Some(fp), Some((index, false))) = (earlier, fingerprint, content)
         && let Some(e) = index.earlier_version(fp)

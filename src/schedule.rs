@@ -38,7 +38,7 @@ pub struct Job {
     pub conversation_id: Arc<str>,
     /// What is sent: the body, or the mapped row still waiting for its lookups.
     pub payload: Payload,
-    /// For a row keyed by content, its [`fingerprint`](crate::results::content::fingerprint):
+    /// For a row keyed by content, its [`fingerprint`](crate::mapping::MappedRow::fingerprint):
     /// once sent, it goes in the content index. `None`: the row is not indexed.
     pub fingerprint: Option<u64>,
 }

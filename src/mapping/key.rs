@@ -1,9 +1,10 @@
 //! A record's identity, for resume and duplicate detection: the `--key-column` (or `altId`)
 //! cell when it has a value, else a 128-bit hash of every cell ([`record_hash`]).
 
+use crate::message::SpecEnum;
 use csv::ByteRecord;
 
-use super::Mapping;
+use super::{MappedRow, Mapping};
 
 impl Mapping {
     /// The identity of a record as read: [`Mapping::key`], or the hash of every cell when the
@@ -47,6 +48,35 @@ pub fn record_hash(cells: &ByteRecord) -> String {
     format!("h:{:032x}", hasher.digest128())
 }
 
+impl MappedRow {
+    /// What a row is apart from its content: a hash of its conversation (else its contact, else
+    /// who it is looked up by), direction, type and date, as mapped before any lookup. `None` for a
+    /// row without a date: without one, every message of a conversation would look alike.
+    pub fn fingerprint(&self) -> Option<u64> {
+        let m = &self.message;
+        let date = m.date.as_deref()?;
+        let lane;
+        let who: [&str; 2] = if !m.conversation_id.is_empty() {
+            ["conversation", &m.conversation_id]
+        } else if !m.contact_id.is_empty() {
+            ["contact", &m.contact_id]
+        } else {
+            lane = self
+                .lookup
+                .as_ref()
+                .map_or_else(String::new, |l| l.lane(&m.contact_id));
+            ["lookup", &lane]
+        };
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for field in [who[0], who[1], m.direction.as_str(), m.kind.as_str(), date] {
+            // Length-prefixed, so field boundaries count.
+            hasher.update(&(field.len() as u64).to_le_bytes());
+            hasher.update(field.as_bytes());
+        }
+        Some(hasher.digest())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +106,55 @@ mod tests {
             keyed.key(&record(&cells)).starts_with("h:"),
             "an empty key cell falls back to the hash"
         );
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+    use crate::message::{Direction, InboundMessage};
+
+    fn row(conversation: &str, date: Option<&str>, text: &str) -> MappedRow {
+        MappedRow {
+            message: InboundMessage {
+                conversation_id: conversation.into(),
+                contact_id: "k1".into(),
+                direction: Direction::Inbound,
+                date: date.map(Into::into),
+                message: Some(text.into()),
+                ..Default::default()
+            },
+            lookup: None,
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_the_text_but_not_the_date_or_conversation() {
+        let d = Some("2024-01-01T00:00:00Z");
+        let a = row("c1", d, "helo").fingerprint().unwrap();
+        assert_eq!(Some(a), row("c1", d, "hello").fingerprint());
+        assert_ne!(
+            Some(a),
+            row("c1", Some("2024-01-01T00:00:01Z"), "helo").fingerprint()
+        );
+        assert_ne!(Some(a), row("c2", d, "helo").fingerprint());
+        let mut outbound = row("c1", d, "helo");
+        outbound.message.direction = Direction::Outbound;
+        assert_ne!(Some(a), outbound.fingerprint());
+        assert_eq!(row("c1", None, "helo").fingerprint(), None, "no date");
+        // Rows whose IDs are looked up: by whom (before the lookup, so every run agrees).
+        let looked_up = |phone: &str| {
+            let mut r = row("", d, "helo");
+            r.message.contact_id.clear();
+            r.lookup = Some(Box::new(crate::resolve::Lookup {
+                location_id: "loc".into(),
+                phone: Some(phone.into()),
+                ..Default::default()
+            }));
+            r.fingerprint()
+        };
+        assert_eq!(looked_up("+15550001"), looked_up("+15550001"));
+        assert_ne!(looked_up("+15550001"), looked_up("+15550002"));
+        assert_ne!(looked_up("+15550001"), Some(a));
     }
 }

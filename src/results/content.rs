@@ -26,8 +26,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 
 use super::line::key_id;
-use crate::mapping::MappedRow;
-use crate::message::SpecEnum;
 
 /// The header every content index starts with.
 pub const HEADER: [&str; 4] = ["fingerprint", "key", "row", "message_id"];
@@ -40,33 +38,6 @@ pub fn path_for(results: &Path) -> PathBuf {
         .unwrap_or_else(|| "results.csv".into());
     name.push(".content.csv");
     results.with_file_name(name)
-}
-
-/// What a row is apart from its content: a hash of its conversation (else its contact, else
-/// who it is looked up by), direction, type and date, as mapped before any lookup. `None` for a
-/// row without a date: without one, every message of a conversation would look alike.
-pub fn fingerprint(row: &MappedRow) -> Option<u64> {
-    let m = &row.message;
-    let date = m.date.as_deref()?;
-    let lane;
-    let who: [&str; 2] = if !m.conversation_id.is_empty() {
-        ["conversation", &m.conversation_id]
-    } else if !m.contact_id.is_empty() {
-        ["contact", &m.contact_id]
-    } else {
-        lane = row
-            .lookup
-            .as_ref()
-            .map_or_else(String::new, |l| l.lane(&m.contact_id));
-        ["lookup", &lane]
-    };
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for field in [who[0], who[1], m.direction.as_str(), m.kind.as_str(), date] {
-        // Length-prefixed, so field boundaries count.
-        hasher.update(&(field.len() as u64).to_le_bytes());
-        hasher.update(field.as_bytes());
-    }
-    Some(hasher.digest())
 }
 
 /// A row sent earlier, as the content index recorded it.
@@ -380,51 +351,6 @@ fn parse(text: &[u8]) -> Vec<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Direction, InboundMessage};
-
-    fn row(conversation: &str, date: Option<&str>, text: &str) -> MappedRow {
-        MappedRow {
-            message: InboundMessage {
-                conversation_id: conversation.into(),
-                contact_id: "k1".into(),
-                direction: Direction::Inbound,
-                date: date.map(Into::into),
-                message: Some(text.into()),
-                ..Default::default()
-            },
-            lookup: None,
-        }
-    }
-
-    #[test]
-    fn the_fingerprint_ignores_the_text_but_not_the_date_or_conversation() {
-        let d = Some("2024-01-01T00:00:00Z");
-        let a = fingerprint(&row("c1", d, "helo")).unwrap();
-        assert_eq!(Some(a), fingerprint(&row("c1", d, "hello")));
-        assert_ne!(
-            Some(a),
-            fingerprint(&row("c1", Some("2024-01-01T00:00:01Z"), "helo"))
-        );
-        assert_ne!(Some(a), fingerprint(&row("c2", d, "helo")));
-        let mut outbound = row("c1", d, "helo");
-        outbound.message.direction = Direction::Outbound;
-        assert_ne!(Some(a), fingerprint(&outbound));
-        assert_eq!(fingerprint(&row("c1", None, "helo")), None, "no date");
-        // Rows whose IDs are looked up: by whom (before the lookup, so every run agrees).
-        let looked_up = |phone: &str| {
-            let mut r = row("", d, "helo");
-            r.message.contact_id.clear();
-            r.lookup = Some(Box::new(crate::resolve::Lookup {
-                location_id: "loc".into(),
-                phone: Some(phone.into()),
-                ..Default::default()
-            }));
-            fingerprint(&r)
-        };
-        assert_eq!(looked_up("+15550001"), looked_up("+15550001"));
-        assert_ne!(looked_up("+15550001"), looked_up("+15550002"));
-        assert_ne!(looked_up("+15550001"), Some(a));
-    }
 
     #[test]
     fn an_entry_whose_key_is_gone_is_the_earlier_version_of_one_row() {

@@ -24,6 +24,9 @@ use crate::schedule::{Job, Payload};
 use crate::sender::Sender;
 use crate::summary::Counters;
 
+/// A sync slower than this makes the row take a fresh rate-limit slot before its request leaves.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What every delivery of a run shares.
 pub struct Deliver {
     /// Posts the message bodies.
@@ -78,7 +81,11 @@ impl Deliver {
                 let end = match self.journal.write_ahead(&line) {
                     Ok(end) => end,
                     Err(e) => {
-                        // Without the write-ahead line the request must not leave.
+                        // Without the write-ahead line the request must not leave. The line may
+                        // be in the file even so (the error came after it): an outcome line
+                        // says it was not sent, or the resume would read it `unknown`.
+                        let why = format!("not sent: the results file could not be written: {e}");
+                        self.finish(&mut line, Status::Failed, why);
                         self.gate.stop_with(self.journal_error(&e));
                         return;
                     }
@@ -86,11 +93,21 @@ impl Deliver {
                 // On disk before the first byte leaves: a power cut must not lose the line of a
                 // request that may be stored (the resume would send it again). One sync serves
                 // every row waiting here.
+                let syncing = std::time::Instant::now();
                 if let Err(e) = self.journal.on_disk(end).await {
                     // The line is in the file, so the row gets an outcome: it was not sent.
                     let why = format!("not sent: the results file could not be synced: {e}");
                     self.finish(&mut line, Status::Failed, why);
                     self.gate.stop_with(self.journal_error(&e));
+                    return;
+                }
+                // The rate slot was taken before the sync: a slow sync (a busy or network
+                // disk) would make requests admitted over a long time leave together and trip
+                // the server's window. After a slow one, take a fresh slot (the first is simply
+                // not used: the pace can only be slower, never faster).
+                if syncing.elapsed() > SLOW_SYNC && self.gate.pace_again().await.is_err() {
+                    let why = "not sent: the run stopped before its request left".to_owned();
+                    self.finish(&mut line, Status::Failed, why);
                     return;
                 }
             }
@@ -111,6 +128,9 @@ impl Deliver {
                 Request::Message,
                 fastrand::f64(),
             );
+            if let Some(pause) = decision.pause {
+                self.gate.pause(pause);
+            }
             let (status, why) = match decision.next {
                 Next::Sent(accepted) => {
                     line.message_id = accepted.message_id;
@@ -128,11 +148,7 @@ impl Deliver {
                 }
                 Next::Failed(why) => (Status::Failed, why),
                 Next::Unknown(why) => (Status::Unknown, why),
-                Next::Retry {
-                    reason,
-                    delay,
-                    pause,
-                } => {
+                Next::Retry { reason, delay } => {
                     debug!(
                         row = line.row,
                         attempt = line.attempts,
@@ -140,7 +156,7 @@ impl Deliver {
                     );
                     last_error = reason;
                     // A stop during the wait is seen by the gate at the top of the loop.
-                    let _ = self.gate.before_retry(pause, delay).await;
+                    let _ = self.gate.wait(delay).await;
                     continue;
                 }
             };

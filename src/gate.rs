@@ -64,6 +64,16 @@ impl Gate {
         Ok(())
     }
 
+    /// Another rate-limit slot for a request admitted a while ago that has not left yet (its
+    /// first slot's time has passed); not counted again against `--max-requests`.
+    pub async fn pace_again(&self) -> Result<(), Closed> {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => Err(Closed),
+            _ = self.limit.acquire() => Ok(()),
+        }
+    }
+
     /// Takes in what the server said about its limits.
     pub fn observe(&self, limits: ServerLimits) {
         if let Some(rate) = self
@@ -78,17 +88,9 @@ impl Gate {
         }
     }
 
-    /// Before a retry: holds every request back for `pause` (a 429 answered), then waits
-    /// `delay` for this one; `Err` when the run stops meanwhile.
-    pub async fn before_retry(
-        &self,
-        pause: Option<Duration>,
-        delay: Duration,
-    ) -> Result<(), Closed> {
-        if let Some(pause) = pause {
-            self.limit.pause(pause);
-        }
-        self.wait(delay).await
+    /// Holds every request back for `pause` (after a 429).
+    pub fn pause(&self, pause: Duration) {
+        self.limit.pause(pause);
     }
 
     /// Waits `delay` before a retry; `Err` when the run stops meanwhile.

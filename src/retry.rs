@@ -16,10 +16,8 @@
 //! };
 //! let decision = policy.decide(classify(&throttled), 1, Request::Message, 0.5);
 //! // A 429 stored nothing: every request pauses for the server's 2 s, then this one goes again.
-//! assert!(matches!(
-//!     decision.next,
-//!     Next::Retry { pause: Some(p), .. } if p.as_secs() == 2
-//! ));
+//! assert!(matches!(decision.next, Next::Retry { .. }));
+//! assert_eq!(decision.pause, Some(std::time::Duration::from_secs(2)));
 //! assert!(decision.stop.is_none());
 //! ```
 
@@ -307,14 +305,12 @@ pub enum Next {
     Failed(String),
     /// The request left and no answer came: record it `unknown`.
     Unknown(String),
-    /// Try again after `delay`. `pause`: first hold every request of the run that long (a 429).
+    /// Try again after `delay`.
     Retry {
         /// The API's words (or the transport error) for why the attempt failed.
         reason: String,
         /// How long this row waits before its next attempt.
         delay: Duration,
-        /// `Some` after a 429: first hold every request of the run this long.
-        pause: Option<Duration>,
     },
 }
 
@@ -325,6 +321,9 @@ pub struct Decision {
     pub next: Next,
     /// `Some`: the whole run stops, for this reason.
     pub stop: Option<StopReason>,
+    /// `Some` after a 429: hold every request of the run this long first, whatever this row
+    /// does next (also when its retries are spent).
+    pub pause: Option<Duration>,
 }
 
 /// The one retry policy of a run, for messages and lookups: how many retries a row gets, how
@@ -360,7 +359,11 @@ impl Policy {
     /// Decides what follows the `attempts`-th attempt (1-based) that came to `outcome`.
     /// `unit` is a uniform random number in [0, 1) for the backoff's jitter.
     pub fn decide(&self, outcome: Outcome, attempts: u32, kind: Request, unit: f64) -> Decision {
-        let decision = |next, stop| Decision { next, stop };
+        let decision = |next, stop| Decision {
+            next,
+            stop,
+            pause: None,
+        };
         let outcome = match (outcome, kind) {
             // A lookup is safe to repeat: a lost answer is one more failure to retry.
             (Outcome::Unknown(why), Request::Lookup) => Outcome::Retry {
@@ -402,17 +405,16 @@ impl Policy {
                 };
                 if attempts > self.max_retries {
                     let why = format!("gave up after {attempts} attempts: {reason}");
-                    return decision(Next::Failed(why), None);
+                    return Decision {
+                        pause,
+                        ..decision(Next::Failed(why), None)
+                    };
                 }
                 let delay = self.backoff.delay(attempts, after, unit);
-                decision(
-                    Next::Retry {
-                        reason,
-                        delay,
-                        pause,
-                    },
-                    None,
-                )
+                Decision {
+                    pause,
+                    ..decision(Next::Retry { reason, delay }, None)
+                }
             }
         }
     }
@@ -548,7 +550,6 @@ mod tests {
             Next::Retry {
                 reason: "HTTP 500 with an empty body".into(),
                 delay: Duration::from_millis(100),
-                pause: None
             }
         );
         assert!(
@@ -558,7 +559,8 @@ mod tests {
             retry(3),
             Decision {
                 next: Next::Failed("gave up after 3 attempts: HTTP 500 with an empty body".into()),
-                stop: None
+                stop: None,
+                pause: None,
             }
         );
     }
@@ -606,8 +608,20 @@ mod tests {
                 reason: "HTTP 429 with an empty body".into(),
                 // The window the server named (`interval`), for this row and as a pause for all.
                 delay: Duration::from_secs(10),
-                pause: Some(Duration::from_secs(10))
             }
+        );
+        assert_eq!(d.pause, Some(Duration::from_secs(10)));
+        // Bug: a 429 on a row's last attempt recorded it failed and paused nobody, so every
+        // other request went out at once into the same window.
+        let last = p.decide(classify(&answered(429, "")), 3, Request::Message, 0.0);
+        assert_eq!(
+            last.next,
+            Next::Failed("gave up after 3 attempts: HTTP 429 with an empty body".into())
+        );
+        assert_eq!(
+            last.pause,
+            Some(Duration::from_secs(10)),
+            "still a pause for all"
         );
         assert_eq!(
             p.decide(server_error(), 1, Request::Message, 0.0).stop,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -92,9 +92,17 @@ pub fn run(args: RunArgs) -> Result<Ending> {
         }
         ended
     });
-    let ended = runtime
-        .block_on(task)
-        .unwrap_or_else(|e| Err(anyhow!("the run failed unexpectedly: {e}")));
+    // A panic of the run itself may come after requests left: a stop (exit 3, resumable from
+    // the journal as appended), never "nothing was sent".
+    let ended = runtime.block_on(task).unwrap_or_else(|e| {
+        say_err(&format!("error: the run failed unexpectedly: {e}"));
+        Ok(Ending {
+            stopped: Some(StopReason::Error(format!(
+                "the run failed unexpectedly: {e}"
+            ))),
+            attention: 0,
+        })
+    });
     // After a hard stop, tasks may still wait on requests: they are dropped, not awaited.
     runtime.shutdown_background();
     ended

@@ -383,18 +383,17 @@ impl Resolver {
             let decision = env
                 .policy
                 .decide(outcome, attempts, Request::Lookup, fastrand::f64());
+            if let Some(pause) = decision.pause {
+                env.gate.pause(pause);
+            }
             if let Some(reason) = decision.stop {
                 // Nothing of this row was sent: it stays unrecorded for the next run.
                 return Err(Failure::Stop(Some(reason)));
             }
             match decision.next {
-                Next::Retry {
-                    reason,
-                    delay,
-                    pause,
-                } => {
+                Next::Retry { reason, delay } => {
                     tracing::debug!(attempt = attempts, "retrying a lookup: {reason}");
-                    if env.gate.before_retry(pause, delay).await.is_err() {
+                    if env.gate.wait(delay).await.is_err() {
                         return Err(Failure::Stop(None));
                     }
                 }

@@ -419,6 +419,11 @@ impl Policy {
         }
     }
 
+    /// An answer worth reading came (a lookup's 2xx or refusal): the failures in a row end.
+    pub fn answered(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
     /// Counts one more failure in a row; the stop when that makes [`SERVER_FAILURE_LIMIT`].
     fn failed_again(&self, why: &str) -> Option<StopReason> {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -580,6 +585,11 @@ mod tests {
             p.decide(ok, 1, Request::Message, 0.0).next,
             Next::Sent(_)
         ));
+        for _ in 0..SERVER_FAILURE_LIMIT - 1 {
+            assert_eq!(p.decide(server_error(), 1, Request::Lookup, 0.0).stop, None);
+        }
+        // A lookup's answer that needs no decision (a 2xx) also ends the run of failures.
+        p.answered();
         for _ in 0..SERVER_FAILURE_LIMIT - 1 {
             assert_eq!(p.decide(server_error(), 1, Request::Lookup, 0.0).stop, None);
         }

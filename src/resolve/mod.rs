@@ -349,6 +349,8 @@ impl Resolver {
                     env.gate.observe(limits);
                     match response.bytes().await {
                         Ok(body) if !matches!(status, 401 | 429 | 500 | 502 | 503 | 504) => {
+                            // The server answers: its earlier failures were not "in a row".
+                            env.policy.answered();
                             return Ok(Answer {
                                 status,
                                 body: body.to_vec(),

@@ -174,13 +174,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
 /// a local stand-in (an `lc-import sandbox`, a test server) whose port changes from start to
 /// start: any port is the same target (`http://127.0.0.1:*`).
 fn api_of(base: &reqwest::Url) -> String {
-    let loopback = match base.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    if !loopback {
+    if !crate::sender::is_loopback(base) {
         return crate::sender::shown(base);
     }
     let host = base.host_str().unwrap_or("localhost");

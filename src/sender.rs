@@ -103,6 +103,16 @@ pub fn shown(url: &reqwest::Url) -> String {
     url.to_string()
 }
 
+/// Whether a URL names this machine: `localhost`, 127.0.0.0/8 or `::1`.
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
 /// Checks `--base-url`: https anywhere, plain http only to a loopback host (the token would
 /// otherwise cross the network in clear).
 pub fn check_base_url(base: &str) -> Result<reqwest::Url> {
@@ -114,13 +124,7 @@ pub fn check_base_url(base: &str) -> Result<reqwest::Url> {
     match url.scheme() {
         "https" => {}
         "http" => {
-            let loopback = match url.host() {
-                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-                Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-                Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-                None => false,
-            };
-            if !loopback {
+            if !is_loopback(&url) {
                 bail!(
                     "--base-url {base}: plain http:// would send the token in clear; use https://, or http:// only to a loopback address (127.0.0.1, ::1, localhost)"
                 );

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 
-use super::line::key_id;
+use super::line::{field, key_id};
 
 /// The header every content index starts with.
 pub const HEADER: [&str; 4] = ["fingerprint", "key", "row", "message_id"];
@@ -274,25 +274,6 @@ impl Pending {
         let written = self.file.write_all(&self.lines);
         self.lines.clear();
         written
-    }
-}
-
-/// One CSV field, quoted only where needed.
-fn field(out: &mut Vec<u8>, value: &[u8]) {
-    if value
-        .iter()
-        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
-    {
-        out.push(b'"');
-        for b in value {
-            if *b == b'"' {
-                out.push(b'"');
-            }
-            out.push(*b);
-        }
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(value);
     }
 }
 

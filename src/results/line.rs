@@ -205,25 +205,27 @@ impl<W: Write> ResultsWriter<W> {
     }
 }
 
+/// One CSV field, quoted only where needed (a quote inside doubled).
+pub(crate) fn field(out: &mut Vec<u8>, value: &[u8]) {
+    if value
+        .iter()
+        .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+    {
+        out.push(b'"');
+        for b in value {
+            if *b == b'"' {
+                out.push(b'"');
+            }
+            out.push(*b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(value);
+    }
+}
+
 /// Encodes one results line as CSV (quoted only where needed), ending in `\n`.
 pub(crate) fn encode_line(line: &ResultLine, out: &mut Vec<u8>) {
-    fn field(out: &mut Vec<u8>, value: &[u8]) {
-        if value
-            .iter()
-            .any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
-        {
-            out.push(b'"');
-            for b in value {
-                if *b == b'"' {
-                    out.push(b'"');
-                }
-                out.push(*b);
-            }
-            out.push(b'"');
-        } else {
-            out.extend_from_slice(value);
-        }
-    }
     let mut numbers = Numbers::default();
     for (i, value) in fields(line, &mut numbers).iter().enumerate() {
         if i > 0 {

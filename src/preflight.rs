@@ -76,7 +76,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
             }
         );
     }
-    let has_lines = !prior.is_empty() || journal_has_lines(&settings.results);
+    let has_lines = journal.held_lines();
     // Opened under the results file's lock, which is also the content index's.
     let mut content = match mapping.has_key_column() {
         true => None,
@@ -179,13 +179,6 @@ fn api_of(base: &reqwest::Url) -> String {
     }
     let host = base.host_str().unwrap_or("localhost");
     format!("{}://{host}:*{}", base.scheme(), base.path())
-}
-
-/// Whether the results file holds more than its header (lines of `validate`, or of runs whose
-/// rows all failed).
-fn journal_has_lines(results: &Path) -> bool {
-    let header = crate::results::line::HEADER.join(",").len() as u64 + 1;
-    std::fs::metadata(results).is_ok_and(|m| m.len() > header)
 }
 
 /// Opens the ID map beside the results file and the resolver, when rows may need lookups.

@@ -62,7 +62,6 @@ pub struct CsvInput {
     header: Vec<String>,
     record: ByteRecord,
     row: u64,
-    len: u64,
 }
 
 /// One record as read, borrowed until the next call to [`CsvInput::next_record`].
@@ -83,7 +82,6 @@ impl CsvInput {
     pub fn open(path: &Path, delimiter: u8) -> Result<Self> {
         let file =
             File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(true)
@@ -123,7 +121,6 @@ impl CsvInput {
             header,
             record: ByteRecord::new(),
             row: 0,
-            len,
         })
     }
 
@@ -135,21 +132,6 @@ impl CsvInput {
     /// Column names as written in the header, trimmed.
     pub fn header(&self) -> &[String] {
         &self.header
-    }
-
-    /// Bytes consumed so far, for progress without a counting pass.
-    pub fn bytes_read(&self) -> u64 {
-        self.reader.position().byte()
-    }
-
-    /// Size of the input file when it was opened.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// `true` when the input file was empty when it was opened.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The next record, or `None` at the end of the input.

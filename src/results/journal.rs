@@ -34,6 +34,8 @@ const PENDING_MAX: usize = 64 * 1024;
 /// The results file of a run, open and locked.
 pub struct Journal {
     path: PathBuf,
+    /// The file held more than its header when this run opened it.
+    held_lines: bool,
     inner: Mutex<Inner>,
     /// Puts written lines on disk, on a thread of its own with its own handle to the file.
     /// Dropped last (after `drop` wrote the lines still in memory): its thread ends, and is
@@ -77,6 +79,7 @@ impl Journal {
         }
         super::compact::remove_leftovers(path);
         let mut len = file.metadata()?.len();
+        let held_lines = len > HEADER.join(",").len() as u64 + 1;
         if len == 0 {
             let header = format!("{}\n", HEADER.join(","));
             (&file).write_all(header.as_bytes())?;
@@ -91,6 +94,7 @@ impl Journal {
             .with_context(|| format!("cannot start syncing results file {}", path.display()))?;
         let journal = Journal {
             path: path.to_owned(),
+            held_lines,
             inner: Mutex::new(Inner {
                 file,
                 len,
@@ -102,6 +106,11 @@ impl Journal {
         };
         let prior = journal.read_prior()?;
         Ok((journal, prior))
+    }
+
+    /// Whether the file held lines of an earlier run (or of `validate`) when this run opened it.
+    pub fn held_lines(&self) -> bool {
+        self.held_lines
     }
 
     /// The results file's path.

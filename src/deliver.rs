@@ -1,6 +1,7 @@
 //! Deliver: one row, from the scheduler's hands to its outcome line. In order:
 //! look its IDs up if it has none (each lookup through the same gate and policy as a message) →
-//! the [`Gate`] (stop, pace, budget) → the write-ahead `sending` line, on disk → the POST → the
+//! the [`Gate`] (stop, pace, budget; a slot reserved) → the write-ahead `sending` line, on disk
+//! while the slot's time comes → the POST at that time → the
 //! [`Policy`] (sent, failed, unknown, or retry after a pause) → the outcome line.
 //!
 //! A row whose first request never left is not recorded: the next run sends it. Once its
@@ -23,9 +24,6 @@ use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
 use crate::schedule::{Job, Payload};
 use crate::sender::Sender;
 use crate::summary::Counters;
-
-/// A sync slower than this makes the row take a fresh rate-limit slot before its request leaves.
-const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What every delivery of a run shares.
 pub struct Deliver {
@@ -68,14 +66,20 @@ impl Deliver {
         };
         let mut last_error = String::new();
         loop {
-            if self.gate.admit().await.is_err() {
+            // The first attempt's `sending` line is written while its time to leave comes.
+            let lead = if line.attempts == 0 {
+                self.journal.sync_lead()
+            } else {
+                std::time::Duration::ZERO
+            };
+            let Ok(slot) = self.gate.admit_ahead(lead).await else {
                 // Before the first attempt nothing was written: the row stays for the next run.
                 if line.attempts > 0 {
                     let why = format!("the run stopped before retrying; last error: {last_error}");
                     self.finish(&mut line, Status::Failed, why);
                 }
                 return;
-            }
+            };
             if line.attempts == 0 {
                 line.status = Some(Status::Sending);
                 let end = match self.journal.write_ahead(&line) {
@@ -93,7 +97,6 @@ impl Deliver {
                 // On disk before the first byte leaves: a power cut must not lose the line of a
                 // request that may be stored (the resume would send it again). One sync serves
                 // every row waiting here.
-                let syncing = std::time::Instant::now();
                 if let Err(e) = self.journal.on_disk(end).await {
                     // The line is in the file, so the row gets an outcome: it was not sent.
                     let why = format!("not sent: the results file could not be synced: {e}");
@@ -101,15 +104,17 @@ impl Deliver {
                     self.gate.stop_with(self.journal_error(&e));
                     return;
                 }
-                // The rate slot was taken before the sync: a slow sync (a busy or network
-                // disk) would make requests admitted over a long time leave together and trip
-                // the server's window. After a slow one, take a fresh slot (the first is simply
-                // not used: the pace can only be slower, never faster).
-                if syncing.elapsed() > SLOW_SYNC && self.gate.pace_again().await.is_err() {
-                    let why = "not sent: the run stopped before its request left".to_owned();
-                    self.finish(&mut line, Status::Failed, why);
-                    return;
-                }
+            }
+            // Leaves at its time; a sync that made it miss its time costs a fresh slot, never a
+            // burst that would trip the server's window.
+            if self.gate.depart(slot).await.is_err() {
+                let why = if line.attempts == 0 {
+                    "not sent: the run stopped before its request left".to_owned()
+                } else {
+                    format!("the run stopped before retrying; last error: {last_error}")
+                };
+                self.finish(&mut line, Status::Failed, why);
+                return;
             }
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::quota::Quota;
 use crate::rate::Rate;
-use crate::ratelimit::RateLimit;
+use crate::ratelimit::{RateLimit, sleep_until};
 use crate::retry::StopReason;
 use crate::sender::ServerLimits;
 
@@ -29,6 +29,10 @@ pub struct Gate {
     requests: AtomicU64,
     rate_noted: AtomicBool,
 }
+
+/// A request's reserved time to leave, from [`Gate::admit_ahead`].
+#[derive(Clone, Copy, Debug)]
+pub struct Slot(tokio::time::Instant);
 
 /// A request that may not leave: the run is stopping (the reason is with the gate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,26 +55,51 @@ impl Gate {
     /// Waits until one request may leave and counts it, or says the run is stopping. A spent
     /// `--max-requests` stops the run here.
     pub async fn admit(&self) -> Result<(), Closed> {
-        tokio::select! {
-            biased;
-            _ = self.stop.cancelled() => return Err(Closed),
-            _ = self.limit.acquire() => {}
+        let slot = self.admit_ahead(Duration::ZERO).await?;
+        self.depart(slot).await
+    }
+
+    /// Like [`admit`](Gate::admit), but returns up to `lead` before the request's time, for a
+    /// request with work to do before it leaves (its `sending` line, synced); it leaves with
+    /// [`depart`](Gate::depart).
+    pub async fn admit_ahead(&self, lead: Duration) -> Result<Slot, Closed> {
+        if self.is_stopping() {
+            return Err(Closed);
         }
+        let at = self.slot(lead).await?;
         if !self.quota.take() {
             self.stop_with(StopReason::MaxRequests(self.quota.max()));
             return Err(Closed);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot(at))
+    }
+
+    /// Waits for the slot's time (a stop meanwhile does not hold it back: its `sending` line is
+    /// written, and it is as good as in flight). A slot missed by too much, or one a pause came
+    /// over, is traded for a fresh one (not counted again against `--max-requests`); waiting
+    /// for that one, a stop is `Err`.
+    pub async fn depart(&self, slot: Slot) -> Result<(), Closed> {
+        let mut at = slot.0;
+        sleep_until(at).await;
+        while !self.limit.confirm(at) {
+            at = self.slot(Duration::ZERO).await?;
+            sleep_until(at).await;
+        }
         Ok(())
     }
 
-    /// Another rate-limit slot for a request admitted a while ago that has not left yet (its
-    /// first slot's time has passed); not counted again against `--max-requests`.
-    pub async fn pace_again(&self) -> Result<(), Closed> {
-        tokio::select! {
-            biased;
-            _ = self.stop.cancelled() => Err(Closed),
-            _ = self.limit.acquire() => Ok(()),
+    /// A rate-limit slot at most `lead` ahead, waiting for one while the window is full.
+    async fn slot(&self, lead: Duration) -> Result<tokio::time::Instant, Closed> {
+        loop {
+            match self.limit.reserve(lead) {
+                Ok(at) => return Ok(at),
+                Err(again) => tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => return Err(Closed),
+                    _ = tokio::time::sleep_until(again) => {}
+                },
+            }
         }
     }
 

@@ -9,6 +9,13 @@
 //! 1000/10s is several per cent of the budget, while here lateness is paid once per PERIOD.
 //! A small margin (1 % of PERIOD, at most 50 ms) keeps network jitter from pushing N+1 arrivals
 //! into one server window.
+//!
+//! A start is *reserved*: the log records the time the request will leave (now, or when the
+//! window has room), and the request leaves then. A request that has work to do before it leaves
+//! (its `sending` line, synced) reserves up to a lead time ahead and does that work while its time
+//! comes, so a slow disk does not slow the pace. A request that leaves late has its start moved
+//! to when it left, exactly, if the window allows; otherwise, or when a pause after a 429 came over
+//! its time, it reserves anew ([`RateLimit::confirm`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -78,17 +85,67 @@ impl SlidingLog {
         }
     }
 
-    /// Records a start at `now` if allowed, else says when the next one may start.
-    pub fn try_start(&mut self, now: Instant) -> Result<(), Instant> {
+    /// Reserves the next start, at `from` (now, or the end of a pause) or later, as early as the
+    /// window allows, and records it; unless that is more than `lead` after `now`: then nothing
+    /// is recorded and `Err` says when to ask again. Reservations never run further ahead than
+    /// that, so a start is reserved only once the starts it depends on have left (and been
+    /// [moved](SlidingLog::restamp) to when they did). Never earlier than one made before: the log
+    /// stays in order.
+    pub fn reserve(
+        &mut self,
+        now: Instant,
+        from: Instant,
+        lead: Duration,
+    ) -> Result<Instant, Instant> {
+        let mut at = self.starts.back().map_or(from, |last| from.max(*last));
         if self.starts.len() >= self.max {
-            let free_at = self.starts[0] + self.period;
-            if now < free_at {
-                return Err(free_at);
-            }
+            at = at.max(self.starts[self.starts.len() - self.max] + self.period);
+        }
+        if at > now + lead {
+            return Err(at - lead);
+        }
+        self.starts.push_back(at);
+        // Starts a period old share no window with a start to come; the N latest are kept for
+        // the rule above.
+        while self.starts.len() > self.max && self.starts[0] + self.period <= now {
             self.starts.pop_front();
         }
-        self.starts.push_back(now);
-        Ok(())
+        Ok(at)
+    }
+
+    /// Moves a reserved start from `at` to `now`, later, for a request that missed its time, if
+    /// no window holding `now` then holds more than N starts (every N+1 starts in a row that
+    /// include it span a period); else leaves the log as it was and says `false`: reserve anew.
+    pub fn restamp(&mut self, at: Instant, now: Instant) -> bool {
+        let i = self.starts.partition_point(|s| *s < at);
+        if self.starts.get(i) != Some(&at) {
+            // Forgotten: it is a period old.
+            return false;
+        }
+        self.starts.remove(i);
+        let j = self.starts.partition_point(|s| *s <= now);
+        self.starts.insert(j, now);
+        let n = self.max;
+        let fits = (j.saturating_sub(n)..=j)
+            .filter(|k| k + n < self.starts.len())
+            .all(|k| self.starts[k + n] - self.starts[k] >= self.period);
+        if !fits {
+            self.starts.remove(j);
+            self.starts.insert(i, at);
+        }
+        fits
+    }
+
+    /// Records a start at `now` if allowed, else says when the next one may start.
+    pub fn try_start(&mut self, now: Instant) -> Result<(), Instant> {
+        self.reserve(now, now, Duration::ZERO).map(|_| ())
+    }
+}
+
+/// Sleeps until `at`; returns at once, without a timer, when that has passed.
+pub async fn sleep_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at).await;
     }
 }
 
@@ -107,21 +164,47 @@ impl RateLimit {
     /// Waits until a request may start, and counts it as started.
     pub async fn acquire(&self) {
         loop {
-            let wait_until = {
-                let mut state = self.state.lock().expect("rate limit lock");
-                let now = Instant::now();
-                match state.paused_until {
-                    Some(until) if now < until => until,
-                    _ => match state.log.as_mut().map_or(Ok(()), |log| log.try_start(now)) {
-                        Ok(()) => {
-                            state.started += 1;
-                            return;
-                        }
-                        Err(at) => at,
-                    },
+            let at = loop {
+                match self.reserve(Duration::ZERO) {
+                    Ok(at) => break at,
+                    Err(again) => sleep_until(again).await,
                 }
             };
-            tokio::time::sleep_until(wait_until).await;
+            sleep_until(at).await;
+            if self.confirm(at) {
+                return;
+            }
+        }
+    }
+
+    /// Reserves a start at most `lead` from now (see [`SlidingLog::reserve`]) and returns its
+    /// time; or says when to ask again (the window is full, or a pause after a 429 runs).
+    pub fn reserve(&self, lead: Duration) -> Result<Instant, Instant> {
+        let mut state = self.state.lock().expect("rate limit lock");
+        let now = Instant::now();
+        let from = state.paused_until.map_or(now, |until| now.max(until));
+        let at = match state.log.as_mut() {
+            Some(log) => log.reserve(now, from, lead)?,
+            None if from > now + lead => return Err(from - lead),
+            None => from,
+        };
+        state.started += 1;
+        Ok(at)
+    }
+
+    /// Whether a request that reserved `at` may leave now. `false` when a pause (after a 429)
+    /// came over its time, or when it is so late that its start cannot be moved to now
+    /// ([`SlidingLog::restamp`]): it must reserve anew (its first slot is simply not used: the
+    /// pace can only be slower for it, never faster).
+    pub fn confirm(&self, at: Instant) -> bool {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("rate limit lock");
+        if state.paused_until.is_some_and(|until| until > at) {
+            return false;
+        }
+        match state.log.as_mut() {
+            Some(log) if now > at => log.restamp(at, now),
+            _ => true,
         }
     }
 
@@ -328,6 +411,104 @@ mod tests {
         assert_eq!(
             limit.observe(None, Some(Duration::from_secs(10)), None),
             None
+        );
+    }
+
+    /// Requests ask for a slot at random moments, reserving up to a lead ahead, and leave at
+    /// random lateness (none, a little, or more than a period); whatever the mix, the times they
+    /// really left never put more than N in a window, and a late start that fits is moved, not
+    /// traded.
+    #[test]
+    fn late_starts_moved_or_traded_never_crowd_a_window() {
+        let rate = Rate {
+            max: 5,
+            period: Duration::from_secs(1),
+        };
+        let lead = Duration::from_millis(80);
+        let mut moved = 0;
+        for seed in 0..20 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let t0 = Instant::now();
+            let mut log = SlidingLog::new(rate);
+            // (when, reserved start or none yet): a request asking, or one waiting to leave.
+            let mut waiting: Vec<(Instant, Option<Instant>)> = Vec::new();
+            let mut left = Vec::new();
+            for ms in 0..20_000u64 {
+                let now = t0 + Duration::from_millis(ms);
+                if rng.u32(0..100) < 1 {
+                    waiting.push((now, None));
+                }
+                waiting.sort();
+                while waiting.first().is_some_and(|(when, _)| *when <= now) {
+                    match waiting.remove(0).1 {
+                        None => match log.reserve(now, now, lead) {
+                            Ok(at) => waiting.push((at + lateness(&mut rng), Some(at))),
+                            Err(again) => waiting.push((again, None)),
+                        },
+                        Some(at) if now == at => left.push(now),
+                        Some(at) if log.restamp(at, now) => {
+                            moved += 1;
+                            left.push(now);
+                        }
+                        Some(_) => waiting.push((now, None)),
+                    }
+                    waiting.sort();
+                }
+            }
+            left.sort();
+            let offsets: Vec<Duration> = left.iter().map(|t| *t - t0).collect();
+            assert!(offsets.len() > 60, "seed {seed}: {} left", offsets.len());
+            assert!(
+                max_in_any_window(&offsets, rate.period) <= rate.max as usize,
+                "seed {seed}"
+            );
+        }
+        assert!(moved > 100, "late starts were moved: {moved}");
+    }
+
+    fn lateness(rng: &mut fastrand::Rng) -> Duration {
+        match rng.u32(0..10) {
+            0..5 => Duration::ZERO,
+            5..8 => Duration::from_millis(rng.u64(1..50)),
+            _ => Duration::from_millis(rng.u64(50..2000)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_start_is_moved_when_it_fits_and_traded_when_not() {
+        let limit = RateLimit::new(Some(Rate {
+            max: 2,
+            period: Duration::from_secs(1),
+        }));
+        let lead = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let first = limit.reserve(lead).unwrap();
+        let second = limit.reserve(lead).unwrap();
+        assert_eq!((first, second), (t0, t0));
+        // The third's slot is a window away: not reserved yet, ask again a lead before it.
+        assert_eq!(limit.reserve(lead), Err(t0 + Duration::from_millis(960)));
+        // The first leaves 6 ms late: moved to then.
+        tokio::time::advance(Duration::from_millis(6)).await;
+        assert!(limit.confirm(first));
+        // So the third's slot is 6 ms later.
+        tokio::time::advance(Duration::from_millis(960)).await;
+        let third = limit.reserve(lead).unwrap();
+        assert_eq!(third, t0 + Duration::from_millis(1010));
+        let fourth = limit.reserve(lead).unwrap();
+        assert_eq!(fourth, t0 + Duration::from_millis(1016));
+        // The third leaves 7 ms late, after the fourth's time: moved, since no window then holds
+        // three (the first left 1,011 ms before it).
+        tokio::time::advance(Duration::from_millis(51)).await;
+        assert!(limit.confirm(third));
+        // The second, 1,017 ms late, would make three in one window with the fourth and the
+        // third: it reserves anew.
+        assert!(!limit.confirm(second));
+        // A pause after a 429 comes over the fourth's time: it waits the pause out.
+        limit.pause(Duration::from_secs(3));
+        assert!(!limit.confirm(fourth));
+        assert_eq!(
+            limit.reserve(lead),
+            Err(t0 + Duration::from_millis(4017) - lead)
         );
     }
 

@@ -317,6 +317,12 @@ impl Journal {
         self.syncer.reached(end).await
     }
 
+    /// How long before a request leaves its `sending` line should be written, for it to be on
+    /// disk in time (see the syncer's estimate).
+    pub fn sync_lead(&self) -> std::time::Duration {
+        self.syncer.lead()
+    }
+
     /// Records a row's final line (an outcome, or invalid, duplicate…). It waits in memory
     /// until the next `sending` line is written or the next [`flush`](Journal::flush) (a run
     /// flushes every few milliseconds): one `write` per row instead of two, which was 15 % of

@@ -13,8 +13,10 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -39,7 +41,19 @@ pub(crate) struct Syncer {
     synced: watch::Receiver<Synced>,
     /// Joined in `drop`, so the thread never outlives the journal.
     thread: Option<JoinHandle<()>>,
+    /// How long a sync takes, in microseconds: the slowest recent one (each sync that is not
+    /// slower lowers it by a sixteenth).
+    took_micros: Arc<AtomicU64>,
 }
+
+fn note_took(took: &AtomicU64, start: Instant) {
+    let micros = start.elapsed().as_micros() as u64;
+    let old = took.load(Ordering::Relaxed);
+    took.store(micros.max(old - old / 16), Ordering::Relaxed);
+}
+
+/// The longest [`Syncer::lead`]: a disk slower than this costs pace, not unknown rows.
+const LEAD_MAX: Duration = Duration::from_millis(500);
 
 impl Syncer {
     /// Starts syncing `file`, a handle to the journal's file of its own. Nothing of it is taken
@@ -52,15 +66,24 @@ impl Syncer {
     fn with(mut sync: impl FnMut() -> io::Result<()> + Send + 'static) -> io::Result<Syncer> {
         let (wanted, targets) = mpsc::channel::<u64>();
         let (publish, synced) = watch::channel(Synced::Through(0));
+        let took_micros = Arc::new(AtomicU64::new(0));
+        let took = took_micros.clone();
         let thread = std::thread::Builder::new()
             .name("results-sync".into())
             .spawn(move || {
+                // One sync first, so the first rows know what a sync costs here.
+                let start = Instant::now();
+                if sync().is_ok() {
+                    note_took(&took, start);
+                }
                 // Ends when the sender is dropped (the journal is), or on the first failure.
                 while let Ok(first) = targets.recv() {
                     // Every line whose end was sent before now was written before this sync.
                     let target = targets.try_iter().fold(first, u64::max);
+                    let start = Instant::now();
                     match sync() {
                         Ok(()) => {
+                            note_took(&took, start);
                             publish.send_if_modified(|s| match s {
                                 Synced::Through(at) if *at < target => {
                                     *at = target;
@@ -84,7 +107,16 @@ impl Syncer {
             wanted: Some(wanted),
             synced,
             thread: Some(thread),
+            took_micros,
         })
+    }
+
+    /// How long before its request's time a row should ask for its line to be on disk: a line
+    /// written now waits for the sync in progress and then its own, so twice what a slow sync
+    /// takes (plus 2 ms), at most half a second.
+    pub(crate) fn lead(&self) -> Duration {
+        let micros = self.took_micros.load(Ordering::Relaxed);
+        (Duration::from_micros(micros * 2) + Duration::from_millis(2)).min(LEAD_MAX)
     }
 
     /// Asks for the bytes before `end` to be put on disk. Cheap (a channel send); after a

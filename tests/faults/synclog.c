@@ -7,8 +7,9 @@
  * before it is logged. A test then plays a power cut the way LazyFS does: the file keeps what
  * the last logged sync covered, and loses the rest. Inodes, not names: a compaction syncs a
  * temp file and renames it over the results file. With SYNCLOG_FAIL_AFTER=N, the syncs of those
- * files after the first N fail with EIO instead, as a failing disk's do. Built by the tests that
- * use it (tests/it/power_cut.rs) with the system's C compiler. */
+ * files after the first N fail with EIO instead, as a failing disk's do. With SYNCLOG_DELAY_MS=N,
+ * each of those syncs first sleeps N ms, as a busy or network disk's do. Built by the tests that
+ * use it (tests/it/power_cut.rs, tests/it/run.rs) with the system's C compiler. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The inode and size of `fd` if it is a regular file in SYNCLOG_DIR. */
@@ -56,6 +58,12 @@ static int logged(int fd, int (*real)(int)) {
     if (watch && fail_after && ++syncs > atol(fail_after)) {
         errno = EIO;
         return -1;
+    }
+    const char *delay = getenv("SYNCLOG_DELAY_MS");
+    if (watch && delay) {
+        long ms = atol(delay);
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+        (void)syscall(SYS_nanosleep, &ts, NULL);
     }
     int rc = real(fd);
     if (rc == 0 && watch) log_synced(&st);

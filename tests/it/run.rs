@@ -94,20 +94,70 @@ async fn the_rate_is_reached_and_never_tripped() {
     let stats = s.stats();
     assert_eq!(stats.rate_limited, 0, "no 429: {stats:?}");
     assert_eq!(stats.accepted, 100);
-    // Achieved pace from the server's own receive times, counting the last window whole.
+    assert_pace(&s, 100, rate);
+    s.finish().await;
+}
+
+/// Bug: on a slow disk (CI's), every row whose `sending` line took over 10 ms to sync took a
+/// second rate-limit slot, and the run reached 16.5/s of 20/s. A row now syncs while its slot's
+/// time comes: with every sync 40 ms (the shim sleeps first), the pace is still the limit's, and
+/// still never over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_disk_neither_slows_the_pace_nor_trips_the_limit() {
+    let rate = Rate {
+        max: 20,
+        period: Duration::from_secs(1),
+    };
+    let s = Scenario::with(support::export(100, 10), |c| SandboxConfig {
+        rate: Some(rate),
+        ..c
+    })
+    .await;
+    let shim = s.shim("tests/faults/synclog.c");
+    let dir = s.path("").canonicalize().expect("the work directory");
+    let dir = dir.to_string_lossy().into_owned();
+    let log = s.path("synclog.txt").to_string_lossy().into_owned();
+    let out = s
+        .run_with(
+            &["--rate", "20/s", "--concurrency", "8"],
+            &[
+                ("LD_PRELOAD", shim.as_str()),
+                ("SYNCLOG_DIR", dir.as_str()),
+                ("SYNCLOG_FILE", log.as_str()),
+                ("SYNCLOG_DELAY_MS", "40"),
+            ],
+        )
+        .await;
+    out.expect_code(0);
+    assert_eq!(s.stats().rate_limited, 0, "no 429: {:?}", s.stats());
+    assert!(
+        std::fs::read_to_string(&log).unwrap().lines().count() > 10,
+        "the shim slowed the syncs"
+    );
+    assert_pace(&s, 100, rate);
+    s.finish().await;
+}
+
+/// The pace the sandbox saw, from its own receive times (the last window counted whole):
+/// at least 90 % of `rate`, at most 1 % over it.
+fn assert_pace(s: &Scenario, rows: usize, rate: Rate) {
     let times: Vec<jiff::Timestamp> = s
         .record()
         .iter()
         .map(|v| v["receivedAt"].as_str().unwrap().parse().unwrap())
         .collect();
+    assert_eq!(times.len(), rows);
     let span = (*times.iter().max().unwrap() - *times.iter().min().unwrap()).as_secs_f64();
-    let achieved = 100.0 / (span + 1.0);
-    assert!(achieved >= 0.9 * 20.0, "achieved {achieved:.2}/s of 20/s");
+    let achieved = rows as f64 / (span + rate.period.as_secs_f64());
+    let limit = rate.per_second();
     assert!(
-        achieved <= 20.0 * 1.01,
-        "achieved {achieved:.2}/s is over 20/s"
+        achieved >= 0.9 * limit,
+        "achieved {achieved:.2}/s of {limit}/s"
     );
-    s.finish().await;
+    assert!(
+        achieved <= limit * 1.01,
+        "achieved {achieved:.2}/s is over {limit}/s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

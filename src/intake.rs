@@ -188,7 +188,11 @@ fn fate(
             journal.keep_prior(row, p).map_err(journal_error)?;
             return Ok(Fate::Done);
         }
-        _ => {}
+        // Tried again (failed, invalid, changed, or unknown with `--resend-unknown`): its earlier
+        // line stays until this run writes a new one, so a run that stops before reaching it
+        // does not drop it from the record (an `unknown` row would then be sent as new).
+        Some(p) => journal.keep_prior(row, p).map_err(journal_error)?,
+        None => {}
     }
     // Mapped only now: a row sent in an earlier run costs no mapping on resume.
     let outcome = match record.broken {

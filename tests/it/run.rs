@@ -230,6 +230,45 @@ async fn dropped_answers_end_unknown_and_are_never_resent() {
     s.finish().await;
 }
 
+/// Bug: `--resend-unknown` took an `unknown` row's earlier line as the run read it; a run that
+/// stopped before that row's request left (here `--max-requests 1`) compacted the file without
+/// it, and the row vanished from the record (the next run, without the option, sent it as new:
+/// a message that may be stored, sent again unasked). Its earlier line now stays until a new
+/// outcome replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_that_stops_early_keeps_the_rows_it_did_not_reach() {
+    let s = Scenario::with(support::export(200, 20), |c| SandboxConfig {
+        drop_rate: 0.1,
+        seed: Some(5),
+        ..c
+    })
+    .await;
+    s.run(&["--rate", "100000/s", "--timeout", "5s"])
+        .await
+        .expect_code(1);
+    let unknown = s.statuses().get("unknown").copied().unwrap_or(0);
+    assert!(unknown > 5, "{:?}", s.statuses());
+    let out = s
+        .run(&[
+            "--rate",
+            "100000/s",
+            "--resend-unknown",
+            "--max-requests",
+            "1",
+        ])
+        .await;
+    out.expect_code(3);
+    let counts = s.statuses();
+    assert_eq!(s.results().len(), 200, "every row keeps a line: {counts:?}");
+    // One was resent (its answer may be dropped again); the others are still `unknown`.
+    let now = counts.get("unknown").copied().unwrap_or(0);
+    assert!(
+        now == unknown || now == unknown - 1,
+        "{unknown} before: {counts:?}"
+    );
+    s.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_then_resume_sends_every_row_once() {
     let s = Scenario::new(support::export(120, 12)).await;

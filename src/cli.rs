@@ -91,6 +91,11 @@ pub struct RunArgs {
     /// On resume, send again the rows whose outcome is unknown (they may then be stored twice).
     #[arg(long)]
     pub resend_unknown: bool,
+    /// Write the run's outcome as one JSON object to PATH (counts, requests, why it stopped, the
+    /// exit code, the resume command), for a nightly job's monitoring: removed when the run
+    /// starts, written atomically when it ends, whatever the exit code.
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
     /// Send the rows recorded `changed` (keyed by content, they look like a row sent earlier
     /// with a cell edited: same conversation, direction, type and date) as new messages.
     #[arg(long)]

@@ -63,7 +63,18 @@ impl From<Exit> for ExitCode {
 pub fn run(cli: cli::Cli) -> Exit {
     init_logging(&cli);
     let ended = match cli.command {
-        cli::Command::Run(args) => commands::run::run(args),
+        cli::Command::Run(args) => {
+            let Some(path) = args.summary_json.clone() else {
+                return exit_code(commands::run::run(args));
+            };
+            summary::clear_json(&path);
+            let ended = commands::run::run(args);
+            let error = ended.as_ref().err().map(|e| format!("{e:#}"));
+            let report = ended.as_ref().ok().and_then(|e| e.summary.clone());
+            let exit = exit_code(ended);
+            summary::write_json(&path, exit, error.as_deref(), report.as_ref());
+            return exit;
+        }
         cli::Command::Validate(args) => commands::validate::run(args),
         cli::Command::Sandbox(args) => sandbox::run_foreground(args),
         cli::Command::Report(args) => commands::report::run(args),

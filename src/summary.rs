@@ -47,6 +47,8 @@ pub struct Ending {
     pub stopped: Option<StopReason>,
     /// Rows (or contacts) that need the user: invalid, failed, unknown, ambiguous.
     pub attention: u64,
+    /// A run's report as `--summary-json` gives it (without the exit code, decided later).
+    pub summary: Option<serde_json::Value>,
 }
 
 /// Counters of a run, shared by the stages; the [`Report`] is read from them at the end.
@@ -168,7 +170,45 @@ impl Report {
                 + self.unknown
                 + self.unknown_before
                 + self.changed,
+            summary: None,
         }
+    }
+
+    /// [`ending`](Report::ending) with the report for `--summary-json`.
+    pub fn ending_with_summary(&self, input: &Path, results: &Path) -> Ending {
+        Ending {
+            summary: Some(self.json(input, results)),
+            ..self.ending()
+        }
+    }
+
+    /// The report as one JSON object: what `--summary-json` writes, beside the exit code.
+    pub fn json(&self, input: &Path, results: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "input": input.display().to_string(),
+            "results": results.display().to_string(),
+            "stopped": self.stopped.as_ref().map(ToString::to_string),
+            "rows": {
+                "in_input": self.total,
+                "read": self.rows,
+                "sent": self.sent,
+                "sent_earlier": self.sent_before,
+                "invalid": self.invalid,
+                "failed": self.failed,
+                "unknown": self.unknown,
+                "unknown_earlier": self.unknown_before,
+                "duplicate": self.duplicate,
+                "changed": self.changed,
+                "sent_earlier_not_in_input": self.gone,
+            },
+            "requests": {
+                "total": self.requests,
+                "messages": self.requests.saturating_sub(self.lookups),
+                "lookups": self.lookups,
+            },
+            "elapsed_seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "resume_command": self.stopped.as_ref().map(|_| resume_command()),
+        })
     }
 
     /// The summary printed at the end of a run: counts, pace, and what to do next.
@@ -350,6 +390,65 @@ impl ErrorTally {
             let _ = writeln!(out, "  {:>width$}  e.g. {example}", "");
         }
         out
+    }
+}
+
+/// `--summary-json`: the file is removed as the run starts, so a monitor never reads an old
+/// run's outcome as this one's (a run that cannot write it at the end leaves none).
+pub fn clear_json(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        say_err(&format!(
+            "warning: cannot remove the old summary {}: {e}",
+            path.display()
+        ));
+    }
+}
+
+/// Writes `--summary-json` at the end: the exit code and what it means, the usage error if the
+/// run never started, and the run's report. Atomic (temp file in the same folder, synced,
+/// renamed): a monitor reads the whole object or none.
+pub fn write_json(
+    path: &Path,
+    exit: crate::Exit,
+    error: Option<&str>,
+    report: Option<&serde_json::Value>,
+) {
+    let mut object = serde_json::json!({
+        "exit_code": exit as u8,
+        "outcome": match exit {
+            crate::Exit::Success => "success",
+            crate::Exit::RowsNeedAttention => "finished, some rows need attention",
+            crate::Exit::Usage => "usage or configuration error, nothing sent",
+            crate::Exit::Stopped => "stopped early, resumable",
+        },
+        "error": error,
+    });
+    if let (Some(serde_json::Value::Object(fields)), Some(target)) =
+        (report, object.as_object_mut())
+    {
+        target.extend(fields.clone());
+    }
+    let write = || -> std::io::Result<()> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let mut temp = tempfile::Builder::new()
+            .prefix(".lc-import-summary.")
+            .tempfile_in(dir)?;
+        serde_json::to_writer_pretty(&mut temp, &object)?;
+        std::io::Write::write_all(&mut temp, b"\n")?;
+        temp.as_file().sync_all()?;
+        temp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        say_err(&format!(
+            "error: cannot write the summary {}: {e}",
+            path.display()
+        ));
     }
 }
 

@@ -38,6 +38,7 @@ pub fn run(args: ReportArgs) -> Result<Ending> {
     Ok(Ending {
         stopped: None,
         attention: summary.rows.saturating_sub(done),
+        summary: None,
     })
 }
 

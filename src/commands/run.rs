@@ -81,7 +81,12 @@ pub fn run(args: RunArgs) -> Result<Ending> {
             Ok(settings) if resolve_only => {
                 crate::commands::survey::survey(settings, &shutdown.soft).await
             }
-            Ok(settings) => import(settings, &shutdown).await.map(|r| r.ending()),
+            Ok(settings) => {
+                let (input, results) = (settings.input.clone(), settings.results.clone());
+                import(settings, &shutdown)
+                    .await
+                    .map(|r| r.ending_with_summary(&input, &results))
+            }
         };
         if let Some(s) = sandbox {
             s.sandbox.shutdown().await;
@@ -101,6 +106,7 @@ pub fn run(args: RunArgs) -> Result<Ending> {
                 "the run failed unexpectedly: {e}"
             ))),
             attention: 0,
+            summary: None,
         })
     });
     // After a hard stop, tasks may still wait on requests: they are dropped, not awaited.

@@ -223,6 +223,7 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
     Ok(Ending {
         stopped,
         attention: attention + invalid,
+        summary: None,
     })
 }
 

@@ -38,6 +38,7 @@ pub fn run(args: ValidateArgs) -> Result<Ending> {
     Ok(Ending {
         stopped: None,
         attention: report.invalid,
+        summary: None,
     })
 }
 

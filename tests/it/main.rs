@@ -7,6 +7,7 @@ mod exits;
 mod faults;
 mod fixture;
 mod hostile;
+mod monitor;
 mod power_cut;
 mod progress;
 mod report;

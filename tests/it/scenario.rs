@@ -207,6 +207,11 @@ impl Scenario {
         shim.to_string_lossy().into_owned()
     }
 
+    /// The token the sandbox accepts (what the runs send).
+    pub fn sandbox_token(&self) -> &str {
+        &self.token
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.w.path(name)
     }

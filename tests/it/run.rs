@@ -108,7 +108,7 @@ async fn a_slow_disk_neither_slows_the_pace_nor_trips_the_limit() {
         max: 20,
         period: Duration::from_secs(1),
     };
-    let s = Scenario::with(support::export(100, 10), |c| SandboxConfig {
+    let s = Scenario::with(support::export(100, 100), |c| SandboxConfig {
         rate: Some(rate),
         ..c
     })
@@ -119,7 +119,9 @@ async fn a_slow_disk_neither_slows_the_pace_nor_trips_the_limit() {
     let log = s.path("synclog.txt").to_string_lossy().into_owned();
     let out = s
         .run_with(
-            &["--rate", "20/s", "--concurrency", "8"],
+            // As many in flight as a window holds, and a conversation per row: the pace is then
+            // the limit's alone (with fewer, a window's last rows wait for a sync in turn).
+            &["--rate", "20/s", "--concurrency", "20"],
             &[
                 ("LD_PRELOAD", shim.as_str()),
                 ("SYNCLOG_DIR", dir.as_str()),

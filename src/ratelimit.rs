@@ -136,6 +136,27 @@ impl SlidingLog {
         fits
     }
 
+    /// Takes in the server's `X-RateLimit-Remaining`: when the server has room for fewer
+    /// requests than this log would still start in its window, the difference was spent by
+    /// someone else (another client on the location, or the canary run a moment ago), and is
+    /// entered as starts made `now`. (Without other clients the server's count is never above
+    /// this log's: its window is no longer, and requests in flight are in the log first.)
+    pub fn count_others(&mut self, remaining: u64, now: Instant) {
+        let used = self
+            .starts
+            .iter()
+            .filter(|s| **s + self.period > now)
+            .count();
+        let free = self.max.saturating_sub(used) as u64;
+        let others = free.saturating_sub(remaining) as usize;
+        if others > 0 {
+            let j = self.starts.partition_point(|s| *s <= now);
+            for _ in 0..others {
+                self.starts.insert(j, now);
+            }
+        }
+    }
+
     /// Records a start at `now` if allowed, else says when the next one may start.
     pub fn try_start(&mut self, now: Instant) -> Result<(), Instant> {
         self.reserve(now, now, Duration::ZERO).map(|_| ())
@@ -237,6 +258,9 @@ impl RateLimit {
         }
         let server = Rate { max, period };
         let mut state = self.state.lock().expect("rate limit lock");
+        if let (Some(log), Some(remaining)) = (state.log.as_mut(), remaining) {
+            log.count_others(remaining, Instant::now());
+        }
         let tighter = state
             .log
             .as_ref()
@@ -368,6 +392,40 @@ mod tests {
             Duration::from_millis(1010),
             "the 11th waits out the window"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_the_server_counted_from_someone_else_are_waited_out() {
+        let rate = Rate {
+            max: 10,
+            period: Duration::from_secs(1),
+        };
+        let limit = RateLimit::new(Some(rate));
+        let t0 = Instant::now();
+        limit.acquire().await;
+        // Our 1 start, and the server has room for 3 more: 6 were someone else's.
+        limit.observe(Some(10), Some(Duration::from_secs(1)), Some(3));
+        for _ in 0..3 {
+            limit.acquire().await;
+        }
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "the 3 the server has room for"
+        );
+        limit.acquire().await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(1010),
+            "then the window's end"
+        );
+        // A server that counted no more than this log adds nothing.
+        limit.observe(Some(10), Some(Duration::from_secs(1)), Some(9));
+        let t1 = Instant::now();
+        for _ in 0..5 {
+            limit.acquire().await;
+        }
+        assert_eq!(t1.elapsed(), Duration::ZERO);
     }
 
     #[test]

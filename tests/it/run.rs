@@ -140,6 +140,35 @@ async fn a_slow_disk_neither_slows_the_pace_nor_trips_the_limit() {
     s.finish().await;
 }
 
+/// Bug: a canary (`--limit 10`) and then the resume at once, against a server whose window
+/// still held the canary's 10 requests: the resume started with a full window of its own and drew
+/// 429s. It now takes what the server says is left (`X-RateLimit-Remaining`) from its first
+/// answers, and waits out the rest of the window instead (a 429 here before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_right_after_a_canary_does_not_trip_the_servers_window() {
+    let rate = Rate {
+        max: 20,
+        period: Duration::from_secs(3),
+    };
+    let s = Scenario::with(support::export(40, 40), |c| SandboxConfig {
+        rate: Some(rate),
+        latency: crate::fixture::latency(5, 10),
+        ..c
+    })
+    .await;
+    // One in flight: the first answer then counts every request of ours (with N in flight, up to
+    // N-1 of them may not be counted yet when it is written, and may still meet a 429).
+    let flags = ["--rate", "20/3s", "--concurrency", "1"];
+    let mut canary = flags.to_vec();
+    canary.extend(["--limit", "10"]);
+    s.run(&canary).await.expect_code(3);
+    s.run(&flags).await.expect_code(0);
+    let stats = s.stats();
+    assert_eq!(stats.rate_limited, 0, "no 429: {stats:?}");
+    s.assert_each_stored_once(40);
+    s.finish().await;
+}
+
 /// The pace the sandbox saw, from its own receive times (the last window counted whole):
 /// at least 90 % of `rate`, at most 1 % over it.
 fn assert_pace(s: &Scenario, rows: usize, rate: Rate) {

@@ -132,10 +132,9 @@ async fn a_slow_disk_neither_slows_the_pace_nor_trips_the_limit() {
         .await;
     out.expect_code(0);
     assert_eq!(s.stats().rate_limited, 0, "no 429: {:?}", s.stats());
-    assert!(
-        std::fs::read_to_string(&log).unwrap().lines().count() > 10,
-        "the shim slowed the syncs"
-    );
+    // The shim was in: at least a sync per window of the pace (a window's rows share one).
+    let syncs = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!(syncs >= 5, "the shim slowed the syncs: {syncs} logged");
     assert_pace(&s, 100, rate);
     s.finish().await;
 }

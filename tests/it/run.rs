@@ -180,6 +180,7 @@ fn assert_pace(s: &Scenario, rows: usize, rate: Rate) {
     let span = (*times.iter().max().unwrap() - *times.iter().min().unwrap()).as_secs_f64();
     let achieved = rows as f64 / (span + rate.period.as_secs_f64());
     let limit = rate.per_second();
+    eprintln!("pace seen by the sandbox: {achieved:.2}/s of {limit}/s");
     assert!(
         achieved >= 0.9 * limit,
         "achieved {achieved:.2}/s of {limit}/s"

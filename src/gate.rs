@@ -55,23 +55,24 @@ impl Gate {
     /// Waits until one request may leave and counts it, or says the run is stopping. A spent
     /// `--max-requests` stops the run here.
     pub async fn admit(&self) -> Result<(), Closed> {
-        let slot = self.admit_ahead(Duration::ZERO).await?;
-        self.depart(slot).await
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return Err(Closed),
+            _ = self.limit.acquire() => {}
+        }
+        self.count()
     }
 
     /// Like [`admit`](Gate::admit), but returns up to `lead` before the request's time, for a
     /// request with work to do before it leaves (its `sending` line, synced); it leaves with
     /// [`depart`](Gate::depart).
     pub async fn admit_ahead(&self, lead: Duration) -> Result<Slot, Closed> {
-        if self.is_stopping() {
-            return Err(Closed);
-        }
-        let at = self.slot(lead).await?;
-        if !self.quota.take() {
-            self.stop_with(StopReason::MaxRequests(self.quota.max()));
-            return Err(Closed);
-        }
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let at = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return Err(Closed),
+            at = self.limit.slot(lead) => at,
+        };
+        self.count()?;
         Ok(Slot(at))
     }
 
@@ -80,27 +81,25 @@ impl Gate {
     /// over, is traded for a fresh one (not counted again against `--max-requests`); waiting
     /// for that one, a stop is `Err`.
     pub async fn depart(&self, slot: Slot) -> Result<(), Closed> {
-        let mut at = slot.0;
-        sleep_until(at).await;
-        while !self.limit.confirm(at) {
-            at = self.slot(Duration::ZERO).await?;
-            sleep_until(at).await;
+        sleep_until(slot.0).await;
+        if self.limit.confirm(slot.0) {
+            return Ok(());
         }
-        Ok(())
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => Err(Closed),
+            _ = self.limit.acquire() => Ok(()),
+        }
     }
 
-    /// A rate-limit slot at most `lead` ahead, waiting for one while the window is full.
-    async fn slot(&self, lead: Duration) -> Result<tokio::time::Instant, Closed> {
-        loop {
-            match self.limit.reserve(lead) {
-                Ok(at) => return Ok(at),
-                Err(again) => tokio::select! {
-                    biased;
-                    _ = self.stop.cancelled() => return Err(Closed),
-                    _ = tokio::time::sleep_until(again) => {}
-                },
-            }
+    /// Counts an admitted request against `--max-requests`; a spent budget stops the run.
+    fn count(&self) -> Result<(), Closed> {
+        if !self.quota.take() {
+            self.stop_with(StopReason::MaxRequests(self.quota.max()));
+            return Err(Closed);
         }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Takes in what the server said about its limits.

@@ -185,15 +185,21 @@ impl RateLimit {
     /// Waits until a request may start, and counts it as started.
     pub async fn acquire(&self) {
         loop {
-            let at = loop {
-                match self.reserve(Duration::ZERO) {
-                    Ok(at) => break at,
-                    Err(again) => sleep_until(again).await,
-                }
-            };
+            let at = self.slot(Duration::ZERO).await;
             sleep_until(at).await;
             if self.confirm(at) {
                 return;
+            }
+        }
+    }
+
+    /// Waits until a start can be [reserved](RateLimit::reserve) at most `lead` ahead, and
+    /// returns its time.
+    pub async fn slot(&self, lead: Duration) -> Instant {
+        loop {
+            match self.reserve(lead) {
+                Ok(at) => return at,
+                Err(again) => sleep_until(again).await,
             }
         }
     }

@@ -430,21 +430,9 @@ pub fn write_json(
     {
         target.extend(fields.clone());
     }
-    let write = || -> std::io::Result<()> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let mut temp = tempfile::Builder::new()
-            .prefix(".lc-import-summary.")
-            .tempfile_in(dir)?;
-        serde_json::to_writer_pretty(&mut temp, &object)?;
-        std::io::Write::write_all(&mut temp, b"\n")?;
-        temp.as_file().sync_all()?;
-        temp.persist(path).map_err(|e| e.error)?;
-        Ok(())
-    };
-    if let Err(e) = write() {
+    let mut body = serde_json::to_vec_pretty(&object).expect("a summary serialises");
+    body.push(b'\n');
+    if let Err(e) = crate::results::line::write_atomically(path, ".lc-import-summary.", &body) {
         say_err(&format!(
             "error: cannot write the summary {}: {e}",
             path.display()

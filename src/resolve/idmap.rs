@@ -75,12 +75,7 @@ pub struct Known {
 
 /// The `<results>.ids.csv` path for a results file.
 pub fn path_for(results: &Path) -> PathBuf {
-    let mut name = results
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "results.csv".into());
-    name.push(".ids.csv");
-    results.with_file_name(name)
+    crate::results::line::beside(results, ".ids.csv")
 }
 
 /// The map in memory, written through to its file.

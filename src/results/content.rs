@@ -32,12 +32,7 @@ pub const HEADER: [&str; 4] = ["fingerprint", "key", "row", "message_id"];
 
 /// The `<results>.content.csv` path for a results file.
 pub fn path_for(results: &Path) -> PathBuf {
-    let mut name = results
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "results.csv".into());
-    name.push(".content.csv");
-    results.with_file_name(name)
+    crate::results::line::beside(results, ".content.csv")
 }
 
 /// A row sent earlier, as the content index recorded it.

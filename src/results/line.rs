@@ -255,6 +255,31 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
+/// A file beside the results file, named after it: `<results file name><suffix>`.
+pub fn beside(results: &Path, suffix: &str) -> PathBuf {
+    let mut name = results
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "results.csv".into());
+    name.push(suffix);
+    results.with_file_name(name)
+}
+
+/// Writes `body` to `path` whole or not at all: a temp file (`prefix…`) in the same folder,
+/// synced, renamed over `path`, the folder synced (where it can be opened).
+pub fn write_atomically(path: &Path, prefix: &str, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = folder_of(path);
+    let mut temp = tempfile::Builder::new().prefix(prefix).tempfile_in(&dir)?;
+    temp.write_all(body)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// The folder a file is in (`.` for a bare name), for temp files beside it: the compacted or
 /// validated results file before its rename, and the sorts' spills.
 pub fn folder_of(path: &Path) -> PathBuf {

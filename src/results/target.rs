@@ -7,7 +7,6 @@
 //! A results file written before targets were recorded is taken as written for the target of
 //! the first run that reads it (with a note in the log).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -44,12 +43,7 @@ impl std::fmt::Display for Target {
 
 /// `<results file name>.target.json` beside the results file.
 pub fn path_for(results: &Path) -> PathBuf {
-    let mut name = results
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "results.csv".into());
-    name.push(".target.json");
-    results.with_file_name(name)
+    crate::results::line::beside(results, ".target.json")
 }
 
 /// Checks that `results` (locked by this run) was written against `now`, and records `now` when
@@ -114,22 +108,9 @@ fn suggest(results: &Path, target: &Target) -> PathBuf {
 
 /// Temp file, sync, rename, folder sync: the record is whole or absent.
 fn write_atomically(path: &Path, target: &Target) -> Result<()> {
-    let context = || format!("cannot write {}", path.display());
-    let dir = super::line::folder_of(path);
-    let mut temp = tempfile::Builder::new()
-        .prefix(".lc-import-target")
-        .tempfile_in(&dir)
-        .with_context(context)?;
     let body = serde_json::to_vec_pretty(target).expect("a target serialises");
-    temp.write_all(&body).with_context(context)?;
-    temp.as_file().sync_all().with_context(context)?;
-    temp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(context)?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    super::line::write_atomically(path, ".lc-import-target", &body)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

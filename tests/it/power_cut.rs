@@ -84,9 +84,7 @@ async fn a_power_cut_at_random_points_sends_no_row_twice() {
         ..c
     })
     .await;
-    let shim = s.shim("tests/faults/synclog.c");
-    let dir = s.path("").canonicalize().expect("the work directory");
-    let dir = dir.to_string_lossy().into_owned();
+    let synclog = s.synclog();
     let concurrency = CONCURRENCY.to_string();
     let args = ["--concurrency", concurrency.as_str()];
     let results = s.path(RESULTS);
@@ -103,11 +101,7 @@ async fn a_power_cut_at_random_points_sends_no_row_twice() {
         let growth = rng.u64(0..24_000);
         let log = s.path(&format!("synclog-{round}.txt"));
         let log_name = log.to_string_lossy().into_owned();
-        let env = [
-            ("LD_PRELOAD", shim.as_str()),
-            ("SYNCLOG_DIR", dir.as_str()),
-            ("SYNCLOG_FILE", log_name.as_str()),
-        ];
+        let env = synclog.env(&log_name, &[]);
         let mut child = s.spawn_logged(&args, &env, &format!("run-{round}.log"));
         // Polled often, on a thread of its own: the kill should land between a write and the
         // sync that covers it as often as anywhere else.
@@ -227,19 +221,12 @@ async fn a_power_cut_at_random_points_sends_no_row_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_that_fails_stops_the_run_before_its_request_leaves() {
     let s = Scenario::new(support::export(600, 30)).await;
-    let shim = s.shim("tests/faults/synclog.c");
-    let dir = s.path("").canonicalize().expect("the work directory");
-    let dir = dir.to_string_lossy().into_owned();
+    let synclog = s.synclog();
     let log = s.path("synclog.txt").to_string_lossy().into_owned();
     let out = s
         .run_with(
             &["--concurrency", "8"],
-            &[
-                ("LD_PRELOAD", shim.as_str()),
-                ("SYNCLOG_DIR", dir.as_str()),
-                ("SYNCLOG_FILE", log.as_str()),
-                ("SYNCLOG_FAIL_AFTER", "20"),
-            ],
+            &synclog.env(&log, &[("SYNCLOG_FAIL_AFTER", "20")]),
         )
         .await;
     out.expect_code(3);

@@ -113,21 +113,14 @@ async fn a_slow_disk_neither_slows_the_pace_nor_trips_the_limit() {
         ..c
     })
     .await;
-    let shim = s.shim("tests/faults/synclog.c");
-    let dir = s.path("").canonicalize().expect("the work directory");
-    let dir = dir.to_string_lossy().into_owned();
+    let synclog = s.synclog();
     let log = s.path("synclog.txt").to_string_lossy().into_owned();
     let out = s
         .run_with(
             // As many in flight as a window holds, and a conversation per row: the pace is then
             // the limit's alone (with fewer, a window's last rows wait for a sync in turn).
             &["--rate", "20/s", "--concurrency", "20"],
-            &[
-                ("LD_PRELOAD", shim.as_str()),
-                ("SYNCLOG_DIR", dir.as_str()),
-                ("SYNCLOG_FILE", log.as_str()),
-                ("SYNCLOG_DELAY_MS", "40"),
-            ],
+            &synclog.env(&log, &[("SYNCLOG_DELAY_MS", "40")]),
         )
         .await;
     out.expect_code(0);

@@ -207,6 +207,15 @@ impl Scenario {
         shim.to_string_lossy().into_owned()
     }
 
+    /// The sync-log shim (`tests/faults/synclog.c`), built, watching this work directory.
+    pub fn synclog(&self) -> SyncLog {
+        let dir = self.path("").canonicalize().expect("the work directory");
+        SyncLog {
+            so: self.shim("tests/faults/synclog.c"),
+            dir: dir.to_string_lossy().into_owned(),
+        }
+    }
+
     /// The token the sandbox accepts (what the runs send).
     pub fn sandbox_token(&self) -> &str {
         &self.token
@@ -472,4 +481,24 @@ pub async fn interrupt(child: Child) -> String {
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
     assert!(stdout.contains("stopped early: interrupted."), "{stdout}");
     stdout
+}
+
+/// The sync-log shim of a scenario (see `tests/faults/synclog.c`).
+pub struct SyncLog {
+    so: String,
+    dir: String,
+}
+
+impl SyncLog {
+    /// The environment that preloads the shim into a run, logging its syncs to `log`, with more
+    /// of the shim's settings (`SYNCLOG_FAIL_AFTER`, `SYNCLOG_DELAY_MS`).
+    pub fn env<'a>(&'a self, log: &'a str, more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![
+            ("LD_PRELOAD", self.so.as_str()),
+            ("SYNCLOG_DIR", self.dir.as_str()),
+            ("SYNCLOG_FILE", log),
+        ];
+        env.extend_from_slice(more);
+        env
+    }
 }

@@ -161,6 +161,11 @@ impl Report {
             + self.changed
     }
 
+    /// Message requests among the requests (the rest are lookups).
+    pub fn messages(&self) -> u64 {
+        self.requests.saturating_sub(self.lookups)
+    }
+
     /// How the run ended, for the exit code: its stop, and the rows that need the user.
     pub fn ending(&self) -> Ending {
         Ending {
@@ -203,7 +208,7 @@ impl Report {
             },
             "requests": {
                 "total": self.requests,
-                "messages": self.requests.saturating_sub(self.lookups),
+                "messages": self.messages(),
                 "lookups": self.lookups,
             },
             "elapsed_seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
@@ -240,7 +245,7 @@ impl Report {
             out,
             "  {} requests ({} messages, {} lookups) in {:.1}s: {:.1} messages sent/s",
             r.requests,
-            r.requests.saturating_sub(r.lookups),
+            r.messages(),
             r.lookups,
             secs,
             r.sent as f64 / secs.max(0.001)

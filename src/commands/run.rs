@@ -76,6 +76,7 @@ pub fn run(args: RunArgs) -> Result<Ending> {
             token: s.token.clone(),
         });
         let resolve_only = args.resolve_only;
+        let summary_json = args.summary_json.is_some();
         let ended = match Settings::new(args, target) {
             Err(e) => Err(e),
             Ok(settings) if resolve_only => {
@@ -85,7 +86,10 @@ pub fn run(args: RunArgs) -> Result<Ending> {
                 let (input, results) = (settings.input.clone(), settings.results.clone());
                 import(settings, &shutdown)
                     .await
-                    .map(|r| r.ending_with_summary(&input, &results))
+                    .map(|r| match summary_json {
+                        true => r.ending_with_summary(&input, &results),
+                        false => r.ending(),
+                    })
             }
         };
         if let Some(s) = sandbox {

@@ -25,6 +25,14 @@ use crate::schedule::{Job, Payload};
 use crate::sender::Sender;
 use crate::summary::Counters;
 
+/// Rows delivered at once, per place on the wire (`--concurrency`): with 2, while one row's
+/// request is out, another row's `sending` line is being written and synced, so a fast server
+/// is not held to the pace of `fdatasync` (unthrottled against nginx at concurrency 16: see
+/// README "Performance"). The price: a crash or a power cut can leave up to twice
+/// `--concurrency` rows `unknown` (those beyond `--concurrency` never left). Under a rate limit
+/// a row writes its line only a sync's time before its slot, so there it changes little.
+pub const LOOK_AHEAD: usize = 2;
+
 /// What every delivery of a run shares.
 pub struct Deliver {
     /// Posts the message bodies.
@@ -105,9 +113,10 @@ impl Deliver {
                     return;
                 }
             }
-            // Leaves at its time; a sync that made it miss its time costs a fresh slot, never a
-            // burst that would trip the server's window.
-            if self.gate.depart(slot).await.is_err() {
+            // Leaves at its time, once it has a place on the wire; a sync or a full wire that
+            // made it miss its time costs a fresh slot, never a burst that would trip the
+            // server's window.
+            let Ok(on_the_wire) = self.gate.depart(slot).await else {
                 let why = if line.attempts == 0 {
                     "not sent: the run stopped before its request left".to_owned()
                 } else {
@@ -115,11 +124,14 @@ impl Deliver {
                 };
                 self.finish(&mut line, Status::Failed, why);
                 return;
-            }
+            };
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
             let (attempt, limits) = self.sender.post(body.clone()).await;
+            // What it says of the limits is in before its place is given up (the first answer
+            // lets the others take their times).
             self.gate.observe(limits);
+            drop(on_the_wire);
             if let Attempt::Answered { status, body, .. } = &attempt {
                 line.http_status = Some(*status);
                 // A 2xx carries its traceId in the body `classify` parses; others are read here.

@@ -1,6 +1,7 @@
 //! The scheduler: per-conversation lanes, so rows of one `conversationId` go one at a time, in
 //! input order (timeline order and e-mail threading depend on it), rows of different
-//! conversations side by side, at most `--concurrency` in flight. [`run`] is the loop that takes
+//! conversations side by side, at most the number given in delivery (twice `--concurrency`: the
+//! gate keeps `--concurrency` on the wire, see deliver's `LOOK_AHEAD`). [`run`] is the loop that takes
 //! jobs from intake into [`Lanes`] and spawns the deliver step (passed in) for each ready row.
 //!
 //! Memory stays bounded however conversations interleave: a lane keeps at most [`LANE_MEMORY`]

@@ -193,6 +193,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         gate: Gate::new(
             settings.rate,
             settings.max_requests,
+            settings.concurrency,
             shutdown.soft.child_token(),
         ),
         policy: Policy::new(settings.max_retries, settings.backoff),
@@ -238,7 +239,9 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         job_rx,
         &deliver.gate,
         |job| deliver.clone().row(job),
-        settings.concurrency,
+        // Rows beyond those on the wire write and sync their `sending` lines meanwhile, so a
+        // sync's wait is not the pace of a fast server (see deliver's LOOK_AHEAD).
+        settings.concurrency * crate::deliver::LOOK_AHEAD,
         (settings.concurrency * 128).max(1024),
         &spill_dir,
     );

@@ -111,6 +111,7 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
         gate: Gate::new(
             settings.rate,
             settings.max_requests,
+            settings.concurrency,
             interrupt.child_token(),
         ),
         policy: Policy::new(settings.max_retries, settings.backoff),

@@ -334,9 +334,10 @@ impl Resolver {
     ) -> Result<Answer, Failure> {
         let mut attempts = 0u32;
         loop {
-            if env.gate.admit().await.is_err() {
+            // Its place on the wire is held until the answer is read.
+            let Ok(_on_the_wire) = env.gate.admit().await else {
                 return Err(Failure::Stop(None));
-            }
+            };
             attempts += 1;
             self.counters.lookups.fetch_add(1, Ordering::Relaxed);
             let attempt = match request().send().await {

@@ -92,6 +92,23 @@ pub enum StopReason {
     MaxRequests(u64),
 }
 
+impl StopReason {
+    /// `true` when a request that is ready to leave (its `sending` line on disk) still leaves
+    /// after this stop, as the ones in flight finish: a Ctrl-C, `--limit`, `--max-requests`
+    /// (it was counted within the budget), an error of the run's own. `false` when it would be
+    /// pointless or do harm: a rejected token, a spent day, a failing server, a results file
+    /// that cannot take its outcome.
+    pub fn drains(&self) -> bool {
+        matches!(
+            self,
+            StopReason::Interrupted
+                | StopReason::Limit(_)
+                | StopReason::MaxRequests(_)
+                | StopReason::Error(_)
+        )
+    }
+}
+
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -239,8 +239,9 @@ async fn a_second_ctrl_c_exits_at_once_and_nothing_is_sent_twice() {
     // stored is settled before the resume.
     let out = s.run(&["--concurrency", "16"]).await;
     let unknown = s.assert_sent_or_unknown(&out);
+    // On the wire (8), or written ahead while they were out (as many: deliver's LOOK_AHEAD).
     assert!(
-        !unknown.is_empty() && unknown.len() <= 8,
+        !unknown.is_empty() && unknown.len() <= 16,
         "the rows in flight: {unknown:?}"
     );
     assert_eq!(s.results().len(), 40);

@@ -49,7 +49,8 @@ async fn a_full_disk_stops_the_run_cleanly_and_the_resume_completes() {
     let out = s.run(&["--rate", "none"]).await;
     assert_eq!(s.results().len(), 400, "{out:?}");
     let unknown = s.assert_sent_or_unknown(&out).len();
-    assert!(unknown <= 4, "at most the rows in flight: {unknown}");
+    // On the wire (4) or written ahead while the others were out (4 more).
+    assert!(unknown <= 8, "at most twice the rows in flight: {unknown}");
     out.expect_code(if unknown > 0 { 1 } else { 0 });
     assert!(
         s.stored().values().all(|ids| ids.len() == 1),
@@ -156,9 +157,10 @@ async fn a_last_line_cut_short_by_a_crash_is_repaired_conservatively() {
                 }
             }
         }
+        // On the wire, or written ahead while the others were out: twice --concurrency.
         assert!(
-            killed_in_flight <= 2,
-            "at most --concurrency: {killed_in_flight}"
+            killed_in_flight <= 4,
+            "at most twice --concurrency: {killed_in_flight}"
         );
         out.expect_code(if r10.is_some() || killed_in_flight > 0 {
             1

@@ -20,7 +20,7 @@ const TYPES: &str = "type must be one of the following values: SMS, RCS, Email, 
 
 use crate::fixture::start;
 
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     // reqwest is built with `rustls-no-provider`: even a plain-http client needs a crypto
     // provider installed first. Another test may have installed it already.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -32,7 +32,7 @@ fn client() -> reqwest::Client {
         .expect("client builds")
 }
 
-fn sms() -> Value {
+pub(crate) fn sms() -> Value {
     json!({
         "type": "SMS",
         "conversationId": "ve9EPM428h8vShlRW1KT",

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tracing::debug;
 
+use crate::auth::{Auth, Rejected};
 use crate::gate::Gate;
 use crate::mapping::MappedRow;
 use crate::resolve::{Env, Failure, Resolver};
@@ -29,6 +30,8 @@ use crate::summary::Counters;
 pub struct Deliver {
     /// Posts the message bodies.
     pub sender: Sender,
+    /// The token every request carries, renewed before it expires and after a 401.
+    pub auth: Arc<Auth>,
     /// The run's gate: stop, pace, `--max-requests`; every request passes it first.
     pub gate: Gate,
     /// The run's retry policy.
@@ -65,9 +68,14 @@ impl Deliver {
             },
         };
         let mut last_error = String::new();
+        // Sent again once after a 401 with a renewed token; a second 401 stops the run.
+        let mut replayed = false;
+        // A `sending` line is due: before the first attempt, and before a replay after a 401
+        // (whose line said the row was not stored).
+        let mut ahead = true;
         loop {
             // The first attempt's `sending` line is written while its time to leave comes.
-            let lead = if line.attempts == 0 {
+            let lead = if ahead {
                 self.journal.sync_lead()
             } else {
                 std::time::Duration::ZERO
@@ -80,7 +88,8 @@ impl Deliver {
                 }
                 return;
             };
-            if line.attempts == 0 {
+            if ahead {
+                ahead = false;
                 line.status = Some(Status::Sending);
                 let end = match self.journal.write_ahead(&line) {
                     Ok(end) => end,
@@ -116,10 +125,65 @@ impl Deliver {
                 self.finish(&mut line, Status::Failed, why);
                 return;
             }
+            // Boxed, as the lookups: only a renewal needs that future's room.
+            let bearer = match self.auth.fresh() {
+                Some(bearer) => Ok(bearer),
+                None => Box::pin(self.auth.ready()).await,
+            };
+            let bearer = match bearer {
+                Ok(bearer) => bearer,
+                Err(reason) => {
+                    let why = format!("not sent: {reason}");
+                    self.finish(&mut line, Status::Failed, why);
+                    self.gate.stop_with(reason);
+                    return;
+                }
+            };
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
-            let (attempt, limits) = self.sender.post(body.clone()).await;
+            let (attempt, limits) = self.sender.post(body.clone(), &bearer.value).await;
             self.gate.observe(limits);
+            if let Attempt::Answered {
+                status: 401, body, ..
+            } = &attempt
+            {
+                // A 401 stored nothing: with a renewed token the same request goes again. The
+                // journal says so first, so a crash during the renewal leaves the row to send,
+                // not `unknown`; the replay writes its own `sending` line.
+                if self.auth.renews() && !replayed {
+                    line.status = Some(Status::Failed);
+                    line.http_status = Some(401);
+                    line.error =
+                        "not stored: HTTP 401; to be sent again with a renewed token".into();
+                    line.finished_at = now_rfc3339();
+                    if let Err(e) = self.journal.record(&line) {
+                        self.gate.stop_with(self.journal_error(&e));
+                        return;
+                    }
+                    if let Err(e) = self.journal.flush() {
+                        self.gate.stop_with(self.journal_error(&e));
+                        return;
+                    }
+                }
+                let words = crate::retry::describe(401, body);
+                match Box::pin(self.auth.rejected(&bearer, replayed, words)).await {
+                    Rejected::Replay => {
+                        debug!(row = line.row, "token renewed after a 401: sending again");
+                        replayed = true;
+                        last_error = "HTTP 401 (the token was renewed)".into();
+                        line.error.clear();
+                        ahead = true;
+                        continue;
+                    }
+                    Rejected::Stop(reason) => {
+                        line.http_status = Some(401);
+                        line.trace_id = crate::retry::trace_id(body);
+                        self.finish(&mut line, Status::Failed, format!("not stored: {reason}"));
+                        self.gate.stop_with(reason);
+                        return;
+                    }
+                }
+            }
             if let Attempt::Answered { status, body, .. } = &attempt {
                 line.http_status = Some(*status);
                 // A 2xx carries its traceId in the body `classify` parses; others are read here.
@@ -195,6 +259,7 @@ impl Deliver {
                 &Env {
                     gate: &self.gate,
                     policy: &self.policy,
+                    auth: &self.auth,
                 },
             )
             .await
@@ -264,7 +329,8 @@ mod tests {
     fn a_row_task_stays_small() {
         let size = size_of_output(Deliver::row);
         eprintln!("Deliver::row future: {size} bytes");
-        // 3,416 bytes with the lookups inline; 1,560 with them boxed.
+        // 3,416 bytes with the lookups inline; 1,560 with them boxed; 1,816 with the bearer a
+        // request holds (renewals boxed).
         assert!(size <= 2048, "{size} bytes");
     }
 }

@@ -271,6 +271,9 @@ impl Report {
                     StopReason::TokenRejected(_) => {
                         "fix the token (a new one in LC_TOKEN or the --token-file), then run the same command again"
                     }
+                    StopReason::RefreshRefused(_) => {
+                        "once the token file holds a token that works (see above), run the same command again"
+                    }
                     _ => "to resume, run the same command again",
                 };
                 let _ = writeln!(

@@ -185,7 +185,6 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let deliver = Arc::new(Deliver {
         sender: Sender::new(
             &settings.base_url,
-            &settings.token,
             &settings.api_version,
             settings.timeout,
             settings.concurrency,
@@ -196,6 +195,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
             shutdown.soft.child_token(),
         ),
         policy: Policy::new(settings.max_retries, settings.backoff),
+        auth: settings.auth.clone(),
         journal: journal.clone(),
         counters: counters.clone(),
         resolver,

@@ -30,6 +30,7 @@ use anyhow::Result;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
+use crate::auth::{Auth, Rejected};
 use crate::gate::Gate;
 use crate::message::InboundMessage;
 use crate::retry::{
@@ -132,6 +133,8 @@ pub struct Env<'a> {
     pub gate: &'a Gate,
     /// The run's retry policy.
     pub policy: &'a Policy,
+    /// The run's token, renewed before it expires and after a 401.
+    pub auth: &'a Auth,
 }
 
 /// An answer to a lookup that is not retried: 2xx, or a refusal the caller reads.
@@ -193,16 +196,16 @@ struct WithId {
 }
 
 impl Resolver {
-    /// A resolver sending to `base` with `token`; `create_contacts` is `--create-contacts`.
+    /// A resolver sending to `base` (the token comes with each request, from [`Env`]);
+    /// `create_contacts` is `--create-contacts`.
     pub fn new(
         base: &reqwest::Url,
-        token: &str,
         timeout: Duration,
         create_contacts: bool,
         ids: IdMap,
     ) -> Result<Resolver> {
         // Lookups share the sender's client settings; each sets its own Version header.
-        let client = crate::sender::api_client(token, timeout, 8, HeaderMap::new())?;
+        let client = crate::sender::api_client(timeout, 8, HeaderMap::new())?;
         Ok(Resolver {
             client,
             base: base.clone(),
@@ -333,13 +336,33 @@ impl Resolver {
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Answer, Failure> {
         let mut attempts = 0u32;
+        let mut replayed = false;
         loop {
             if env.gate.admit().await.is_err() {
                 return Err(Failure::Stop(None));
             }
+            let bearer = env.auth.ready().await.map_err(|r| Failure::Stop(Some(r)))?;
             attempts += 1;
             self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-            let attempt = match request().send().await {
+            let sent = request()
+                .header(reqwest::header::AUTHORIZATION, bearer.value.clone())
+                .send()
+                .await;
+            if let Ok(response) = &sent
+                && response.status().as_u16() == 401
+            {
+                env.gate.observe(server_limits(response.headers()));
+                let words = format!("{what}: HTTP 401");
+                match env.auth.rejected(&bearer, replayed, words).await {
+                    Rejected::Replay => {
+                        replayed = true;
+                        continue;
+                    }
+                    // Nothing of this row was sent: it stays unrecorded for the next run.
+                    Rejected::Stop(reason) => return Err(Failure::Stop(Some(reason))),
+                }
+            }
+            let attempt = match sent {
                 Err(e) => Attempt::NoAnswer(crate::sender::error_chain(&e)),
                 Ok(response) => {
                     let status = response.status().as_u16();

@@ -36,6 +36,7 @@ use super::body::{self, Inbound};
 use super::chance::{self, Fault};
 use super::contacts;
 use super::limits::RateHeaders;
+use super::oauth;
 use super::state::{Shared, check_version};
 use super::stats::{Counted, Stats};
 
@@ -160,6 +161,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/conversations/",
             routing::post(contacts::create_conversation).fallback(not_found),
+        )
+        .route(
+            crate::auth::TOKEN_PATH,
+            routing::post(oauth::token).fallback(not_found),
+        )
+        .route(
+            crate::auth::LOCATION_TOKEN_PATH,
+            routing::post(oauth::location_token).fallback(not_found),
         )
         .route("/__stats", routing::get(stats))
         .fallback(not_found)

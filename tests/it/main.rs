@@ -8,6 +8,7 @@ mod faults;
 mod fixture;
 mod hostile;
 mod monitor;
+mod oauth;
 mod power_cut;
 mod progress;
 mod report;

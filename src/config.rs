@@ -60,6 +60,8 @@ pub struct Settings {
     pub create_contacts: bool,
     /// `--max-requests`.
     pub max_requests: Option<u64>,
+    /// `--wait`: a spent daily budget makes the run wait for the next day, not stop.
+    pub wait: bool,
     /// `--location-id` (or the file's `location-id`), for the results file's target.
     pub location_id: Option<String>,
     /// `run --sandbox`: the in-process sandbox, not a real API.
@@ -170,6 +172,7 @@ impl Settings {
             backoff: Backoff::default(),
             create_contacts: args.create_contacts || file.create_contacts.unwrap_or(false),
             max_requests: args.max_requests.or(file.max_requests),
+            wait: args.wait || file.wait.unwrap_or(false),
             location_id,
             rehearsal,
         })
@@ -240,6 +243,8 @@ pub struct FileConfig {
     pub create_contacts: Option<bool>,
     /// `--max-requests`.
     pub max_requests: Option<u64>,
+    /// `--wait`; `true` here turns it on even without the flag.
+    pub wait: Option<bool>,
     /// `--results`.
     pub results: Option<PathBuf>,
     /// `--base-url`.

@@ -143,6 +143,8 @@ impl Deliver {
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
             let (attempt, limits) = self.sender.post(body.clone(), &bearer.value).await;
             self.gate.observe(limits);
+            let day_spent = self.day_spent(&attempt);
+            self.gate.attempt_done();
             if let Attempt::Answered {
                 status: 401, body, ..
             } = &attempt
@@ -150,20 +152,11 @@ impl Deliver {
                 // A 401 stored nothing: with a renewed token the same request goes again. The
                 // journal says so first, so a crash during the renewal leaves the row to send,
                 // not `unknown`; the replay writes its own `sending` line.
-                if self.auth.renews() && !replayed {
-                    line.status = Some(Status::Failed);
-                    line.http_status = Some(401);
-                    line.error =
-                        "not stored: HTTP 401; to be sent again with a renewed token".into();
-                    line.finished_at = now_rfc3339();
-                    if let Err(e) = self.journal.record(&line) {
-                        self.gate.stop_with(self.journal_error(&e));
-                        return;
-                    }
-                    if let Err(e) = self.journal.flush() {
-                        self.gate.stop_with(self.journal_error(&e));
-                        return;
-                    }
+                if self.auth.renews()
+                    && !replayed
+                    && !self.not_stored_yet(&mut line, 401, "to be sent again with a renewed token")
+                {
+                    return;
                 }
                 let words = crate::retry::describe(401, body);
                 match Box::pin(self.auth.rejected(&bearer, replayed, words)).await {
@@ -190,6 +183,22 @@ impl Deliver {
                 if !(200..300).contains(status) {
                     line.trace_id = crate::retry::trace_id(body);
                 }
+            }
+            if day_spent {
+                // With --wait a spent daily budget is a wait, not a stop: the row goes again
+                // when the budget is back (the 429 stored nothing), with a `sending` line of
+                // its own.
+                if !self.not_stored_yet(
+                    &mut line,
+                    429,
+                    "the daily budget is spent; sent again when it is back (--wait)",
+                ) {
+                    return;
+                }
+                last_error = "HTTP 429: the daily budget is spent".into();
+                line.error.clear();
+                ahead = true;
+                continue;
             }
             let decision = self.policy.decide(
                 classify(&attempt),
@@ -288,6 +297,55 @@ impl Deliver {
                     self.gate.stop_with(reason);
                 }
                 None
+            }
+        }
+    }
+
+    /// With `--wait`: whether the answer says the day's budget is spent (a 429 with
+    /// `X-RateLimit-Daily-Remaining: 0`, or 429s past the burst window); the gate then holds
+    /// every request back until the next day.
+    fn day_spent(&self, attempt: &Attempt) -> bool {
+        let Attempt::Answered {
+            status,
+            daily_remaining,
+            interval,
+            ..
+        } = attempt
+        else {
+            return false;
+        };
+        if !self.gate.waits() {
+            return false;
+        }
+        let spent =
+            *status == 429 && (*daily_remaining == Some(0) || self.gate.throttled(true, *interval));
+        if *status != 429 {
+            self.gate.throttled(false, None);
+        }
+        if spent {
+            self.gate.budget_spent();
+        }
+        spent
+    }
+
+    /// Records that the row's last attempt stored nothing (`status`, `why`) before it waits to
+    /// go again: a crash during the wait then leaves it to send, not `unknown`. Its next attempt
+    /// writes a `sending` line of its own. Not counted: the row has no outcome yet. `false`
+    /// when the journal cannot be written (the run stops).
+    fn not_stored_yet(&self, line: &mut ResultLine, status: u16, why: &str) -> bool {
+        line.status = Some(Status::Failed);
+        line.http_status = Some(status);
+        line.error = format!("not stored: HTTP {status}; {why}");
+        line.finished_at = now_rfc3339();
+        match self
+            .journal
+            .record(line)
+            .and_then(|()| self.journal.flush())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                self.gate.stop_with(self.journal_error(&e));
+                false
             }
         }
     }

@@ -28,7 +28,29 @@ pub struct ServerLimits {
     pub remaining: Option<u64>,
     /// `X-RateLimit-Daily-Remaining`: requests left today; `None` when absent.
     pub daily_remaining: Option<u64>,
+    /// `X-Sandbox-Day-Length-Ms`: the length of a "day" of the daily budget, sent only by
+    /// `lc-import sandbox` started with `--day` (a multi-day rehearsal in minutes); `None`
+    /// when absent. The gate heeds it only from a loopback server.
+    pub day_length: Option<Duration>,
 }
+
+/// Reads the `X-RateLimit-*` headers (and the sandbox's day length) of an answer.
+pub fn server_limits(headers: &HeaderMap) -> ServerLimits {
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    ServerLimits {
+        max: number("x-ratelimit-max").and_then(|n| u32::try_from(n).ok()),
+        interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
+        remaining: number("x-ratelimit-remaining"),
+        daily_remaining: number("x-ratelimit-daily-remaining"),
+        day_length: number(DAY_LENGTH_HEADER)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
+    }
+}
+
+/// The sandbox's header giving the length of its "day" (see [`ServerLimits::day_length`]).
+pub const DAY_LENGTH_HEADER: &str = "x-sandbox-day-length-ms";
 
 /// Sends request bodies to one API root.
 pub struct Sender {
@@ -327,15 +349,11 @@ fn answered(
     headers: &HeaderMap,
     body: Result<Bytes, String>,
 ) -> (Attempt, ServerLimits) {
-    let number =
-        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-    let limits = ServerLimits {
-        max: number("x-ratelimit-max").and_then(|n| u32::try_from(n).ok()),
-        interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
-        remaining: number("x-ratelimit-remaining"),
-        daily_remaining: number("x-ratelimit-daily-remaining"),
-    };
-    let retry_after = number("retry-after").map(Duration::from_secs);
+    let limits = server_limits(headers);
+    let retry_after = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .map(Duration::from_secs);
     let body = match body {
         Ok(b) => b.to_vec(),
         // The status came, the body was cut: for a 2xx the message may be stored.

@@ -73,6 +73,9 @@ pub struct Counters {
     /// Rows keyed by content that look like a row sent earlier with a cell edited; recorded
     /// `changed`, not sent (no `--send-changed`).
     pub changed: AtomicU64,
+    /// With `--wait`, while the daily budget is spent: when the run tries again (Unix ms);
+    /// 0 while it runs.
+    pub resume_at_ms: AtomicU64,
 }
 
 impl Counters {

@@ -171,7 +171,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         content,
     } = prepared;
     let (content_log, content_index) = content.unzip();
-    say(&plan.describe(settings.rate, settings.max_requests));
+    say(&plan.describe(settings.rate, settings.max_requests, settings.wait));
     let content_keys = !mapping.has_key_column();
     if content_keys {
         warn!(
@@ -189,11 +189,20 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
             settings.timeout,
             settings.concurrency,
         )?,
-        gate: Gate::new(
-            settings.rate,
-            settings.max_requests,
-            shutdown.soft.child_token(),
-        ),
+        gate: {
+            let gate = Gate::new(
+                settings.rate,
+                settings.max_requests,
+                shutdown.soft.child_token(),
+            );
+            match settings.wait {
+                true => gate.with_wait(
+                    crate::sender::is_loopback(&settings.base_url),
+                    counters.clone(),
+                ),
+                false => gate,
+            }
+        },
         policy: Policy::new(settings.max_retries, settings.backoff),
         auth: settings.auth.clone(),
         journal: journal.clone(),

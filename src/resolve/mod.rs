@@ -36,7 +36,7 @@ use crate::message::InboundMessage;
 use crate::retry::{
     Attempt, Next, Outcome, Policy, Request, StopReason, classify, describe, trace_id,
 };
-use crate::sender::ServerLimits;
+use crate::sender::server_limits;
 
 pub use idmap::{IdMap, Known, Origin};
 
@@ -352,6 +352,7 @@ impl Resolver {
                 && response.status().as_u16() == 401
             {
                 env.gate.observe(server_limits(response.headers()));
+                env.gate.attempt_done();
                 let words = format!("{what}: HTTP 401");
                 match env.auth.rejected(&bearer, replayed, words).await {
                     Rejected::Replay => {
@@ -370,6 +371,7 @@ impl Resolver {
                     let retry_after =
                         header_number(response.headers(), "retry-after").map(Duration::from_secs);
                     env.gate.observe(limits);
+                    env.gate.attempt_done();
                     match response.bytes().await {
                         Ok(body) if !matches!(status, 401 | 429 | 500 | 502 | 503 | 504) => {
                             // The server answers: its earlier failures were not "in a row".
@@ -392,7 +394,13 @@ impl Resolver {
                     }
                 }
             };
+            env.gate.attempt_done();
             let outcome = match classify(&attempt) {
+                // --wait: the gate holds this lookup (and every request) until the next day.
+                Outcome::Stop(StopReason::DailyBudget) if env.gate.waits() => {
+                    env.gate.budget_spent();
+                    continue;
+                }
                 Outcome::Retry {
                     reason,
                     after,
@@ -444,17 +452,6 @@ fn answer_unreadable(answer: &Answer, what: &str, e: &serde_json::Error) -> Fail
 
 fn header_number(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// The `X-RateLimit-*` headers of an answer.
-fn server_limits(headers: &reqwest::header::HeaderMap) -> ServerLimits {
-    ServerLimits {
-        max: header_number(headers, "x-ratelimit-max").and_then(|n| u32::try_from(n).ok()),
-        interval: header_number(headers, "x-ratelimit-interval-milliseconds")
-            .map(Duration::from_millis),
-        remaining: header_number(headers, "x-ratelimit-remaining"),
-        daily_remaining: header_number(headers, "x-ratelimit-daily-remaining"),
-    }
 }
 
 #[cfg(test)]

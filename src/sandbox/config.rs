@@ -19,6 +19,9 @@ pub struct SandboxConfig {
     pub rate: Option<Rate>,
     /// Requests per UTC day; `None`: unlimited.
     pub daily: Option<u64>,
+    /// The length of a "day" of the daily budget (`--day`); `None`: 24 h, reset at UTC
+    /// midnight. Announced in `X-Sandbox-Day-Length-Ms` (a header only the sandbox sends).
+    pub day: Option<Duration>,
     /// Send `Retry-After` (seconds, rounded up) with every 429. The real API is not documented
     /// to send it.
     pub retry_after: bool,
@@ -89,6 +92,7 @@ impl SandboxConfig {
             token: DEFAULT_TOKEN.to_owned(),
             rate: None,
             daily: None,
+            day: None,
             retry_after: false,
             fail_rate: 0.0,
             drop_rate: 0.0,

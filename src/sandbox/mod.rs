@@ -73,6 +73,11 @@ pub struct SandboxArgs {
     /// Requests per UTC day, or `none`.
     #[arg(long, default_value = "200000", value_name = "N|none")]
     pub daily: Limit<u64>,
+    /// The length of a "day" of the daily budget (such as `20s`, for a multi-day rehearsal in
+    /// minutes), announced in the X-Sandbox-Day-Length-Ms header; default 24 h, reset at UTC
+    /// midnight.
+    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration)]
+    pub day: Option<Duration>,
     /// Send `Retry-After` with 429 answers (the real API is not documented to).
     #[arg(long)]
     pub retry_after: bool,
@@ -144,6 +149,7 @@ impl SandboxArgs {
             token: self.token.clone(),
             rate: self.rate.0,
             daily: self.daily.0,
+            day: self.day,
             retry_after: self.retry_after,
             fail_rate: self.fail_rate,
             drop_rate: self.drop_rate,

@@ -76,7 +76,7 @@ pub struct Shared {
 impl Shared {
     /// The state of a sandbox started with `config`.
     pub fn new(config: &SandboxConfig, recorder: Option<Recorder>, book: Book) -> Self {
-        let budget = Budget::new(config.rate, config.daily);
+        let budget = Budget::new(config.rate, config.daily).with_day(config.day);
         Shared {
             bearer: RwLock::new(format!("Bearer {}", config.token)),
             retry_after: config.retry_after,
@@ -227,4 +227,5 @@ const UNLIMITED_HEADERS: RateHeaders = RateHeaders {
     interval_ms: 10_000,
     max: limits::UNLIMITED,
     remaining: limits::UNLIMITED,
+    day_length_ms: 0,
 };

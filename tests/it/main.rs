@@ -21,3 +21,4 @@ mod security;
 mod support;
 mod trust;
 mod validate;
+mod wait;

@@ -28,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -748,9 +748,6 @@ fn check_writable(path: &Path) -> Result<()> {
             )
         })
 }
-
-/// `Arc` for the stages that share it.
-pub type SharedAuth = Arc<Auth>;
 
 #[cfg(test)]
 mod tests {

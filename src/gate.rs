@@ -142,6 +142,7 @@ impl Gate {
                     } => {
                         if tokio::time::Instant::now() >= *resume_at {
                             *probe_out = true;
+                            day.counters.resume_at_ms.store(0, Ordering::Relaxed);
                             info!("trying one request: is the daily budget back? (--wait)");
                             return Ok(());
                         }
@@ -373,6 +374,69 @@ mod tests {
             Some(StopReason::MaxRequests(2)),
             "the first reason stays"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_wait_a_spent_day_holds_requests_until_the_next_day_then_probes() {
+        let counters = Arc::new(Counters::default());
+        let gate =
+            Gate::new(None, None, CancellationToken::new()).with_wait(true, counters.clone());
+        let spent = |day_ms| ServerLimits {
+            daily_remaining: Some(0),
+            day_length: Some(Duration::from_millis(day_ms)),
+            ..ServerLimits::default()
+        };
+        // A one-minute day, as a loopback sandbox announces it.
+        gate.observe(spent(60_000));
+        assert!(!gate.is_stopping(), "a wait, not a stop");
+        assert!(
+            counters.resume_at_ms.load(Ordering::Relaxed) > 0,
+            "shown while it waits"
+        );
+        let start = tokio::time::Instant::now();
+        gate.admit()
+            .await
+            .expect("the probe goes when the next day starts");
+        let waited = start.elapsed();
+        // Until the next minute since the epoch plus 1/288 of a day (5 minutes of a real one).
+        assert!(
+            waited > Duration::from_millis(208) && waited <= Duration::from_millis(60_209),
+            "{waited:?}"
+        );
+        // The probe finds it still spent: an hour of a day (2.5 s of this one) before the next.
+        gate.observe(spent(60_000));
+        gate.attempt_done();
+        let start = tokio::time::Instant::now();
+        gate.admit().await.expect("the next probe");
+        assert_eq!(start.elapsed().as_millis(), 2_500);
+        // This probe is answered with budget left: the day is open again for every request.
+        gate.observe(ServerLimits {
+            daily_remaining: Some(39),
+            ..ServerLimits::default()
+        });
+        gate.attempt_done();
+        assert_eq!(counters.resume_at_ms.load(Ordering::Relaxed), 0);
+        let start = tokio::time::Instant::now();
+        gate.admit().await.expect("open");
+        gate.admit().await.expect("open");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(gate.requests(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_for_the_next_day_and_a_remote_day_length_is_ignored() {
+        let gate = Gate::new(None, None, CancellationToken::new())
+            .with_wait(false, Arc::new(Counters::default()));
+        gate.observe(ServerLimits {
+            daily_remaining: Some(0),
+            day_length: Some(Duration::from_millis(10)),
+            ..ServerLimits::default()
+        });
+        // A real day's wait is at least its 5-minute margin, whatever the time of day.
+        let admitted = tokio::time::timeout(Duration::from_secs(299), gate.admit()).await;
+        assert!(admitted.is_err(), "not a server's 10 ms day: a real one");
+        gate.stop_with(StopReason::Interrupted);
+        assert_eq!(gate.admit().await, Err(Closed));
     }
 
     #[tokio::test]

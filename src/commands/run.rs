@@ -313,6 +313,13 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     if let Some(resolved) = resolved {
         say(&resolved);
     }
+    if settings.auth.renews() {
+        say(&format!(
+            "  tokens        {} refreshed, {} location token(s) from the agency token\n",
+            settings.auth.refreshes(),
+            settings.auth.exchanges()
+        ));
+    }
     Ok(report)
 }
 

@@ -112,6 +112,14 @@ async fn access_tokens_that_expire_every_two_seconds_are_refreshed_and_every_row
         stats.token_refreshes, stats.unauthorized, stats.requests
     );
 
+    assert!(
+        out.stdout.contains(&format!(
+            "tokens        {} refreshed",
+            stats.token_refreshes
+        )),
+        "{out:?}"
+    );
+
     // The file holds the live pair, mode 0600, every other field kept.
     let file = token_file(&s);
     let live = file["refresh_token"].as_str().expect("a refresh token");

@@ -18,8 +18,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -27,7 +25,6 @@ use serde_json::{Value, json};
 
 use super::answer::json_response;
 use super::config::OAuth;
-use super::state::{Shared, check_version};
 
 /// Who a token was issued to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,7 +124,10 @@ impl Tokens {
     }
 
     /// `POST /oauth/token`.
-    fn refresh(&self, form: &HashMap<String, String>) -> Result<Value, (StatusCode, Value)> {
+    pub(super) fn refresh(
+        &self,
+        form: &HashMap<String, String>,
+    ) -> Result<Value, (StatusCode, Value)> {
         let refuse = |status: StatusCode, error: &str, description: &str| {
             self.refused.fetch_add(1, Relaxed);
             Err((
@@ -200,10 +200,11 @@ impl Tokens {
         Ok(answer)
     }
 
-    /// `POST /oauth/locationToken`.
-    fn location_token(
+    /// `POST /oauth/locationToken`; `version` is the `Version` header's check.
+    pub(super) fn location_token(
         &self,
         headers: &HeaderMap,
+        version: Result<(), String>,
         form: &HashMap<String, String>,
     ) -> Result<Value, (StatusCode, Value)> {
         let refuse = |status: StatusCode, message: Value| {
@@ -219,7 +220,7 @@ impl Tokens {
                 Value::from("Invalid token: an agency access token is required"),
             );
         }
-        if let Err(message) = check_version(headers) {
+        if let Err(message) = version {
             return refuse(StatusCode::BAD_REQUEST, Value::from(message));
         }
         let (Some(company), Some(location)) = (form.get("companyId"), form.get("locationId"))
@@ -255,16 +256,17 @@ fn random(n: usize) -> String {
     (0..n).map(|_| fastrand::alphanumeric()).collect()
 }
 
-fn form(raw: &[u8]) -> HashMap<String, String> {
+/// A form body (`application/x-www-form-urlencoded`) as its fields.
+pub(super) fn form(raw: &[u8]) -> HashMap<String, String> {
     url::form_urlencoded::parse(raw).into_owned().collect()
 }
 
-/// Answers with `answer` after the configured delay, or 404 when OAuth is off.
-async fn respond(
-    shared: &Shared,
+/// Answers with `answer` after the configured delay, or 404 when OAuth is off (`None`).
+pub(super) async fn respond(
+    tokens: Option<&Tokens>,
     answer: impl FnOnce(&Tokens) -> Result<Value, (StatusCode, Value)>,
 ) -> Response {
-    let Some(tokens) = &shared.tokens else {
+    let Some(tokens) = tokens else {
         return json_response(
             StatusCode::NOT_FOUND,
             &json!({"statusCode": 404, "message": "OAuth is off in this sandbox (start it with --oauth-expires-in)"}),
@@ -278,22 +280,6 @@ async fn respond(
         Ok(body) => json_response(StatusCode::OK, &body),
         Err((status, body)) => json_response(status, &body),
     }
-}
-
-/// `POST /oauth/token`.
-pub(super) async fn token(State(shared): State<std::sync::Arc<Shared>>, raw: Bytes) -> Response {
-    let form = form(&raw);
-    respond(&shared, |t| t.refresh(&form)).await
-}
-
-/// `POST /oauth/locationToken`.
-pub(super) async fn location_token(
-    State(shared): State<std::sync::Arc<Shared>>,
-    headers: HeaderMap,
-    raw: Bytes,
-) -> Response {
-    let form = form(&raw);
-    respond(&shared, |t| t.location_token(&headers, &form)).await
 }
 
 #[cfg(test)]
@@ -362,11 +348,11 @@ mod tests {
             ("locationId".to_owned(), "loc1".to_owned()),
         ]
         .into();
-        let location = t.location_token(&headers, &form).unwrap();
+        let location = t.location_token(&headers, Ok(()), &form).unwrap();
         let mut as_location = HeaderMap::new();
         let bearer = format!("Bearer {}", location["access_token"].as_str().unwrap());
         as_location.insert(AUTHORIZATION, bearer.parse().unwrap());
         assert!(t.authorizes(&as_location));
-        assert!(t.location_token(&as_location, &form).is_err());
+        assert!(t.location_token(&as_location, Ok(()), &form).is_err());
     }
 }

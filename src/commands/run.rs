@@ -305,6 +305,8 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let report = Report {
         total: plan_rows,
         lookups,
+        token_refreshes: settings.auth.refreshes(),
+        location_tokens: settings.auth.exchanges(),
         gone,
         content_keys,
         ..Report::read(&counters, stopped, requests, started.elapsed())
@@ -312,13 +314,6 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     say(&report.render(&settings.input, journal.path()));
     if let Some(resolved) = resolved {
         say(&resolved);
-    }
-    if settings.auth.renews() {
-        say(&format!(
-            "  tokens        {} refreshed, {} location token(s) from the agency token\n",
-            settings.auth.refreshes(),
-            settings.auth.exchanges()
-        ));
     }
     Ok(report)
 }

@@ -89,7 +89,15 @@ async fn access_tokens_that_expire_every_two_seconds_are_refreshed_and_every_row
     // 300 rows at 40/s: about 7.5 s, so the 2-second tokens expire three times or more.
     let out = s
         .run_with(
-            &["--token-file", "token.json", "--rate", "40/s", "-vv"],
+            &[
+                "--token-file",
+                "token.json",
+                "--rate",
+                "40/s",
+                "-vv",
+                "--summary-json",
+                "summary.json",
+            ],
             &APP,
         )
         .await;
@@ -119,6 +127,13 @@ async fn access_tokens_that_expire_every_two_seconds_are_refreshed_and_every_row
         )),
         "{out:?}"
     );
+
+    let summary: Value = serde_json::from_str(&s.w.read("summary.json")).expect("summary JSON");
+    assert_eq!(
+        summary["requests"]["token_refreshes"],
+        stats.token_refreshes
+    );
+    assert_no_secret("the summary JSON", &s.w.read("summary.json"));
 
     // The file holds the live pair, mode 0600, every other field kept.
     let file = token_file(&s);

@@ -42,6 +42,20 @@ async fn a_run_bigger_than_the_daily_budget_waits_for_the_next_days_and_finishes
         stats.rate_limited, stats.requests
     );
 
+    // --max-requests still bounds a run that waits: it stops (exit 3) on the next day.
+    let s = Scenario::with(support::export(100, 10), |c| SandboxConfig {
+        daily: Some(40),
+        day: Some(Duration::from_secs(3)),
+        ..c
+    })
+    .await;
+    let out = s.run(&["--wait", "--max-requests", "50"]).await;
+    out.expect_code(3);
+    assert!(out.stdout.contains("--max-requests 50 reached"), "{out:?}");
+    assert!(s.stats().requests <= 50, "{:?}", s.stats());
+    assert_sent_once_failed_not_stored(&s);
+    s.finish().await;
+
     // Without --wait the same spent budget stops the run (exit 3), resumable.
     let s = Scenario::with(support::export(30, 3), |c| SandboxConfig {
         daily: Some(10),
@@ -83,6 +97,14 @@ async fn ctrl_c_stops_a_run_that_waits_for_the_next_day_at_once() {
     );
     assert!(stdout.contains("still to do"), "{stdout}");
     // The rows refused by the spent budget are `failed` (not stored), the rest unrecorded.
+    assert_sent_once_failed_not_stored(&s);
+    assert_eq!(s.stats().accepted, 10);
+    s.finish().await;
+}
+
+/// A stopped run's rows: `sent` ones stored once, `failed` ones (refused by the spent budget)
+/// not at all, none `unknown`; the rest unrecorded.
+fn assert_sent_once_failed_not_stored(s: &Scenario) {
     let stored = s.stored();
     for r in s.results() {
         match r["status"].as_str() {
@@ -91,6 +113,4 @@ async fn ctrl_c_stops_a_run_that_waits_for_the_next_day_at_once() {
             other => panic!("{other}: {r:?}"),
         }
     }
-    assert_eq!(s.stats().accepted, 10);
-    s.finish().await;
 }

@@ -82,6 +82,13 @@ fn assert_no_secret(what: &str, text: &str) {
     }
 }
 
+/// No secret in the run's stdout, its stderr, or the results file.
+fn assert_no_secret_in_output(s: &Scenario, out: &support::Output) {
+    assert_no_secret("stdout", &out.stdout);
+    assert_no_secret("stderr", &out.stderr);
+    assert_no_secret("the results file", &s.w.read(RESULTS));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_tokens_that_expire_every_two_seconds_are_refreshed_and_every_row_is_stored_once() {
     let s = Scenario::with(support::export(300, 30), with_oauth(oauth(2))).await;
@@ -165,9 +172,7 @@ async fn access_tokens_that_expire_every_two_seconds_are_refreshed_and_every_row
         out.stderr.contains("refreshing the access token"),
         "{out:?}"
     );
-    assert_no_secret("stdout", &out.stdout);
-    assert_no_secret("stderr", &out.stderr);
-    assert_no_secret("the results file", &s.w.read(RESULTS));
+    assert_no_secret_in_output(&s, &out);
     s.finish().await;
 }
 
@@ -316,9 +321,7 @@ async fn an_agency_token_is_exchanged_for_the_location_token() {
         out.stderr.contains("exchanging the agency token"),
         "{out:?}"
     );
-    assert_no_secret("stdout", &out.stdout);
-    assert_no_secret("stderr", &out.stderr);
-    assert_no_secret("the results file", &s.w.read(RESULTS));
+    assert_no_secret_in_output(&s, &out);
     // The location token lives in memory only: the file holds the agency's.
     assert!(file.get("locationId").is_none(), "{file}");
     s.finish().await;

@@ -13,12 +13,7 @@ use crate::support;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_bigger_than_the_daily_budget_waits_for_the_next_days_and_finishes_by_itself() {
     // 100 rows, 40 requests a "day" of 3 seconds: three days at least.
-    let s = Scenario::with(support::export(100, 10), |c| SandboxConfig {
-        daily: Some(40),
-        day: Some(Duration::from_secs(3)),
-        ..c
-    })
-    .await;
+    let s = short_days(100, 10, 40, 3).await;
     let out = s.run(&["--wait", "--concurrency", "4"]).await;
     out.expect_code(0);
     s.assert_each_stored_once(100);
@@ -43,12 +38,7 @@ async fn a_run_bigger_than_the_daily_budget_waits_for_the_next_days_and_finishes
     );
 
     // --max-requests still bounds a run that waits: it stops (exit 3) on the next day.
-    let s = Scenario::with(support::export(100, 10), |c| SandboxConfig {
-        daily: Some(40),
-        day: Some(Duration::from_secs(3)),
-        ..c
-    })
-    .await;
+    let s = short_days(100, 10, 40, 3).await;
     let out = s.run(&["--wait", "--max-requests", "50"]).await;
     out.expect_code(3);
     assert!(out.stdout.contains("--max-requests 50 reached"), "{out:?}");
@@ -57,12 +47,7 @@ async fn a_run_bigger_than_the_daily_budget_waits_for_the_next_days_and_finishes
     s.finish().await;
 
     // Without --wait the same spent budget stops the run (exit 3), resumable.
-    let s = Scenario::with(support::export(30, 3), |c| SandboxConfig {
-        daily: Some(10),
-        day: Some(Duration::from_secs(3600)),
-        ..c
-    })
-    .await;
+    let s = short_days(30, 3, 10, 3600).await;
     let out = s.run(&["--concurrency", "2"]).await;
     out.expect_code(3);
     assert!(
@@ -74,12 +59,7 @@ async fn a_run_bigger_than_the_daily_budget_waits_for_the_next_days_and_finishes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_a_run_that_waits_for_the_next_day_at_once() {
-    let s = Scenario::with(support::export(30, 3), |c| SandboxConfig {
-        daily: Some(10),
-        day: Some(Duration::from_secs(3600)),
-        ..c
-    })
-    .await;
+    let s = short_days(30, 3, 10, 3600).await;
     let child = s.spawn(
         &["--wait", "--concurrency", "2"],
         Stdio::piped(),
@@ -113,4 +93,15 @@ fn assert_sent_once_failed_not_stored(s: &Scenario) {
             other => panic!("{other}: {r:?}"),
         }
     }
+}
+
+/// `rows` rows over `conversations` conversations, against a sandbox that allows `daily`
+/// requests a "day" of `day_secs` seconds.
+async fn short_days(rows: usize, conversations: usize, daily: u64, day_secs: u64) -> Scenario {
+    Scenario::with(support::export(rows, conversations), |c| SandboxConfig {
+        daily: Some(daily),
+        day: Some(Duration::from_secs(day_secs)),
+        ..c
+    })
+    .await
 }

@@ -26,15 +26,10 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let sender = Arc::new(
-            Sender::new(
-                &base,
-                "sandbox-token",
-                "2021-07-28",
-                Duration::from_secs(30),
-                concurrency,
-            )
-            .expect("client"),
+            Sender::new(&base, "2021-07-28", Duration::from_secs(30), concurrency)
+                .expect("client"),
         );
+        let bearer = reqwest::header::HeaderValue::from_static("Bearer sandbox-token");
         let body = bytes::Bytes::from_static(
             br#"{"type":"SMS","conversationId":"C0000000000000000001","contactId":"K0000000000000000001","message":"Sure, the invoice is on its way to your inbox.","altId":"gen-000000001","direction":"outbound","date":"2020-09-13T12:26:41Z"}"#,
         );
@@ -43,9 +38,10 @@ fn main() {
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
             let (sender, body, next) = (sender.clone(), body.clone(), next.clone());
+            let bearer = bearer.clone();
             tasks.push(tokio::spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < total {
-                    let (attempt, _) = sender.post(body.clone()).await;
+                    let (attempt, _) = sender.post(body.clone(), &bearer).await;
                     assert!(
                         matches!(attempt, Attempt::Answered { status: 200..=299, .. }),
                         "{attempt:?}"

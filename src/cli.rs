@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// Stop cleanly (exit 3, resumable) after N requests, lookups and messages together.
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,
+    /// When the daily request budget is spent, wait for the next day (UTC midnight and a
+    /// margin, then one probe request, then an hour at a time) and go on, instead of stopping.
+    #[arg(long)]
+    pub wait: bool,
     /// How rows become request bodies.
     #[command(flatten)]
     pub mapping: MappingArgs,

@@ -5,12 +5,14 @@
 //! to the settings afterwards.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
+use crate::auth::{Auth, TokenSource};
 use crate::cli::{MappingArgs, RunArgs, parse_pair};
 use crate::mapping::MappingOptions;
 use crate::rate::Rate;
@@ -29,8 +31,9 @@ pub struct Settings {
     pub results: PathBuf,
     /// The API root, checked (https, or http to a loopback host); the sandbox's with `--sandbox`.
     pub base_url: reqwest::Url,
-    /// The API token, from `--token-file` or `LC_TOKEN`, or the sandbox's with `--sandbox`.
-    pub token: String,
+    /// The run's credentials: the token from `--token-file` or `LC_TOKEN` (or the sandbox's
+    /// with `--sandbox`), and how it is renewed.
+    pub auth: Arc<Auth>,
     /// The `Version` header sent on every request (default `2021-07-28`).
     pub api_version: String,
     /// `--rate`; `None`: no pace of the run's own (`--rate none`, or the in-process sandbox).
@@ -57,6 +60,8 @@ pub struct Settings {
     pub create_contacts: bool,
     /// `--max-requests`.
     pub max_requests: Option<u64>,
+    /// `--wait`: a spent daily budget makes the run wait for the next day, not stop.
+    pub wait: bool,
     /// `--location-id` (or the file's `location-id`), for the results file's target.
     pub location_id: Option<String>,
     /// `run --sandbox`: the in-process sandbox, not a real API.
@@ -77,7 +82,7 @@ impl Settings {
     /// token are used and `--base-url`, the token and `--rate` are not needed.
     pub fn new(args: RunArgs, target: Option<Endpoint>) -> Result<Settings> {
         let mut file = FileConfig::load(args.mapping.config.as_deref())?;
-        let location_id = args
+        let mut location_id = args
             .mapping
             .location_id
             .clone()
@@ -89,9 +94,11 @@ impl Settings {
             .or(file.base_url.take())
             .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
         let mut base_url = crate::sender::check_base_url(&base)?;
-        let mut token = String::new();
+        let mut token = None;
         if target.is_none() {
-            token = read_token(args.token_file.as_deref().or(file.token_file.as_deref()))?;
+            token = Some(TokenSource::read(
+                args.token_file.as_deref().or(file.token_file.as_deref()),
+            )?);
         }
         let rate_given = args.rate.is_some();
         let mut rate = match (args.rate, file.rate.as_deref()) {
@@ -105,7 +112,7 @@ impl Settings {
         };
         if let Some(target) = target {
             base_url = crate::sender::check_base_url(&target.base_url)?;
-            token = target.token;
+            token = Some(TokenSource::fixed(&target.token));
             // The sandbox has no limits: pace as fast as the sender goes, unless the command
             // line asks for a pace (a rehearsal of the real one).
             if !rate_given {
@@ -120,6 +127,16 @@ impl Settings {
             (None, None) => Duration::from_secs(30),
         };
         check_proxy_env()?;
+        let token = token.expect("a token from the flags or the target");
+        if location_id.is_none() {
+            location_id = token.location_id().map(str::to_owned);
+        }
+        let auth = Arc::new(Auth::new(
+            token,
+            &base_url,
+            location_id.as_deref(),
+            timeout,
+        )?);
         let concurrency = args.concurrency.or(file.concurrency).unwrap_or(8);
         if concurrency == 0 {
             bail!("--concurrency 0 would send nothing: give 1 or more");
@@ -138,7 +155,7 @@ impl Settings {
             }),
             input: args.input,
             base_url,
-            token,
+            auth,
             api_version: args
                 .api_version
                 .or(file.api_version.take())
@@ -155,6 +172,7 @@ impl Settings {
             backoff: Backoff::default(),
             create_contacts: args.create_contacts || file.create_contacts.unwrap_or(false),
             max_requests: args.max_requests.or(file.max_requests),
+            wait: args.wait || file.wait.unwrap_or(false),
             location_id,
             rehearsal,
         })
@@ -197,23 +215,6 @@ fn check_proxy_env() -> Result<()> {
     Ok(())
 }
 
-/// The token from `--token-file`, else from `LC_TOKEN`. Never from the command line, where
-/// other users of the machine could read it.
-fn read_token(file: Option<&Path>) -> Result<String> {
-    let token = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --token-file {}", path.display()))?,
-        None => std::env::var("LC_TOKEN").unwrap_or_default(),
-    };
-    let token = token.trim().to_owned();
-    if token.is_empty() {
-        bail!(
-            "no API token: set the environment variable LC_TOKEN, or give --token-file PATH (a file holding only the token). Use a sub-account Private Integration token or a location OAuth token"
-        );
-    }
-    Ok(token)
-}
-
 /// The `--config` file: the same keys as the flags, in kebab-case.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -242,6 +243,8 @@ pub struct FileConfig {
     pub create_contacts: Option<bool>,
     /// `--max-requests`.
     pub max_requests: Option<u64>,
+    /// `--wait`; `true` here turns it on even without the flag.
+    pub wait: Option<bool>,
     /// `--results`.
     pub results: Option<PathBuf>,
     /// `--base-url`.

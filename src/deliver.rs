@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tracing::debug;
 
+use crate::auth::{Auth, Rejected};
 use crate::gate::Gate;
 use crate::mapping::MappedRow;
 use crate::resolve::{Env, Failure, Resolver};
@@ -37,6 +38,8 @@ pub const LOOK_AHEAD: usize = 2;
 pub struct Deliver {
     /// Posts the message bodies.
     pub sender: Sender,
+    /// The token every request carries, renewed before it expires and after a 401.
+    pub auth: Arc<Auth>,
     /// The run's gate: stop, pace, `--max-requests`; every request passes it first.
     pub gate: Gate,
     /// The run's retry policy.
@@ -73,9 +76,34 @@ impl Deliver {
             },
         };
         let mut last_error = String::new();
+        // Sent again once after a 401 with a renewed token; a second 401 stops the run.
+        let mut replayed = false;
+        // A `sending` line is due: before the first attempt, and before a replay after a 401
+        // (whose line said the row was not stored).
+        let mut ahead = true;
         loop {
+            // A token first, before its `sending` line is written: a row that waits for a
+            // renewal has announced nothing (a kill meanwhile leaves it to send, not `unknown`).
+            // Boxed, as the lookups: only a renewal needs that future's room.
+            let bearer = match self.auth.fresh() {
+                Some(bearer) => Ok(bearer),
+                None => Box::pin(self.auth.ready()).await,
+            };
+            let bearer = match bearer {
+                Ok(bearer) => bearer,
+                Err(reason) => {
+                    // Nothing is written before the first attempt: the row stays for the next
+                    // run; after one, its last line says what became of it.
+                    if line.attempts > 0 {
+                        let why = format!("not sent: {reason}");
+                        self.finish(&mut line, Status::Failed, why);
+                    }
+                    self.gate.stop_with(reason);
+                    return;
+                }
+            };
             // The first attempt's `sending` line is written while its time to leave comes.
-            let lead = if line.attempts == 0 {
+            let lead = if ahead {
                 self.journal.sync_lead()
             } else {
                 std::time::Duration::ZERO
@@ -88,7 +116,8 @@ impl Deliver {
                 }
                 return;
             };
-            if line.attempts == 0 {
+            if ahead {
+                ahead = false;
                 line.status = Some(Status::Sending);
                 let end = match self.journal.write_ahead(&line) {
                     Ok(end) => end,
@@ -127,17 +156,67 @@ impl Deliver {
             };
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
-            let (attempt, limits) = self.sender.post(body.clone()).await;
+            let (attempt, limits) = self.sender.post(body.clone(), &bearer.value).await;
             // What it says of the limits is in before its place is given up (the first answer
             // lets the others take their times).
             self.gate.observe(limits);
+            let day_spent = self.day_spent(&attempt);
+            self.gate.attempt_done();
             drop(on_the_wire);
+            if let Attempt::Answered {
+                status: 401, body, ..
+            } = &attempt
+            {
+                // A 401 stored nothing: with a renewed token the same request goes again. The
+                // journal says so first, so a crash during the renewal leaves the row to send,
+                // not `unknown`; the replay writes its own `sending` line.
+                if self.auth.renews()
+                    && !replayed
+                    && !self.not_stored_yet(&mut line, 401, "to be sent again with a renewed token")
+                {
+                    return;
+                }
+                let words = crate::retry::describe(401, body);
+                match Box::pin(self.auth.rejected(&bearer, replayed, words)).await {
+                    Rejected::Replay => {
+                        debug!(row = line.row, "token renewed after a 401: sending again");
+                        replayed = true;
+                        last_error = "HTTP 401 (the token was renewed)".into();
+                        line.error.clear();
+                        ahead = true;
+                        continue;
+                    }
+                    Rejected::Stop(reason) => {
+                        line.http_status = Some(401);
+                        line.trace_id = crate::retry::trace_id(body);
+                        self.finish(&mut line, Status::Failed, format!("not stored: {reason}"));
+                        self.gate.stop_with(reason);
+                        return;
+                    }
+                }
+            }
             if let Attempt::Answered { status, body, .. } = &attempt {
                 line.http_status = Some(*status);
                 // A 2xx carries its traceId in the body `classify` parses; others are read here.
                 if !(200..300).contains(status) {
                     line.trace_id = crate::retry::trace_id(body);
                 }
+            }
+            if day_spent {
+                // With --wait a spent daily budget is a wait, not a stop: the row goes again
+                // when the budget is back (the 429 stored nothing), with a `sending` line of
+                // its own.
+                if !self.not_stored_yet(
+                    &mut line,
+                    429,
+                    "the daily budget is spent; sent again when it is back (--wait)",
+                ) {
+                    return;
+                }
+                last_error = "HTTP 429: the daily budget is spent".into();
+                line.error.clear();
+                ahead = true;
+                continue;
             }
             let decision = self.policy.decide(
                 classify(&attempt),
@@ -207,6 +286,7 @@ impl Deliver {
                 &Env {
                     gate: &self.gate,
                     policy: &self.policy,
+                    auth: &self.auth,
                 },
             )
             .await
@@ -235,6 +315,55 @@ impl Deliver {
                     self.gate.stop_with(reason);
                 }
                 None
+            }
+        }
+    }
+
+    /// With `--wait`: whether the answer says the day's budget is spent (a 429 with
+    /// `X-RateLimit-Daily-Remaining: 0`, or 429s past the burst window); the gate then holds
+    /// every request back until the next day.
+    fn day_spent(&self, attempt: &Attempt) -> bool {
+        let Attempt::Answered {
+            status,
+            daily_remaining,
+            interval,
+            ..
+        } = attempt
+        else {
+            return false;
+        };
+        if !self.gate.waits() {
+            return false;
+        }
+        let spent =
+            *status == 429 && (*daily_remaining == Some(0) || self.gate.throttled(true, *interval));
+        if *status != 429 {
+            self.gate.throttled(false, None);
+        }
+        if spent {
+            self.gate.budget_spent();
+        }
+        spent
+    }
+
+    /// Records that the row's last attempt stored nothing (`status`, `why`) before it waits to
+    /// go again: a crash during the wait then leaves it to send, not `unknown`. Its next attempt
+    /// writes a `sending` line of its own. Not counted: the row has no outcome yet. `false`
+    /// when the journal cannot be written (the run stops).
+    fn not_stored_yet(&self, line: &mut ResultLine, status: u16, why: &str) -> bool {
+        line.status = Some(Status::Failed);
+        line.http_status = Some(status);
+        line.error = format!("not stored: HTTP {status}; {why}");
+        line.finished_at = now_rfc3339();
+        match self
+            .journal
+            .record(line)
+            .and_then(|()| self.journal.flush())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                self.gate.stop_with(self.journal_error(&e));
+                false
             }
         }
     }
@@ -276,7 +405,8 @@ mod tests {
     fn a_row_task_stays_small() {
         let size = size_of_output(Deliver::row);
         eprintln!("Deliver::row future: {size} bytes");
-        // 3,416 bytes with the lookups inline; 1,560 with them boxed.
+        // 3,416 bytes with the lookups inline; 1,560 with them boxed; 1,816 with the bearer a
+        // request holds (renewals boxed).
         assert!(size <= 2048, "{size} bytes");
     }
 }

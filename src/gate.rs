@@ -6,10 +6,18 @@
 //!
 //! The gate also owns the run's stop: the first reason given wins, and the token it cancels is
 //! what the reader, the scheduler and every request in a pause listen to.
+//!
+//! With `--wait` ([`Gate::with_wait`]) a spent daily budget does not stop the run: the gate
+//! holds every request back until the next UTC midnight plus a margin (the API does not say
+//! when its day resets), lets one request through as a probe, and while the probe finds the
+//! budget still spent, waits again (an hour at a time). A "day" is 24 hours, or the length a
+//! loopback sandbox announces (`X-Sandbox-Day-Length-Ms`, for rehearsals); the margin and the
+//! probe interval scale with it (5 minutes and an hour of a real day). The stop (Ctrl-C) ends
+//! the wait at once.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +28,43 @@ use crate::rate::Rate;
 use crate::ratelimit::{RateLimit, sleep_until};
 use crate::retry::StopReason;
 use crate::sender::ServerLimits;
+use crate::summary::Counters;
+
+/// A real API's day: its daily budget resets at UTC midnight.
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// `--wait`: the state of the day's budget.
+struct Day {
+    state: Mutex<DayState>,
+    /// Woken when the state changes (spent, probing, open again).
+    changed: tokio::sync::Notify,
+    /// The day's length in milliseconds (24 h, or a loopback sandbox's).
+    length_ms: AtomicU64,
+    /// Whether the server's `X-Sandbox-Day-Length-Ms` is heeded (loopback only).
+    sandbox_days: bool,
+    /// Since when every answer has been a 429 (burst window or not).
+    throttled_since: Mutex<Option<std::time::Instant>>,
+    /// The run's counters: `resume_at` shows the progress display when the run goes on.
+    counters: Arc<Counters>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DayState {
+    /// Requests go.
+    Open,
+    /// The budget is spent: nothing leaves before `resume_at`; then one probe (`probe_out`).
+    Spent {
+        resume_at: tokio::time::Instant,
+        probe_out: bool,
+    },
+}
+
+/// When a day of `length` after the one holding `now` (since the Unix epoch) starts.
+fn next_day(now: Duration, length: Duration) -> Duration {
+    let length = length.as_millis().max(1);
+    let day = now.as_millis() / length + 1;
+    Duration::from_millis(u64::try_from(day * length).unwrap_or(u64::MAX))
+}
 
 /// The pace, the budget and the stop of one run, shared by all its requests.
 pub struct Gate {
@@ -40,6 +85,8 @@ pub struct Gate {
     probing: AtomicBool,
     /// Wakes the requests waiting for the first answer.
     heard: Notify,
+    /// `--wait`; `None`: a spent daily budget stops the run.
+    day: Option<Day>,
 }
 
 /// A request's place on the wire, from [`Gate::admit`] or [`Gate::depart`]: held until its
@@ -84,13 +131,150 @@ impl Gate {
             quota: Quota::new(max_requests),
             requests: AtomicU64::new(0),
             rate_noted: AtomicBool::new(false),
+            day: None,
         }
+    }
+
+    /// `--wait`: a spent daily budget holds the run back until the next day instead of
+    /// stopping it. `sandbox_days`: the server is on loopback, so its announced day length is
+    /// heeded. The time the run goes on is shown through `counters`.
+    pub fn with_wait(mut self, sandbox_days: bool, counters: Arc<Counters>) -> Gate {
+        self.day = Some(Day {
+            state: Mutex::new(DayState::Open),
+            changed: tokio::sync::Notify::new(),
+            length_ms: AtomicU64::new(DAY.as_millis() as u64),
+            sandbox_days,
+            throttled_since: Mutex::new(None),
+            counters,
+        });
+        self
+    }
+
+    /// Whether a spent daily budget makes the run wait (`--wait`) rather than stop.
+    pub fn waits(&self) -> bool {
+        self.day.is_some()
+    }
+
+    /// Waits while the day's budget is spent; the first request after the wait is the probe.
+    async fn day_open(&self) -> Result<(), Closed> {
+        let Some(day) = &self.day else {
+            return Ok(());
+        };
+        loop {
+            let notified = day.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let until = {
+                let mut state = day.state.lock().expect("day lock");
+                match &mut *state {
+                    DayState::Open => return Ok(()),
+                    DayState::Spent {
+                        probe_out: true, ..
+                    } => None,
+                    DayState::Spent {
+                        resume_at,
+                        probe_out,
+                    } => {
+                        if tokio::time::Instant::now() >= *resume_at {
+                            *probe_out = true;
+                            day.counters.resume_at_ms.store(0, Ordering::Relaxed);
+                            info!("trying one request: is the daily budget back? (--wait)");
+                            return Ok(());
+                        }
+                        Some(*resume_at)
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return Err(Closed),
+                _ = &mut notified => {}
+                _ = async {
+                    match until {
+                        Some(at) => sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    /// The daily budget is spent (an answer said `X-RateLimit-Daily-Remaining: 0`, or 429s
+    /// went on past the burst window): with `--wait`, hold every request back until the next
+    /// day (or, after a probe that found it still spent, an hour of a day); else stop.
+    pub fn budget_spent(&self) {
+        let Some(day) = &self.day else {
+            self.stop_with(StopReason::DailyBudget);
+            return;
+        };
+        let length = Duration::from_millis(day.length_ms.load(Ordering::Relaxed));
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut state = day.state.lock().expect("day lock");
+        let wait = match *state {
+            DayState::Open => next_day(now_unix, length) - now_unix + length / 288,
+            DayState::Spent {
+                probe_out: true, ..
+            } => length / 24,
+            DayState::Spent { .. } => return,
+        };
+        let resume_at = tokio::time::Instant::now() + wait;
+        *state = DayState::Spent {
+            resume_at,
+            probe_out: false,
+        };
+        drop(state);
+        let at = now_unix + wait;
+        let shown = jiff::Timestamp::from_millisecond(at.as_millis() as i64)
+            .map(|t| format!("{t:.0}"))
+            .unwrap_or_default();
+        day.counters
+            .resume_at_ms
+            .store(at.as_millis() as u64, Ordering::Relaxed);
+        warn!(
+            "the daily request budget is spent: waiting until {shown} (in {}), then trying one request (--wait; Ctrl-C stops the run)",
+            crate::quota::human(wait)
+        );
+        day.changed.notify_waiters();
+    }
+
+    /// An attempt has its answer (or none): a probe that did not find the budget spent opens
+    /// the day again.
+    pub fn attempt_done(&self) {
+        let Some(day) = &self.day else { return };
+        let mut state = day.state.lock().expect("day lock");
+        if let DayState::Spent {
+            probe_out: true, ..
+        } = *state
+        {
+            *state = DayState::Open;
+            drop(state);
+            day.counters.resume_at_ms.store(0, Ordering::Relaxed);
+            info!("the daily budget is back: the run goes on");
+            day.changed.notify_waiters();
+        }
+    }
+
+    /// Notes whether an answer was a 429; with `--wait`, `true` when 429s have gone on for two
+    /// burst windows (or a minute, whichever is longer): the day's budget, not the window's.
+    pub fn throttled(&self, is_429: bool, window: Option<Duration>) -> bool {
+        let Some(day) = &self.day else { return false };
+        let mut since = day.throttled_since.lock().expect("throttle lock");
+        if !is_429 {
+            *since = None;
+            return false;
+        }
+        let first = *since.get_or_insert_with(std::time::Instant::now);
+        let persist = (window.unwrap_or(Duration::from_secs(10)) * 2).max(Duration::from_secs(60));
+        first.elapsed() >= persist
     }
 
     /// Waits until one request may leave and counts it, or says the run is stopping: a place
     /// on the wire first, then its time (so a time is never taken and left unused while the
     /// wire is full). A spent `--max-requests` stops the run here.
     pub async fn admit(&self) -> Result<OnTheWire<'_>, Closed> {
+        self.day_open().await?;
         self.first_answer().await?;
         let on_the_wire = tokio::select! {
             biased;
@@ -110,6 +294,7 @@ impl Gate {
     /// request with work to do before it leaves (its `sending` line, synced); it leaves with
     /// [`depart`](Gate::depart).
     pub async fn admit_ahead(&self, lead: Duration) -> Result<Slot, Closed> {
+        self.day_open().await?;
         self.first_answer().await?;
         let at = tokio::select! {
             biased;
@@ -210,8 +395,14 @@ impl Gate {
         {
             info!("the server allows {rate}: pacing to that instead of --rate");
         }
+        if let (Some(day), Some(length)) = (&self.day, limits.day_length)
+            && day.sandbox_days
+        {
+            day.length_ms
+                .store(length.as_millis() as u64, Ordering::Relaxed);
+        }
         if limits.daily_remaining == Some(0) {
-            self.stop_with(StopReason::DailyBudget);
+            self.budget_spent();
         }
     }
 
@@ -282,6 +473,69 @@ mod tests {
             Some(StopReason::MaxRequests(2)),
             "the first reason stays"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_wait_a_spent_day_holds_requests_until_the_next_day_then_probes() {
+        let counters = Arc::new(Counters::default());
+        let gate =
+            Gate::new(None, None, 4, CancellationToken::new()).with_wait(true, counters.clone());
+        let spent = |day_ms| ServerLimits {
+            daily_remaining: Some(0),
+            day_length: Some(Duration::from_millis(day_ms)),
+            ..ServerLimits::default()
+        };
+        // A one-minute day, as a loopback sandbox announces it.
+        gate.observe(spent(60_000));
+        assert!(!gate.is_stopping(), "a wait, not a stop");
+        assert!(
+            counters.resume_at_ms.load(Ordering::Relaxed) > 0,
+            "shown while it waits"
+        );
+        let start = tokio::time::Instant::now();
+        gate.admit()
+            .await
+            .expect("the probe goes when the next day starts");
+        let waited = start.elapsed();
+        // Until the next minute since the epoch plus 1/288 of a day (5 minutes of a real one).
+        assert!(
+            waited > Duration::from_millis(208) && waited <= Duration::from_millis(60_209),
+            "{waited:?}"
+        );
+        // The probe finds it still spent: an hour of a day (2.5 s of this one) before the next.
+        gate.observe(spent(60_000));
+        gate.attempt_done();
+        let start = tokio::time::Instant::now();
+        gate.admit().await.expect("the next probe");
+        assert_eq!(start.elapsed().as_millis(), 2_500);
+        // This probe is answered with budget left: the day is open again for every request.
+        gate.observe(ServerLimits {
+            daily_remaining: Some(39),
+            ..ServerLimits::default()
+        });
+        gate.attempt_done();
+        assert_eq!(counters.resume_at_ms.load(Ordering::Relaxed), 0);
+        let start = tokio::time::Instant::now();
+        gate.admit().await.expect("open");
+        gate.admit().await.expect("open");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(gate.requests(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_for_the_next_day_and_a_remote_day_length_is_ignored() {
+        let gate = Gate::new(None, None, 4, CancellationToken::new())
+            .with_wait(false, Arc::new(Counters::default()));
+        gate.observe(ServerLimits {
+            daily_remaining: Some(0),
+            day_length: Some(Duration::from_millis(10)),
+            ..ServerLimits::default()
+        });
+        // A real day's wait is at least its 5-minute margin, whatever the time of day.
+        let admitted = tokio::time::timeout(Duration::from_secs(299), gate.admit()).await;
+        assert!(admitted.is_err(), "not a server's 10 ms day: a real one");
+        gate.stop_with(StopReason::Interrupted);
+        assert_eq!(gate.admit().await.err(), Some(Closed));
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;

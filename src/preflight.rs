@@ -196,7 +196,6 @@ fn open_resolver(settings: &Settings, mapping: &Mapping) -> Result<Option<Resolv
     }
     Ok(Some(Resolver::new(
         &settings.base_url,
-        &settings.token,
         settings.timeout,
         settings.create_contacts,
         ids,

@@ -123,11 +123,18 @@ fn eta(total: u64, done: u64, rate: Option<f64>) -> String {
     }
 }
 
-/// `1100 sent, 2 failed, 0 invalid, 0 unknown; 98.5 rows/s, ETA 36s`.
+/// `1100 sent, 2 failed, 0 invalid, 0 unknown; 98.5 rows/s, ETA 36s`; with `--wait` while the
+/// daily budget is spent, `…; daily budget spent, going on at 2026-12-02T00:05:00Z`.
 fn line(c: &Counters, rate: Option<f64>, eta: String) -> String {
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let waiting = match n(&c.resume_at_ms) {
+        0 => String::new(),
+        ms => jiff::Timestamp::from_millisecond(ms as i64)
+            .map(|t| format!("; daily budget spent, going on at {t:.0}"))
+            .unwrap_or_default(),
+    };
     format!(
-        "{} sent, {} failed, {} invalid, {} unknown; {:.1} rows/s, ETA {eta}",
+        "{} sent, {} failed, {} invalid, {} unknown; {:.1} rows/s, ETA {eta}{waiting}",
         n(&c.sent) + n(&c.sent_before),
         n(&c.failed),
         n(&c.invalid),

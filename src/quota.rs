@@ -82,7 +82,7 @@ impl Plan {
     }
 
     /// The plan as printed before sending.
-    pub fn describe(&self, rate: Option<Rate>, max_requests: Option<u64>) -> String {
+    pub fn describe(&self, rate: Option<Rate>, max_requests: Option<u64>, wait: bool) -> String {
         use std::fmt::Write as _;
         let (low, high) = self.requests();
         let (lookups_low, lookups_high) = self.lookups();
@@ -133,6 +133,24 @@ impl Plan {
                 format!("{} to {}", share(low), share(high))
             }
         );
+        if high > DAILY_BUDGET {
+            let days = |n: u64| n.div_ceil(DAILY_BUDGET);
+            let (a, b) = (days(low), days(high));
+            let span = if a == b {
+                a.to_string()
+            } else {
+                format!("{a} to {b}")
+            };
+            let _ = writeln!(
+                out,
+                "  days      {span} at {DAILY_BUDGET} requests a day{}",
+                if wait {
+                    " (--wait: the run waits for each next day by itself)"
+                } else {
+                    ": the run stops when a day's budget is spent (run it again the next day, or give --wait)"
+                }
+            );
+        }
         if let Some(max) = max_requests
             && max < high
         {
@@ -178,7 +196,7 @@ mod tests {
             contact_cost: 2,
         };
         assert_eq!(plan.requests(), (1200, 1400));
-        let text = plan.describe(Some("100/10s".parse().unwrap()), Some(500));
+        let text = plan.describe(Some("100/10s".parse().unwrap()), Some(500), false);
         assert!(
             text.contains("requests  1200 to 1400 (1000 messages + 200 to 400 lookups)"),
             "{text}"
@@ -187,6 +205,16 @@ mod tests {
         assert!(text.contains("0.6 % to 0.7 %"), "{text}");
         assert!(
             text.contains("--max-requests 500: this run stops"),
+            "{text}"
+        );
+        assert!(!text.contains("days "), "{text}");
+        let million = Plan {
+            messages: 1_000_000,
+            ..plan
+        };
+        let text = million.describe(None, None, true);
+        assert!(
+            text.contains("days      6 at 200000 requests a day (--wait"),
             "{text}"
         );
     }

@@ -28,7 +28,29 @@ pub struct ServerLimits {
     pub remaining: Option<u64>,
     /// `X-RateLimit-Daily-Remaining`: requests left today; `None` when absent.
     pub daily_remaining: Option<u64>,
+    /// `X-Sandbox-Day-Length-Ms`: the length of a "day" of the daily budget, sent only by
+    /// `lc-import sandbox` started with `--day` (a multi-day rehearsal in minutes); `None`
+    /// when absent. The gate heeds it only from a loopback server.
+    pub day_length: Option<Duration>,
 }
+
+/// Reads the `X-RateLimit-*` headers (and the sandbox's day length) of an answer.
+pub fn server_limits(headers: &HeaderMap) -> ServerLimits {
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    ServerLimits {
+        max: number("x-ratelimit-max").and_then(|n| u32::try_from(n).ok()),
+        interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
+        remaining: number("x-ratelimit-remaining"),
+        daily_remaining: number("x-ratelimit-daily-remaining"),
+        day_length: number(DAY_LENGTH_HEADER)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis),
+    }
+}
+
+/// The sandbox's header giving the length of its "day" (see [`ServerLimits::day_length`]).
+pub const DAY_LENGTH_HEADER: &str = "x-sandbox-day-length-ms";
 
 /// Sends request bodies to one API root.
 pub struct Sender {
@@ -140,11 +162,11 @@ pub fn check_base_url(base: &str) -> Result<reqwest::Url> {
     Ok(url)
 }
 
-/// The reqwest client of a run, for lookups and for messages behind a proxy: rustls (ring),
-/// the token in a header marked sensitive, `headers` on every request, a pooled keep-alive
-/// connection per slot of `pool`, and no redirects.
+/// The reqwest client of a run, for lookups, the token endpoint and messages behind a proxy:
+/// rustls (ring), `headers` on every request (the token is added per request, marked
+/// sensitive, by the caller), a pooled keep-alive connection per slot of `pool`, and no
+/// redirects.
 pub(crate) fn api_client(
-    token: &str,
     timeout: Duration,
     pool: usize,
     headers: HeaderMap,
@@ -152,7 +174,7 @@ pub(crate) fn api_client(
     // reqwest is built without a default TLS crypto provider; ring is the lean one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .default_headers(request_headers(token, headers)?)
+        .default_headers(request_headers(headers))
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(pool)
@@ -164,11 +186,11 @@ pub(crate) fn api_client(
 }
 
 impl Sender {
-    /// A sender posting to `base` + the inbound path, with the token, the `Version` header, a
-    /// per-request `timeout` and up to `concurrency` kept-alive connections.
+    /// A sender posting to `base` + the inbound path, with the `Version` header, a per-request
+    /// `timeout` and up to `concurrency` kept-alive connections (the token comes with each
+    /// body: it may be renewed during the run).
     pub fn new(
         base: &reqwest::Url,
-        token: &str,
         api_version: &str,
         timeout: Duration,
         concurrency: usize,
@@ -194,12 +216,12 @@ impl Sender {
             .intercept(&uri)
             .is_some();
         let client = if proxied {
-            Client::Proxied(api_client(token, timeout, concurrency, headers)?)
+            Client::Proxied(api_client(timeout, concurrency, headers)?)
         } else {
             Client::Direct {
                 client: hyper_client(timeout, concurrency)?,
                 uri,
-                headers: request_headers(token, headers)?,
+                headers: request_headers(headers),
                 timeout,
             }
         };
@@ -211,8 +233,9 @@ impl Sender {
         &self.url
     }
 
-    /// Posts one body and says what came of it.
-    pub async fn post(&self, body: Bytes) -> (Attempt, ServerLimits) {
+    /// Posts one body with `bearer` (an `Authorization` value marked sensitive) and says what
+    /// came of it.
+    pub async fn post(&self, body: Bytes, bearer: &HeaderValue) -> (Attempt, ServerLimits) {
         match &self.client {
             Client::Direct {
                 client,
@@ -224,6 +247,7 @@ impl Sender {
                 *request.method_mut() = hyper::Method::POST;
                 *request.uri_mut() = uri.clone();
                 *request.headers_mut() = headers.clone();
+                request.headers_mut().insert(AUTHORIZATION, bearer.clone());
                 // One deadline for the answer and its body, as reqwest's `timeout` was.
                 let deadline = tokio::time::Instant::now() + *timeout;
                 let response =
@@ -250,7 +274,13 @@ impl Sender {
                 answered(parts.status.as_u16(), &parts.headers, body)
             }
             Client::Proxied(client) => {
-                let response = match client.post(self.url.clone()).body(body).send().await {
+                let response = match client
+                    .post(self.url.clone())
+                    .header(AUTHORIZATION, bearer.clone())
+                    .body(body)
+                    .send()
+                    .await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         return (
@@ -302,19 +332,15 @@ fn hyper_client(timeout: Duration, pool: usize) -> Result<HyperClient> {
     )
 }
 
-/// Every request's headers, for both clients: `headers`, the token (marked sensitive), JSON,
-/// the user agent.
-fn request_headers(token: &str, mut headers: HeaderMap) -> Result<HeaderMap> {
-    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-        .context("the token has characters that cannot go in an HTTP header")?;
-    auth.set_sensitive(true);
-    headers.insert(AUTHORIZATION, auth);
+/// Every request's headers, for both clients: `headers`, JSON, the user agent (the token is
+/// added per request).
+fn request_headers(mut headers: HeaderMap) -> HeaderMap {
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     headers.insert(
         USER_AGENT,
         HeaderValue::from_static(concat!("lc-import/", env!("CARGO_PKG_VERSION"))),
     );
-    Ok(headers)
+    headers
 }
 
 /// An answer (a status came), with the limits its headers announce.
@@ -323,15 +349,11 @@ fn answered(
     headers: &HeaderMap,
     body: Result<Bytes, String>,
 ) -> (Attempt, ServerLimits) {
-    let number =
-        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-    let limits = ServerLimits {
-        max: number("x-ratelimit-max").and_then(|n| u32::try_from(n).ok()),
-        interval: number("x-ratelimit-interval-milliseconds").map(Duration::from_millis),
-        remaining: number("x-ratelimit-remaining"),
-        daily_remaining: number("x-ratelimit-daily-remaining"),
-    };
-    let retry_after = number("retry-after").map(Duration::from_secs);
+    let limits = server_limits(headers);
+    let retry_after = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .map(Duration::from_secs);
     let body = match body {
         Ok(b) => b.to_vec(),
         // The status came, the body was cut: for a 2xx the message may be stored.
@@ -460,7 +482,7 @@ mod tests {
             ),
         ] {
             let url = check_base_url(base).unwrap();
-            let s = Sender::new(&url, "t", "2021-07-28", Duration::from_secs(1), 1).unwrap();
+            let s = Sender::new(&url, "2021-07-28", Duration::from_secs(1), 1).unwrap();
             assert_eq!(s.url().as_str(), want);
         }
     }

@@ -73,6 +73,9 @@ pub struct Counters {
     /// Rows keyed by content that look like a row sent earlier with a cell edited; recorded
     /// `changed`, not sent (no `--send-changed`).
     pub changed: AtomicU64,
+    /// With `--wait`, while the daily budget is spent: when the run tries again (Unix ms);
+    /// 0 while it runs.
+    pub resume_at_ms: AtomicU64,
 }
 
 impl Counters {
@@ -112,6 +115,11 @@ pub struct Report {
     pub requests: u64,
     /// Contact and conversation lookups among the requests.
     pub lookups: u64,
+    /// Access tokens refreshed at `/oauth/token` (not among the requests: the token endpoint
+    /// is not the API's budget).
+    pub token_refreshes: u64,
+    /// Location tokens obtained from an agency token (`/oauth/locationToken`).
+    pub location_tokens: u64,
     /// Rows recorded `sent` by earlier runs that this input no longer has.
     pub gone: u64,
     /// Rows are keyed by a hash of their cells (no key column).
@@ -143,6 +151,8 @@ impl Report {
             changed: n(&c.changed),
             requests,
             lookups: 0,
+            token_refreshes: 0,
+            location_tokens: 0,
             gone: 0,
             content_keys: false,
             elapsed,
@@ -210,6 +220,8 @@ impl Report {
                 "total": self.requests,
                 "messages": self.messages(),
                 "lookups": self.lookups,
+                "token_refreshes": self.token_refreshes,
+                "location_tokens": self.location_tokens,
             },
             "elapsed_seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             "resume_command": self.stopped.as_ref().map(|_| resume_command()),
@@ -250,6 +262,13 @@ impl Report {
             secs,
             r.sent as f64 / secs.max(0.001)
         );
+        if r.token_refreshes + r.location_tokens > 0 {
+            let _ = writeln!(
+                out,
+                "  tokens        {} refreshed, {} location token(s) from the agency token",
+                r.token_refreshes, r.location_tokens
+            );
+        }
         if r.gone > 0 {
             let _ = writeln!(
                 out,
@@ -270,6 +289,9 @@ impl Report {
                 let what = match reason {
                     StopReason::TokenRejected(_) => {
                         "fix the token (a new one in LC_TOKEN or the --token-file), then run the same command again"
+                    }
+                    StopReason::RefreshRefused(_) => {
+                        "once the token file holds a token that works (see above), run the same command again"
                     }
                     _ => "to resume, run the same command again",
                 };

@@ -171,7 +171,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         content,
     } = prepared;
     let (content_log, content_index) = content.unzip();
-    say(&plan.describe(settings.rate, settings.max_requests));
+    say(&plan.describe(settings.rate, settings.max_requests, settings.wait));
     let content_keys = !mapping.has_key_column();
     if content_keys {
         warn!(
@@ -185,18 +185,27 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let deliver = Arc::new(Deliver {
         sender: Sender::new(
             &settings.base_url,
-            &settings.token,
             &settings.api_version,
             settings.timeout,
             settings.concurrency,
         )?,
-        gate: Gate::new(
-            settings.rate,
-            settings.max_requests,
-            settings.concurrency,
-            shutdown.soft.child_token(),
-        ),
+        gate: {
+            let gate = Gate::new(
+                settings.rate,
+                settings.max_requests,
+                settings.concurrency,
+                shutdown.soft.child_token(),
+            );
+            match settings.wait {
+                true => gate.with_wait(
+                    crate::sender::is_loopback(&settings.base_url),
+                    counters.clone(),
+                ),
+                false => gate,
+            }
+        },
         policy: Policy::new(settings.max_retries, settings.backoff),
+        auth: settings.auth.clone(),
         journal: journal.clone(),
         counters: counters.clone(),
         resolver,
@@ -299,6 +308,8 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let report = Report {
         total: plan_rows,
         lookups,
+        token_refreshes: settings.auth.refreshes(),
+        location_tokens: settings.auth.exchanges(),
         gone,
         content_keys,
         ..Report::read(&counters, stopped, requests, started.elapsed())

@@ -101,13 +101,8 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
     }
 
     let shared = Arc::new(Shared {
-        resolver: Resolver::new(
-            &settings.base_url,
-            &settings.token,
-            settings.timeout,
-            false,
-            ids,
-        )?,
+        resolver: Resolver::new(&settings.base_url, settings.timeout, false, ids)?,
+        auth: settings.auth.clone(),
         gate: Gate::new(
             settings.rate,
             settings.max_requests,
@@ -233,6 +228,7 @@ struct Shared {
     resolver: Resolver,
     gate: Gate,
     policy: Policy,
+    auth: std::sync::Arc<crate::auth::Auth>,
 }
 
 impl Shared {
@@ -241,6 +237,7 @@ impl Shared {
         let env = Env {
             gate: &self.gate,
             policy: &self.policy,
+            auth: &self.auth,
         };
         let r = &self.resolver;
         let location = w.lookup.location_id.as_str();

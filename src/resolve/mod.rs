@@ -30,12 +30,13 @@ use anyhow::Result;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
+use crate::auth::{Auth, Rejected};
 use crate::gate::Gate;
 use crate::message::InboundMessage;
 use crate::retry::{
     Attempt, Next, Outcome, Policy, Request, StopReason, classify, describe, trace_id,
 };
-use crate::sender::ServerLimits;
+use crate::sender::server_limits;
 
 pub use idmap::{IdMap, Known, Origin};
 
@@ -132,6 +133,8 @@ pub struct Env<'a> {
     pub gate: &'a Gate,
     /// The run's retry policy.
     pub policy: &'a Policy,
+    /// The run's token, renewed before it expires and after a 401.
+    pub auth: &'a Auth,
 }
 
 /// An answer to a lookup that is not retried: 2xx, or a refusal the caller reads.
@@ -193,16 +196,16 @@ struct WithId {
 }
 
 impl Resolver {
-    /// A resolver sending to `base` with `token`; `create_contacts` is `--create-contacts`.
+    /// A resolver sending to `base` (the token comes with each request, from [`Env`]);
+    /// `create_contacts` is `--create-contacts`.
     pub fn new(
         base: &reqwest::Url,
-        token: &str,
         timeout: Duration,
         create_contacts: bool,
         ids: IdMap,
     ) -> Result<Resolver> {
         // Lookups share the sender's client settings; each sets its own Version header.
-        let client = crate::sender::api_client(token, timeout, 8, HeaderMap::new())?;
+        let client = crate::sender::api_client(timeout, 8, HeaderMap::new())?;
         Ok(Resolver {
             client,
             base: base.clone(),
@@ -333,14 +336,35 @@ impl Resolver {
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Answer, Failure> {
         let mut attempts = 0u32;
+        let mut replayed = false;
         loop {
             // Its place on the wire is held until the answer is read.
             let Ok(_on_the_wire) = env.gate.admit().await else {
                 return Err(Failure::Stop(None));
             };
+            let bearer = env.auth.ready().await.map_err(|r| Failure::Stop(Some(r)))?;
             attempts += 1;
             self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-            let attempt = match request().send().await {
+            let sent = request()
+                .header(reqwest::header::AUTHORIZATION, bearer.value.clone())
+                .send()
+                .await;
+            if let Ok(response) = &sent
+                && response.status().as_u16() == 401
+            {
+                env.gate.observe(server_limits(response.headers()));
+                env.gate.attempt_done();
+                let words = format!("{what}: HTTP 401");
+                match env.auth.rejected(&bearer, replayed, words).await {
+                    Rejected::Replay => {
+                        replayed = true;
+                        continue;
+                    }
+                    // Nothing of this row was sent: it stays unrecorded for the next run.
+                    Rejected::Stop(reason) => return Err(Failure::Stop(Some(reason))),
+                }
+            }
+            let attempt = match sent {
                 Err(e) => Attempt::NoAnswer(crate::sender::error_chain(&e)),
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -348,6 +372,7 @@ impl Resolver {
                     let retry_after =
                         header_number(response.headers(), "retry-after").map(Duration::from_secs);
                     env.gate.observe(limits);
+                    env.gate.attempt_done();
                     match response.bytes().await {
                         Ok(body) if !matches!(status, 401 | 429 | 500 | 502 | 503 | 504) => {
                             // The server answers: its earlier failures were not "in a row".
@@ -370,7 +395,13 @@ impl Resolver {
                     }
                 }
             };
+            env.gate.attempt_done();
             let outcome = match classify(&attempt) {
+                // --wait: the gate holds this lookup (and every request) until the next day.
+                Outcome::Stop(StopReason::DailyBudget) if env.gate.waits() => {
+                    env.gate.budget_spent();
+                    continue;
+                }
                 Outcome::Retry {
                     reason,
                     after,
@@ -422,17 +453,6 @@ fn answer_unreadable(answer: &Answer, what: &str, e: &serde_json::Error) -> Fail
 
 fn header_number(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// The `X-RateLimit-*` headers of an answer.
-fn server_limits(headers: &reqwest::header::HeaderMap) -> ServerLimits {
-    ServerLimits {
-        max: header_number(headers, "x-ratelimit-max").and_then(|n| u32::try_from(n).ok()),
-        interval: header_number(headers, "x-ratelimit-interval-milliseconds")
-            .map(Duration::from_millis),
-        remaining: header_number(headers, "x-ratelimit-remaining"),
-        daily_remaining: header_number(headers, "x-ratelimit-daily-remaining"),
-    }
 }
 
 #[cfg(test)]

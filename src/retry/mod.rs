@@ -75,6 +75,10 @@ pub enum Outcome {
 pub enum StopReason {
     /// The API answered 401; holds its words for the refusal.
     TokenRejected(String),
+    /// The access token could not be renewed (the token endpoint refused the refresh token, the
+    /// agency token was not exchanged, the refreshed pair could not be saved); says why and
+    /// what to do.
+    RefreshRefused(String),
     /// A 429 with `X-RateLimit-Daily-Remaining: 0`: nothing more can be sent today.
     DailyBudget,
     /// Too many server errors or lost answers in a row ([`SERVER_FAILURE_LIMIT`]); says the last.
@@ -113,6 +117,9 @@ impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StopReason::TokenRejected(why) => write!(f, "the API rejected the token ({why})"),
+            StopReason::RefreshRefused(why) => {
+                write!(f, "the access token could not be renewed: {why}")
+            }
             StopReason::DailyBudget => {
                 f.write_str("the daily request budget is spent (X-RateLimit-Daily-Remaining: 0)")
             }

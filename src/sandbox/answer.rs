@@ -184,4 +184,10 @@ pub(super) fn put_rate_headers(headers: &mut HeaderMap, rate: RateHeaders) {
     for (name, value) in NAMES.into_iter().zip(values) {
         headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
+    if rate.day_length_ms > 0 {
+        headers.insert(
+            HeaderName::from_static(crate::sender::DAY_LENGTH_HEADER),
+            HeaderValue::from(rate.day_length_ms),
+        );
+    }
 }

@@ -36,6 +36,7 @@ use super::body::{self, Inbound};
 use super::chance::{self, Fault};
 use super::contacts;
 use super::limits::RateHeaders;
+use super::oauth;
 use super::state::{Shared, check_version};
 use super::stats::{Counted, Stats};
 
@@ -161,6 +162,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/conversations/",
             routing::post(contacts::create_conversation).fallback(not_found),
         )
+        .route(
+            crate::auth::TOKEN_PATH,
+            routing::post(oauth_token).fallback(not_found),
+        )
+        .route(
+            crate::auth::LOCATION_TOKEN_PATH,
+            routing::post(oauth_location_token).fallback(not_found),
+        )
         .route("/__stats", routing::get(stats))
         .fallback(not_found)
         .with_state(shared)
@@ -173,6 +182,26 @@ async fn inbound(State(shared): State<Arc<Shared>>, headers: HeaderMap, raw: Byt
     let (answer, rate) = shared.answer(&headers, &raw, &mut rng).await;
     shared.counters.count(answer.counted());
     answer.into_response(rate, &trace_id)
+}
+
+/// `POST /oauth/token` (see `oauth`).
+async fn oauth_token(State(shared): State<Arc<Shared>>, raw: Bytes) -> Response {
+    let form = oauth::form(&raw);
+    oauth::respond(shared.tokens.as_ref(), |t| t.refresh(&form)).await
+}
+
+/// `POST /oauth/locationToken` (see `oauth`).
+async fn oauth_location_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    let form = oauth::form(&raw);
+    let version = check_version(&headers);
+    oauth::respond(shared.tokens.as_ref(), |t| {
+        t.location_token(&headers, version, &form)
+    })
+    .await
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::rate::{DurationRange, Rate};
 
@@ -18,6 +19,9 @@ pub struct SandboxConfig {
     pub rate: Option<Rate>,
     /// Requests per UTC day; `None`: unlimited.
     pub daily: Option<u64>,
+    /// The length of a "day" of the daily budget (`--day`); `None`: 24 h, reset at UTC
+    /// midnight. Announced in `X-Sandbox-Day-Length-Ms` (a header only the sandbox sends).
+    pub day: Option<Duration>,
     /// Send `Retry-After` (seconds, rounded up) with every 429. The real API is not documented
     /// to send it.
     pub retry_after: bool,
@@ -39,6 +43,46 @@ pub struct SandboxConfig {
     pub record_contacts: Option<PathBuf>,
     /// Searches that miss a conversation after it is created (FACTS pitfall 5).
     pub search_misses: u32,
+    /// `POST /oauth/token` and `POST /oauth/locationToken`, with expiring access tokens;
+    /// `None`: off (404), only [`SandboxConfig::token`] is accepted.
+    pub oauth: Option<OAuth>,
+}
+
+/// The sandbox's OAuth app and tokens (see `oauth`): what a client must send, and how long
+/// the access tokens it issues live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OAuth {
+    /// The app's `client_id`.
+    pub client_id: String,
+    /// The app's `client_secret`.
+    pub client_secret: String,
+    /// How long an access token lives (whole seconds, at least one): then it is answered 401.
+    pub access_ttl: Duration,
+    /// The location refresh token live at the start (single-use, like every one after it).
+    pub refresh_token: String,
+    /// The agency (Company) refresh token live at the start.
+    pub company_refresh_token: String,
+    /// The location of `refresh_token`'s tokens.
+    pub location_id: String,
+    /// The company of the agency token.
+    pub company_id: String,
+    /// Each token request waits this long before it is acted on.
+    pub token_delay: Option<Duration>,
+}
+
+impl Default for OAuth {
+    fn default() -> Self {
+        OAuth {
+            client_id: "sandbox-client".into(),
+            client_secret: "sandbox-secret".into(),
+            access_ttl: Duration::from_secs(86_399),
+            refresh_token: "sandbox-refresh".into(),
+            company_refresh_token: "sandbox-company-refresh".into(),
+            location_id: "sandboxLocation0001".into(),
+            company_id: "sandboxCompany0001".into(),
+            token_delay: None,
+        }
+    }
 }
 
 impl SandboxConfig {
@@ -48,6 +92,7 @@ impl SandboxConfig {
             token: DEFAULT_TOKEN.to_owned(),
             rate: None,
             daily: None,
+            day: None,
             retry_after: false,
             fail_rate: 0.0,
             drop_rate: 0.0,
@@ -57,6 +102,7 @@ impl SandboxConfig {
             contacts: None,
             record_contacts: None,
             search_misses: 0,
+            oauth: None,
         }
     }
 

@@ -41,6 +41,9 @@ pub struct RateHeaders {
     pub max: u64,
     /// `X-RateLimit-Remaining`
     pub remaining: u64,
+    /// `X-Sandbox-Day-Length-Ms`, sent only by a sandbox with a "day" of its own (`--day`);
+    /// 0: not sent.
+    pub day_length_ms: u64,
 }
 
 /// The budget's word on one request.
@@ -67,6 +70,11 @@ pub struct Budget {
     /// Days since the Unix epoch (UTC) that `day_used` counts in.
     day: u64,
     day_used: u64,
+    /// The length of a day of the daily budget: 24 h (resets at UTC midnight), or `--day`'s
+    /// (days then start at multiples of it since the Unix epoch).
+    day_length: Duration,
+    /// Whether `day_length` was chosen (`--day`): the answers then say it.
+    own_day: bool,
 }
 
 impl Budget {
@@ -79,7 +87,19 @@ impl Budget {
             window_used: 0,
             day: 0,
             day_used: 0,
+            day_length: DAY,
+            own_day: false,
         }
+    }
+
+    /// A "day" of `length` for the daily budget instead of 24 h (a multi-day rehearsal in
+    /// minutes); announced in `X-Sandbox-Day-Length-Ms`.
+    pub fn with_day(mut self, length: Option<Duration>) -> Self {
+        if let Some(length) = length.filter(|l| !l.is_zero()) {
+            self.day_length = length;
+            self.own_day = true;
+        }
+        self
     }
 
     /// Whether any limit is enforced at all (if not, callers may skip the lock around this).
@@ -98,7 +118,7 @@ impl Budget {
             _ => None,
         };
         let daily_wait = match self.daily {
-            Some(daily) if self.day_used >= daily => Some(until_utc_midnight(unix)),
+            Some(daily) if self.day_used >= daily => Some(until_day_end(unix, self.day_length)),
             _ => None,
         };
         match (window_wait, daily_wait) {
@@ -136,7 +156,8 @@ impl Budget {
                 self.window_used = 0;
             }
         }
-        let day = unix.as_secs() / DAY.as_secs();
+        let day = u64::try_from(unix.as_millis() / self.day_length.as_millis().max(1))
+            .unwrap_or(u64::MAX);
         if day > self.day {
             self.day = day;
             self.day_used = 0;
@@ -162,6 +183,10 @@ impl Budget {
             interval_ms,
             max,
             remaining,
+            day_length_ms: match self.own_day {
+                true => u64::try_from(self.day_length.as_millis()).unwrap_or(u64::MAX),
+                false => 0,
+            },
         }
     }
 }
@@ -179,9 +204,10 @@ fn window_end(rate: Rate, window: u64) -> Duration {
     Duration::from_nanos(u64::try_from(end).unwrap_or(u64::MAX))
 }
 
-fn until_utc_midnight(unix: Duration) -> Duration {
-    let into_day = Duration::new(unix.as_secs() % DAY.as_secs(), unix.subsec_nanos());
-    DAY - into_day
+fn until_day_end(unix: Duration, day: Duration) -> Duration {
+    let day_ns = day.as_nanos().max(1);
+    let into_day = unix.as_nanos() % day_ns;
+    Duration::from_nanos(u64::try_from(day_ns - into_day).unwrap_or(u64::MAX))
 }
 
 /// Whole seconds for a `Retry-After` header, rounded up so a client that waits that long finds the
@@ -323,6 +349,20 @@ mod tests {
     }
 
     #[test]
+    fn a_short_day_resets_the_daily_budget_at_its_own_multiples_and_says_its_length() {
+        let mut b = Budget::new(None, Some(2)).with_day(Some(ms(4_000)));
+        // 1 s into a 4-second day (days start at multiples of 4 s since the epoch).
+        let t = Duration::from_secs(4_000_001);
+        assert_eq!(admitted(b.admit(ms(0), t)).day_length_ms, 4_000);
+        admitted(b.admit(ms(0), t));
+        match b.admit(ms(0), t + ms(500)) {
+            Admission::Refused { retry_after, .. } => assert_eq!(retry_after, ms(2_500)),
+            a => panic!("{a:?}"),
+        }
+        assert_eq!(admitted(b.admit(ms(0), t + ms(3_000))).daily_remaining, 1);
+    }
+
+    #[test]
     fn unlimited_never_refuses_and_says_so() {
         let mut b = Budget::new(None, None);
         assert!(b.is_unlimited());
@@ -336,6 +376,7 @@ mod tests {
                     interval_ms: 10_000,
                     max: UNLIMITED,
                     remaining: UNLIMITED,
+                    day_length_ms: 0,
                 }
             );
         }

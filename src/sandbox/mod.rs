@@ -27,6 +27,7 @@ mod chance;
 mod config;
 mod contacts;
 mod limits;
+mod oauth;
 mod record;
 mod state;
 mod stats;
@@ -48,7 +49,7 @@ use crate::rate::{DurationRange, Rate};
 
 pub use api::INBOUND_PATH;
 pub use book::{Contact, Conversation, Directory};
-pub use config::{ConfigError, DEFAULT_TOKEN, SandboxConfig};
+pub use config::{ConfigError, DEFAULT_TOKEN, OAuth, SandboxConfig};
 pub use state::SUPPORTED_VERSIONS;
 pub use stats::Stats;
 
@@ -72,6 +73,11 @@ pub struct SandboxArgs {
     /// Requests per UTC day, or `none`.
     #[arg(long, default_value = "200000", value_name = "N|none")]
     pub daily: Limit<u64>,
+    /// The length of a "day" of the daily budget (such as `20s`, for a multi-day rehearsal in
+    /// minutes), announced in the X-Sandbox-Day-Length-Ms header; default 24 h, reset at UTC
+    /// midnight.
+    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration)]
+    pub day: Option<Duration>,
     /// Send `Retry-After` with 429 answers (the real API is not documented to).
     #[arg(long)]
     pub retry_after: bool,
@@ -101,6 +107,39 @@ pub struct SandboxArgs {
     /// (the "already exists" race).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub search_misses: u32,
+    /// Serve `POST /oauth/token` and `POST /oauth/locationToken`; the access tokens they issue
+    /// expire after DURATION (whole seconds), then are answered 401.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub oauth_expires_in: Option<Duration>,
+    /// The OAuth app's client_id.
+    #[arg(long, default_value = "sandbox-client", requires = "oauth_expires_in")]
+    pub client_id: String,
+    /// The OAuth app's client_secret.
+    #[arg(long, default_value = "sandbox-secret", requires = "oauth_expires_in")]
+    pub client_secret: String,
+    /// The location refresh token live at the start (single-use: each refresh rotates it).
+    #[arg(long, default_value = "sandbox-refresh", requires = "oauth_expires_in")]
+    pub refresh_token: String,
+    /// The agency (Company) refresh token live at the start.
+    #[arg(
+        long,
+        default_value = "sandbox-company-refresh",
+        requires = "oauth_expires_in"
+    )]
+    pub company_refresh_token: String,
+    /// Hold each token request this long before acting on it.
+    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration, requires = "oauth_expires_in")]
+    pub token_delay: Option<Duration>,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = crate::rate::parse_duration(s)?;
+    if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "'{s}': expected whole seconds, at least 1s (expires_in is in seconds)"
+        ));
+    }
+    Ok(d)
 }
 
 impl SandboxArgs {
@@ -110,6 +149,7 @@ impl SandboxArgs {
             token: self.token.clone(),
             rate: self.rate.0,
             daily: self.daily.0,
+            day: self.day,
             retry_after: self.retry_after,
             fail_rate: self.fail_rate,
             drop_rate: self.drop_rate,
@@ -119,6 +159,15 @@ impl SandboxArgs {
             contacts: self.contacts.clone(),
             record_contacts: self.record_contacts.clone(),
             search_misses: self.search_misses,
+            oauth: self.oauth_expires_in.map(|ttl| OAuth {
+                client_id: self.client_id.clone(),
+                client_secret: self.client_secret.clone(),
+                access_ttl: ttl,
+                refresh_token: self.refresh_token.clone(),
+                company_refresh_token: self.company_refresh_token.clone(),
+                token_delay: self.token_delay,
+                ..OAuth::default()
+            }),
         }
     }
 }
@@ -168,6 +217,14 @@ impl Sandbox {
     /// Its counters as they stand now.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// Whether `token` is a refresh token the sandbox would accept now (`false` with OAuth off).
+    pub fn refresh_token_is_live(&self, token: &str) -> bool {
+        self.shared
+            .tokens
+            .as_ref()
+            .is_some_and(|t| t.refresh_token_is_live(token))
     }
 
     /// Every contact and conversation the sandbox holds now.

@@ -16,6 +16,7 @@ use super::book::Book;
 use super::chance;
 use super::config::SandboxConfig;
 use super::limits::{self, Admission, Budget, RateHeaders};
+use super::oauth::Tokens;
 use super::record::Recorder;
 use super::stats::{Counters, Stats};
 
@@ -68,12 +69,14 @@ pub struct Shared {
     pub recorder: Option<Recorder>,
     /// Contacts and conversations, for the lookup routes (`contacts`).
     pub book: Book,
+    /// The OAuth endpoints' tokens (`oauth`); `None` when they are off.
+    pub tokens: Option<Tokens>,
 }
 
 impl Shared {
     /// The state of a sandbox started with `config`.
     pub fn new(config: &SandboxConfig, recorder: Option<Recorder>, book: Book) -> Self {
-        let budget = Budget::new(config.rate, config.daily);
+        let budget = Budget::new(config.rate, config.daily).with_day(config.day);
         Shared {
             bearer: RwLock::new(format!("Bearer {}", config.token)),
             retry_after: config.retry_after,
@@ -87,6 +90,7 @@ impl Shared {
             counters: Counters::default(),
             recorder,
             book,
+            tokens: config.oauth.clone().map(Tokens::new),
         }
     }
 
@@ -106,6 +110,12 @@ impl Shared {
         stats.conversation_creates = get(&c.conversation_creates);
         stats.conversations_created = get(&c.conversations_created);
         stats.conversation_conflicts = get(&c.conversation_conflicts);
+        if let Some(t) = &self.tokens {
+            stats.token_refreshes = get(&t.refreshes);
+            stats.token_refused = get(&t.refused);
+            stats.location_tokens = get(&t.location_tokens);
+            stats.token_requests = get(&t.arrivals);
+        }
         stats
     }
 
@@ -184,10 +194,13 @@ impl Shared {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let bearer = self.bearer.read().unwrap_or_else(|p| p.into_inner());
-        headers
-            .get(AUTHORIZATION)
-            .is_some_and(|v| v.as_bytes() == bearer.as_bytes())
+        let fixed = {
+            let bearer = self.bearer.read().unwrap_or_else(|p| p.into_inner());
+            headers
+                .get(AUTHORIZATION)
+                .is_some_and(|v| v.as_bytes() == bearer.as_bytes())
+        };
+        fixed || self.tokens.as_ref().is_some_and(|t| t.authorizes(headers))
     }
 
     /// From now on accept only `token` (the old one is answered 401, as a revoked token is).
@@ -214,4 +227,5 @@ const UNLIMITED_HEADERS: RateHeaders = RateHeaders {
     interval_ms: 10_000,
     max: limits::UNLIMITED,
     remaining: limits::UNLIMITED,
+    day_length_ms: 0,
 };

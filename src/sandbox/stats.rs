@@ -61,6 +61,19 @@ pub struct Stats {
     /// `POST /conversations/` answered 400 "already exists".
     #[serde(default)]
     pub conversation_conflicts: u64,
+    /// `POST /oauth/token` answered with a new pair (a refresh token spent, a new one issued).
+    #[serde(default)]
+    pub token_refreshes: u64,
+    /// `POST /oauth/token` and `/oauth/locationToken` refused (a spent or unknown refresh
+    /// token, the wrong client, a token that is not an agency one).
+    #[serde(default)]
+    pub token_refused: u64,
+    /// `POST /oauth/locationToken` answered with a location token.
+    #[serde(default)]
+    pub location_tokens: u64,
+    /// Requests to either OAuth endpoint, counted as they arrive (before `--token-delay`).
+    #[serde(default)]
+    pub token_requests: u64,
 }
 
 /// How one request was answered, for counting.

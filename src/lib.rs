@@ -26,6 +26,7 @@ pub mod progress;
 pub mod quota;
 pub mod rate;
 pub mod ratelimit;
+pub mod readback;
 pub mod reader;
 pub mod resolve;
 pub mod results;

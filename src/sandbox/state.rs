@@ -49,10 +49,15 @@ pub struct Shared {
     /// revoke the token mid-run ([`super::Sandbox::set_token`]); uncontended reads are cheap.
     bearer: RwLock<String>,
     retry_after: bool,
-    /// `--fail-rate`, for the inbound route (`api`).
-    pub(super) fail_rate: f64,
-    /// `--drop-rate`, for the inbound route.
-    pub(super) drop_rate: f64,
+    /// `--fail-rate`, `--drop-rate`, `--hang-rate`, `--stored-504-rate`, for the inbound route
+    /// (`api`).
+    pub(super) faults: super::chance::FaultRates,
+    /// `--backdate`: `dateAdded` is the request's `date` when it has one.
+    pub(super) backdate: bool,
+    /// What was stored, for the read routes (`reads`); `None` with `--reads off`.
+    pub(super) messages: Option<super::messages::Messages>,
+    /// Cancelled at shutdown: requests hung on purpose (`--hang-rate`) end then.
+    pub(super) closing: tokio_util::sync::CancellationToken,
     /// `--latency`, for the inbound route.
     pub(super) latency: Option<crate::rate::DurationRange>,
     seed: u64,
@@ -77,8 +82,15 @@ impl Shared {
         Shared {
             bearer: RwLock::new(format!("Bearer {}", config.token)),
             retry_after: config.retry_after,
-            fail_rate: config.fail_rate,
-            drop_rate: config.drop_rate,
+            faults: super::chance::FaultRates {
+                fail: config.fail_rate,
+                drop: config.drop_rate,
+                hang: config.hang_rate,
+                stored_504: config.stored_504_rate,
+            },
+            backdate: config.backdate,
+            messages: config.reads.then(super::messages::Messages::default),
+            closing: tokio_util::sync::CancellationToken::new(),
             latency: config.latency,
             seed: config.seed.unwrap_or_else(|| fastrand::u64(..)),
             arrivals: AtomicU64::new(0),

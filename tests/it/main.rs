@@ -10,6 +10,7 @@ mod hostile;
 mod monitor;
 mod power_cut;
 mod progress;
+mod readback;
 mod report;
 mod resolve;
 mod results_file;

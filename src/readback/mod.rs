@@ -1,0 +1,3 @@
+//! Read-back (issue 13).
+
+pub mod kinds;

@@ -1,0 +1,182 @@
+//! Read-back (issue 13): the sandbox's read endpoints, rows in doubt settled by reading their
+//! conversation back (`run --verify-unknown`), ambiguous 5xx checked before a retry, and
+//! `verify`. Real binary, real sockets; the sandbox's record is the ground truth of what was
+//! stored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lc_import::sandbox::SandboxConfig;
+use serde_json::Value;
+
+use crate::scenario::Scenario;
+use crate::support;
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client builds")
+}
+
+/// `GET base+path` with the sandbox's token; the status and the JSON body.
+async fn get(base: &str, path: &str) -> (u16, Value) {
+    let r = client()
+        .get(format!("{base}{path}"))
+        .header("Authorization", "Bearer sandbox-token")
+        .header("Version", "2021-04-15")
+        .send()
+        .await
+        .expect("an answer");
+    let status = r.status().as_u16();
+    let body = serde_json::from_slice(&r.bytes().await.expect("a body")).expect("JSON");
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_serves_what_it_stored_through_the_three_read_endpoints() {
+    let s = Scenario::with(support::export(30, 3), |c| SandboxConfig {
+        daily: Some(1000),
+        ..c
+    })
+    .await;
+    s.run(&[]).await.expect_code(0);
+    let base = s.base_url();
+    let rows = s.results();
+    let requests = s.stats().requests;
+
+    // By ID: the spec's GetMessageResponseDto, flat; dateAdded is the row's date (backdate on).
+    let r = &rows[4];
+    let (status, m) = get(
+        &base,
+        &format!("/conversations/messages/{}", r["message_id"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["id"], r["message_id"].as_str());
+    assert_eq!(m["body"], "message 4");
+    assert_eq!(m["messageType"], "TYPE_SMS");
+    assert_eq!(m["direction"], "inbound");
+    assert_eq!(m["conversationId"], r["conversation_id"].as_str());
+    assert_eq!(m["dateAdded"], "2024-01-01T00:00:04.000Z");
+    let (status, _) = get(&base, "/conversations/messages/nosuchmessage0000000").await;
+    assert_eq!(status, 404);
+
+    // The conversation's list, nested under `messages` as the real API answers (FACTS §4,
+    // #54), newest first, paged back with lastMessageId.
+    let conversation = r["conversation_id"].clone();
+    let mut seen = Vec::new();
+    let mut last: Option<String> = None;
+    loop {
+        let query = match &last {
+            Some(id) => format!("?limit=4&lastMessageId={id}"),
+            None => "?limit=4".to_owned(),
+        };
+        let (status, page) = get(
+            &base,
+            &format!("/conversations/{conversation}/messages{query}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let inner = &page["messages"];
+        for m in inner["messages"].as_array().expect("a list") {
+            seen.push(m["body"].as_str().expect("a body").to_owned());
+        }
+        if !inner["nextPage"].as_bool().expect("nextPage") {
+            break;
+        }
+        last = inner["lastMessageId"].as_str().map(str::to_owned);
+    }
+    let want: Vec<String> = (0..30)
+        .rev()
+        .filter(|i| i % 3 == 4 % 3)
+        .map(|i| format!("message {i}"))
+        .collect();
+    assert_eq!(seen, want, "newest first, every message once");
+
+    // The export: a date window, cursor paging, limit 10–500.
+    let path = format!(
+        "/conversations/messages/export?locationId=L1&conversationId={conversation}&startDate=2024-01-01T00:00:10Z&endDate=2024-01-01T00:00:25Z&limit=10"
+    );
+    let (status, page) = get(&base, &path).await;
+    assert_eq!(status, 200, "{page}");
+    // Rows 10, 13, 16, 19, 22 and 25 are this conversation's between those dates.
+    assert_eq!(page["total"], 6, "{page}");
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(6));
+    assert!(page["nextCursor"].is_null(), "{page}");
+    let (status, page) = get(
+        &base,
+        "/conversations/messages/export?locationId=L1&limit=10",
+    )
+    .await;
+    assert_eq!((status, page["total"].as_u64()), (200, Some(30)));
+    let cursor = page["nextCursor"].as_str().expect("a cursor").to_owned();
+    let (_, next) = get(
+        &base,
+        &format!("/conversations/messages/export?locationId=L1&limit=10&cursor={cursor}"),
+    )
+    .await;
+    let ids = |p: &Value| -> Vec<String> {
+        p["messages"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    assert!(
+        ids(&page).iter().all(|id| !ids(&next).contains(id)),
+        "pages do not overlap"
+    );
+    let (status, refused) = get(
+        &base,
+        "/conversations/messages/export?locationId=L1&limit=5",
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    let (status, _) = get(&base, "/conversations/messages/export?limit=50").await;
+    assert_eq!(status, 422, "locationId is required");
+
+    // Reads are counted, and spend the daily budget like any request.
+    let stats = s.stats();
+    assert_eq!(stats.reads_by_id, 2);
+    assert!(
+        stats.reads_conversation >= 3 && stats.reads_export >= 3,
+        "{stats:?}"
+    );
+    let made = stats.requests - requests;
+    assert_eq!(
+        stats.daily_remaining,
+        Some(1000 - stats.requests),
+        "{stats:?}"
+    );
+    assert!(made >= 10);
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_backdate_date_added_is_the_arrival_time() {
+    let s = Scenario::with(support::export(3, 1), |c| SandboxConfig {
+        backdate: false,
+        ..c
+    })
+    .await;
+    let before = jiff::Timestamp::now();
+    s.run(&[]).await.expect_code(0);
+    let rows: Vec<HashMap<String, String>> = s.results();
+    let (_, m) = get(
+        &s.base_url(),
+        &format!("/conversations/messages/{}", rows[0]["message_id"]),
+    )
+    .await;
+    let added: jiff::Timestamp = m["dateAdded"]
+        .as_str()
+        .expect("a date")
+        .parse()
+        .expect("RFC 3339");
+    assert!(added.as_millisecond() >= before.as_millisecond() - 1, "{m}");
+    assert_ne!(m["dateAdded"], "2024-01-01T00:00:00.000Z");
+    s.finish().await;
+}

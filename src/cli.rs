@@ -39,6 +39,8 @@ pub enum LogFormat {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Import rows: send each as an inbound message, recording every outcome (the main job).
@@ -91,6 +93,15 @@ pub struct RunArgs {
     /// On resume, send again the rows whose outcome is unknown (they may then be stored twice).
     #[arg(long)]
     pub resend_unknown: bool,
+    /// Before sending, look the rows an earlier run left unknown up on the server (one read of
+    /// each one's conversation): found → sent with the ID read back; not found and older than
+    /// --settle → sent now; otherwise left unknown with the reason.
+    #[arg(long, conflicts_with = "resend_unknown")]
+    pub verify_unknown: bool,
+    /// With --verify-unknown: how long after its request left a row not found on the server is
+    /// taken as not stored (the API queues messages) [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration, requires = "verify_unknown")]
+    pub settle: Option<std::time::Duration>,
     /// Write the run's outcome as one JSON object to PATH (counts, requests, why it stopped, the
     /// exit code, the resume command), for a nightly job's monitoring: removed when the run
     /// starts, written atomically when it ends, whatever the exit code.

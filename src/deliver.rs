@@ -18,7 +18,7 @@ use crate::gate::Gate;
 use crate::mapping::MappedRow;
 use crate::resolve::{Env, Failure, Resolver};
 use crate::results::content::ContentLog;
-use crate::results::line::now_rfc3339;
+use crate::results::line::{now_rfc3339, with_left_at};
 use crate::results::{Journal, ResultLine, Status};
 use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
 use crate::schedule::{Job, Payload};
@@ -41,6 +41,9 @@ pub struct Deliver {
     pub resolver: Option<Resolver>,
     /// Where rows keyed by content go once sent; `None` when rows have a key column.
     pub content: Option<ContentLog>,
+    /// Reads messages back (`run --verify-unknown`, and a 500/502/504 checked before its
+    /// retry); `None`: no reads.
+    pub reader: Option<crate::readback::Reader>,
 }
 
 impl Deliver {
@@ -55,7 +58,12 @@ impl Deliver {
             ..Default::default()
         };
         let body = match job.payload {
-            Payload::Body(body) => body,
+            Payload::Body(body) => {
+                // The row has its conversation: its lane is that conversation's ID. Its lines
+                // name it, so a row left `unknown` can be looked for there.
+                line.conversation_id = job.conversation_id.to_string();
+                body
+            }
             // Boxed: the lookups' state is large, and only rows that need them should carry it
             // (every row's task is moved into place when spawned: measured 7 % more instructions
             // per row with it inline).
@@ -65,6 +73,7 @@ impl Deliver {
             },
         };
         let mut last_error = String::new();
+        let mut left_at = String::new();
         loop {
             // The first attempt's `sending` line is written while its time to leave comes.
             let lead = if line.attempts == 0 {
@@ -82,6 +91,10 @@ impl Deliver {
             };
             if line.attempts == 0 {
                 line.status = Some(Status::Sending);
+                // When the request leaves (within a sync and a slot of this): a row left
+                // `unknown` is looked for around then (`run --verify-unknown`).
+                line.finished_at = now_rfc3339();
+                left_at.clone_from(&line.finished_at);
                 let end = match self.journal.write_ahead(&line) {
                     Ok(end) => end,
                     Err(e) => {
@@ -152,7 +165,7 @@ impl Deliver {
                     (Status::Sent, String::new())
                 }
                 Next::Failed(why) => (Status::Failed, why),
-                Next::Unknown(why) => (Status::Unknown, why),
+                Next::Unknown(why) => (Status::Unknown, with_left_at(&why, Some(&left_at))),
                 Next::Retry { reason, delay } => {
                     debug!(
                         row = line.row,

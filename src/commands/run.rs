@@ -27,6 +27,8 @@ use crate::gate::Gate;
 use crate::intake::Intake;
 use crate::preflight::{self, Prepared};
 use crate::progress::Progress;
+use crate::readback::{self, Reader, settle::Settled};
+use crate::resolve::Env;
 use crate::results::Journal;
 use crate::results::line::folder_of;
 use crate::retry::{Policy, StopReason};
@@ -169,6 +171,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         plan,
         duplicates,
         content,
+        doubts,
     } = prepared;
     let (content_log, content_index) = content.unzip();
     say(&plan.describe(settings.rate, settings.max_requests));
@@ -200,6 +203,12 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         counters: counters.clone(),
         resolver,
         content: content_log,
+        reader: Some(Reader::new(
+            &settings.base_url,
+            &settings.token,
+            settings.timeout,
+            settings.location_id.clone(),
+        )?),
     });
     info!(
         "importing {} into {} at {} with {} in flight; results in {}",
@@ -211,6 +220,17 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         settings.concurrency,
         settings.results.display()
     );
+    // --verify-unknown: the rows in doubt are settled before anything is sent.
+    let mut settled = match (&deliver.reader, doubts.is_empty()) {
+        (Some(reader), false) => {
+            let env = Env {
+                gate: &deliver.gate,
+                policy: &deliver.policy,
+            };
+            readback::settle::settle(doubts, reader, &env, &journal, settings.settle).await
+        }
+        _ => Settled::default(),
+    };
     let (job_tx, job_rx) = mpsc::channel::<Vec<Job>>(8);
     let intake = Intake {
         input,
@@ -224,6 +244,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         resend_unknown: settings.resend_unknown,
         content: content_index,
         send_changed: settings.send_changed,
+        settled: std::mem::take(&mut settled.verdicts),
     };
     let reader = std::thread::Builder::new()
         .name("reader".into())
@@ -276,6 +297,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let requests = deliver.gate.requests();
     let resolved = deliver.resolver.as_ref().map(|r| r.summary());
     let lookups = deliver.resolver.as_ref().map_or(0, |r| r.lookups());
+    let reads = deliver.reader.as_ref().map_or(0, |r| r.reads());
     drop(deliver);
     // Only an input read to its end tells which rows sent earlier it no longer has.
     let gone = match (&prior, &stopped) {
@@ -296,6 +318,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let report = Report {
         total: plan_rows,
         lookups,
+        reads,
         gone,
         content_keys,
         ..Report::read(&counters, stopped, requests, started.elapsed())
@@ -304,6 +327,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     if let Some(resolved) = resolved {
         say(&resolved);
     }
+    say(&settled.summary(settings.settle));
     Ok(report)
 }
 

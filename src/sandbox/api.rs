@@ -81,7 +81,8 @@ impl Shared {
         if message.is_silently_ignored() {
             return Answer::Empty201;
         }
-        match chance::pick_fault(rng, self.faults) {
+        let faults = *self.faults.read().unwrap_or_else(|p| p.into_inner());
+        match chance::pick_fault(rng, faults) {
             Fault::Fail(status) => Answer::InjectedFailure(status),
             Fault::Hang => {
                 // Counted now: the client gives up long before this ends.

@@ -52,6 +52,18 @@ pub const FAIL_STATUSES: [StatusCode; 3] = [
     StatusCode::SERVICE_UNAVAILABLE,
 ];
 
+impl FaultRates {
+    /// The rates a configuration names.
+    pub fn of(config: &super::config::SandboxConfig) -> FaultRates {
+        FaultRates {
+            fail: config.fail_rate,
+            drop: config.drop_rate,
+            hang: config.hang_rate,
+            stored_504: config.stored_504_rate,
+        }
+    }
+}
+
 /// One draw decides every fault, on disjoint intervals of `[0, 1)`, so each happens at exactly
 /// its configured rate (the configuration keeps the sum of the rates at most 1).
 pub fn pick_fault(rng: &mut Rng, rates: FaultRates) -> Fault {

@@ -216,6 +216,18 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Injects the faults of `config` from now on (its fail, drop, hang and stored-504 rates),
+    /// keeping everything stored: for rehearsing a fault that passes.
+    pub fn set_faults(&self, config: &SandboxConfig) -> Result<(), ConfigError> {
+        config.check()?;
+        *self
+            .shared
+            .faults
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = chance::FaultRates::of(config);
+        Ok(())
+    }
+
     /// Stops accepting, lets requests in flight finish (bounded wait), syncs the record file.
     pub async fn shutdown(self) {
         self.cancel.cancel();

@@ -51,7 +51,8 @@ pub struct Shared {
     retry_after: bool,
     /// `--fail-rate`, `--drop-rate`, `--hang-rate`, `--stored-504-rate`, for the inbound route
     /// (`api`).
-    pub(super) faults: super::chance::FaultRates,
+    /// Behind a lock so a test can end a fault mid-rehearsal ([`super::Sandbox::set_faults`]).
+    pub(super) faults: RwLock<super::chance::FaultRates>,
     /// `--backdate`: `dateAdded` is the request's `date` when it has one.
     pub(super) backdate: bool,
     /// What was stored, for the read routes (`reads`); `None` with `--reads off`.
@@ -82,12 +83,7 @@ impl Shared {
         Shared {
             bearer: RwLock::new(format!("Bearer {}", config.token)),
             retry_after: config.retry_after,
-            faults: super::chance::FaultRates {
-                fail: config.fail_rate,
-                drop: config.drop_rate,
-                hang: config.hang_rate,
-                stored_504: config.stored_504_rate,
-            },
+            faults: RwLock::new(super::chance::FaultRates::of(config)),
             backdate: config.backdate,
             messages: config.reads.then(super::messages::Messages::default),
             closing: tokio_util::sync::CancellationToken::new(),

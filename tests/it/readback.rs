@@ -180,3 +180,106 @@ async fn without_backdate_date_added_is_the_arrival_time() {
     assert_ne!(m["dateAdded"], "2024-01-01T00:00:00.000Z");
     s.finish().await;
 }
+
+/// An import with both lost-answer faults (stored then dropped; never stored, never answered),
+/// then `--verify-unknown`: rows found are recorded `sent` with the server's own ID, rows too
+/// young to settle stay `unknown`, and once settled the rest are sent: every row stored exactly
+/// once. `extra` picks the read (the conversation list, or with `--location-id` the export).
+async fn settle_lost_answers(backdate: bool, extra: &[&str]) {
+    const ROWS: usize = 240;
+    let s = Scenario::with(support::export(ROWS, 24), |c| SandboxConfig {
+        drop_rate: 0.06,
+        hang_rate: 0.06,
+        backdate,
+        seed: Some(13),
+        ..c
+    })
+    .await;
+    let mut args = vec!["--concurrency", "8", "--timeout", "300ms"];
+    args.extend_from_slice(extra);
+    let out = s.run(&args).await;
+    out.expect_code(1);
+    let unknown = s.assert_sent_or_unknown(&out);
+    let stored = s.stored();
+    let (was_stored, not_stored): (Vec<_>, Vec<_>) =
+        unknown.iter().partition(|r| stored.contains_key(&r["key"]));
+    assert!(
+        !was_stored.is_empty() && !not_stored.is_empty(),
+        "both faults left unknown rows: {} stored, {} not{out:?}",
+        was_stored.len(),
+        not_stored.len()
+    );
+    for r in &unknown {
+        assert!(r["error"].contains("(request left at "), "{r:?}");
+    }
+    let conversations: std::collections::HashSet<&String> =
+        unknown.iter().map(|r| &r["conversation_id"]).collect();
+
+    // The faults pass. Read-back with the default --settle: the stored rows are found; the
+    // others left moments ago, too young for "not found" to be trusted.
+    s.sb()
+        .set_faults(&SandboxConfig::unlimited())
+        .expect("no faults");
+    let before = s.stats();
+    let mut verify = args.clone();
+    verify.push("--verify-unknown");
+    let out = s.run(&verify).await;
+    out.expect_code(1);
+    out.expect_stdout(&format!(
+        "read-back {} read(s) to settle {} unknown row(s)",
+        conversations.len(),
+        unknown.len()
+    ));
+    out.expect_stdout("run the same command again after");
+    let after = s.stats();
+    let reads = after.reads() - before.reads();
+    assert_eq!(
+        reads,
+        conversations.len() as u64,
+        "one read per conversation in doubt"
+    );
+    assert_eq!(after.accepted, before.accepted, "nothing sent: {out:?}");
+    let results = s.results();
+    for r in &results {
+        let ids = stored.get(&r["key"]).map_or(&[][..], Vec::as_slice);
+        if was_stored.iter().any(|u| u["key"] == r["key"]) {
+            assert_eq!(r["status"], "sent", "{r:?}");
+            assert_eq!(ids, [r["message_id"].clone()], "the server's own ID: {r:?}");
+            assert!(r["error"].starts_with("confirmed by read-back"), "{r:?}");
+        } else if not_stored.iter().any(|u| u["key"] == r["key"]) {
+            assert_eq!(r["status"], "unknown", "too young to settle: {r:?}");
+            assert!(r["error"].contains("less than --settle 5m ago"), "{r:?}");
+        }
+    }
+    println!(
+        "read-back (backdate {}): {} unknown rows ({} stored, {} not) in {} conversations: {reads} reads, {:.2} per unknown row",
+        if backdate { "on" } else { "off" },
+        unknown.len(),
+        was_stored.len(),
+        not_stored.len(),
+        conversations.len(),
+        reads as f64 / unknown.len() as f64
+    );
+
+    // Settled: the rows not found are sent now; every row is stored exactly once.
+    verify.extend(["--settle", "0s"]);
+    let out = s.run(&verify).await;
+    out.expect_code(0);
+    s.assert_each_stored_once(ROWS);
+    s.assert_all_sent(ROWS);
+    let stored = s.stored();
+    for r in s.results() {
+        assert_eq!(stored[&r["key"]], [r["message_id"].clone()], "{r:?}");
+    }
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_unknown_settles_lost_answers_when_the_api_keeps_dates() {
+    settle_lost_answers(true, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_unknown_settles_lost_answers_when_the_api_stamps_arrival() {
+    settle_lost_answers(false, &["--location-id", "sandboxLocation0001"]).await;
+}

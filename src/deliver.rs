@@ -131,6 +131,7 @@ impl Deliver {
             }
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
+            let attempt_left = jiff::Timestamp::now();
             let (attempt, limits) = self.sender.post(body.clone()).await;
             self.gate.observe(limits);
             if let Attempt::Answered { status, body, .. } = &attempt {
@@ -148,6 +149,50 @@ impl Deliver {
             );
             if let Some(pause) = decision.pause {
                 self.gate.pause(pause);
+            }
+            // A 500, 502 or 504 may come from a gateway that gave up on a server that
+            // goes on to store the message: one read of the conversation decides.
+            let ambiguous = match &attempt {
+                Attempt::Answered { status, .. } if matches!(status, 500 | 502 | 504) => {
+                    Some(*status)
+                }
+                _ => None,
+            };
+            let settles = matches!(decision.next, Next::Retry { .. } | Next::Failed(_));
+            if let (Some(status), Some(reader), true) = (ambiguous, &self.reader, settles) {
+                let checked = Box::pin(self.check_stored(reader, &body, attempt_left)).await;
+                let settled = match checked {
+                    Checked::NotStored => None,
+                    Checked::Stored(found) => {
+                        line.message_id = found.id;
+                        if let Some(c) = found.conversation_id.filter(|c| !c.is_empty()) {
+                            line.conversation_id = c;
+                        }
+                        if let Some(c) = found.contact_id.filter(|c| !c.is_empty()) {
+                            line.contact_id = c;
+                        }
+                        Some((
+                            Status::Sent,
+                            format!("confirmed by read-back after HTTP {status}"),
+                        ))
+                    }
+                    Checked::InDoubt(why) => Some((
+                        Status::Unknown,
+                        with_left_at(
+                            &format!(
+                                "HTTP {status}, which may come after the message was stored, and {why}; not retried"
+                            ),
+                            Some(&left_at),
+                        ),
+                    )),
+                };
+                if let Some((status, why)) = settled {
+                    self.finish(&mut line, status, why);
+                    if let Some(reason) = decision.stop {
+                        self.gate.stop_with(reason);
+                    }
+                    return;
+                }
             }
             let (status, why) = match decision.next {
                 Next::Sent(accepted) => {
@@ -240,6 +285,64 @@ impl Deliver {
         }
     }
 
+    /// Whether the message `body` that was just answered 500/502/504 was stored after all:
+    /// one read of its conversation, matched as `--verify-unknown` matches (the request left
+    /// at `left`).
+    async fn check_stored(
+        &self,
+        reader: &crate::readback::Reader,
+        body: &Bytes,
+        left: jiff::Timestamp,
+    ) -> Checked {
+        use crate::readback::ReadError;
+        use crate::readback::matching::{Expected, Out};
+        let Ok(message) = serde_json::from_slice::<crate::message::InboundMessage>(body) else {
+            return Checked::NotStored;
+        };
+        let expected = Expected::new(
+            &message,
+            Out {
+                from: Some(left),
+                to: jiff::Timestamp::now(),
+            },
+        );
+        let env = Env {
+            gate: &self.gate,
+            policy: &self.policy,
+        };
+        let email = expected.is_email();
+        let found = reader
+            .conversation(
+                &env,
+                &message.conversation_id,
+                expected.span(),
+                email,
+                !email,
+            )
+            .await;
+        match found {
+            Ok(found) => match expected.candidates(&found, &Default::default()).as_slice() {
+                [] => Checked::NotStored,
+                [one] => Checked::Stored((*one).clone()),
+                several => Checked::InDoubt(format!(
+                    "read-back found {} messages like it ({})",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(|f| f.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            },
+            Err(e) => {
+                if let ReadError::Refused(why) = &e {
+                    reader.note_refused(why);
+                }
+                Checked::InDoubt(e.to_string())
+            }
+        }
+    }
+
     /// Writes the row's outcome line and counts it.
     fn finish(&self, line: &mut ResultLine, status: Status, error: String) {
         line.status = Some(status);
@@ -260,6 +363,16 @@ impl Deliver {
     pub fn journal_error(&self, e: &std::io::Error) -> StopReason {
         StopReason::ResultsFile(format!("{}: {e}", self.journal.path().display()))
     }
+}
+
+/// What a read of the conversation said of a message answered 500/502/504.
+enum Checked {
+    /// Not there: retried as any 5xx.
+    NotStored,
+    /// There: the row is sent, under this message.
+    Stored(crate::readback::Found),
+    /// The read could not tell (refused, failed, several alike): the row is `unknown`.
+    InDoubt(String),
 }
 
 #[cfg(test)]

@@ -298,6 +298,10 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let resolved = deliver.resolver.as_ref().map(|r| r.summary());
     let lookups = deliver.resolver.as_ref().map_or(0, |r| r.lookups());
     let reads = deliver.reader.as_ref().map_or(0, |r| r.reads());
+    let checks = deliver
+        .reader
+        .as_ref()
+        .map_or(String::new(), |r| r.summary());
     drop(deliver);
     // Only an input read to its end tells which rows sent earlier it no longer has.
     let gone = match (&prior, &stopped) {
@@ -328,6 +332,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         say(&resolved);
     }
     say(&settled.summary(settings.settle));
+    say(&checks);
     Ok(report)
 }
 

@@ -123,6 +123,10 @@ pub struct Reader {
     location: Option<String>,
     /// Read requests made, retries included.
     reads: AtomicU64,
+    /// Why the API refused a read (401/403), the first time: for the summary.
+    refused: std::sync::Mutex<Option<String>>,
+    /// Messages answered 500/502/504 left `unknown` because their read was refused.
+    refused_checks: AtomicU64,
 }
 
 impl Reader {
@@ -139,7 +143,27 @@ impl Reader {
             base: base.clone(),
             location: location.filter(|l| !l.is_empty()),
             reads: AtomicU64::new(0),
+            refused: std::sync::Mutex::new(None),
+            refused_checks: AtomicU64::new(0),
         })
+    }
+
+    /// A 5xx could not be checked: the API refused the read, saying `why`.
+    pub fn note_refused(&self, why: &str) {
+        self.refused_checks.fetch_add(1, Ordering::Relaxed);
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.get_or_insert_with(|| why.to_owned());
+    }
+
+    /// The summary's line when 5xx answers could not be checked, else empty.
+    pub fn summary(&self) -> String {
+        let n = self.refused_checks.load(Ordering::Relaxed);
+        match &*self.refused.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) if n > 0 => format!(
+                "read-back: {n} row(s) answered 500/502/504 are recorded unknown, not retried: the API refused the read that checks whether such a message was stored after all ({why}); give the token the conversations/message.readonly scope, or check those rows in HighLevel\n"
+            ),
+            _ => String::new(),
+        }
     }
 
     /// Read requests made so far.

@@ -283,3 +283,132 @@ async fn verify_unknown_settles_lost_answers_when_the_api_keeps_dates() {
 async fn verify_unknown_settles_lost_answers_when_the_api_stamps_arrival() {
     settle_lost_answers(false, &["--location-id", "sandboxLocation0001"]).await;
 }
+
+/// A 504 (and often a 502 or a 500) is what a gateway answers when it gave up on a server that
+/// may still store the message. With the sandbox storing then answering 504 for some requests
+/// and failing others with nothing stored, every row ends stored exactly once: a read of the
+/// conversation before each retry tells the one from the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_is_checked_by_a_read_before_its_retry_and_nothing_is_stored_twice() {
+    const ROWS: usize = 300;
+    let s = Scenario::with(support::export(ROWS, 30), |c| SandboxConfig {
+        stored_504_rate: 0.08,
+        fail_rate: 0.08,
+        seed: Some(21),
+        ..c
+    })
+    .await;
+    let out = s.run(&["--concurrency", "8"]).await;
+    out.expect_code(0);
+    let stats = s.stats();
+    assert!(stats.stored_504 > 5 && stats.server_errors > 5, "{stats:?}");
+    s.assert_each_stored_once(ROWS);
+    s.assert_all_sent(ROWS);
+    let stored = s.stored();
+    let confirmed = s
+        .results()
+        .into_iter()
+        .filter(|r| r["error"] == "confirmed by read-back after HTTP 504")
+        .inspect(|r| assert_eq!(stored[&r["key"]], [r["message_id"].clone()], "{r:?}"))
+        .count();
+    assert_eq!(
+        confirmed as u64, stats.stored_504,
+        "every stored-then-504 row was found by its read, under the server's ID"
+    );
+    out.expect_stdout(&format!("{} reads", stats.reads()));
+    s.finish().await;
+}
+
+/// SIGKILL mid-run, several times (the crash harness of `crash.rs`, smaller), then
+/// `--verify-unknown`: the rows in flight at the kills (left `unknown`, some stored, some not)
+/// end `sent`, each stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_in_flight_at_sigkills_are_settled_by_verify_unknown() {
+    use crate::fixture;
+    use std::collections::HashSet;
+    use std::time::Instant;
+    const ROWS: usize = 800;
+    let w = crate::support::WorkDir::new();
+    w.write("in.csv", support::export(ROWS, 40));
+    let sb = fixture::start(SandboxConfig {
+        latency: fixture::latency(2, 10),
+        seed: Some(0x5eed),
+        ..fixture::recorded(&w)
+    })
+    .await;
+    let args = fixture::run_args(
+        "in.csv",
+        &sb.base_url(),
+        &["--rate", "none", "--concurrency", "8"],
+    );
+    let journal = w.path("in.results.csv");
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut kills = 0;
+    for run in 1..200 {
+        let before = fixture::file_len(&journal);
+        let growth = rng.u64(2_000..12_000);
+        let mut child = fixture::spawn_logged(&w, &args, fixture::TOKEN, &format!("run-{run}.log"));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let exited = loop {
+            if let Some(status) = child.try_wait().expect("poll the child") {
+                break Some(status);
+            }
+            if fixture::file_len(&journal) >= before + growth {
+                child.kill().expect("SIGKILL");
+                child.wait().expect("reap");
+                break None;
+            }
+            assert!(Instant::now() < deadline, "run {run} made no progress");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        match exited {
+            Some(_) => break,
+            None => {
+                kills += 1;
+                in_flight.extend(fixture::in_flight(&journal));
+            }
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills");
+    let unknown: Vec<_> = fixture::results(&journal)
+        .into_iter()
+        .filter(|r| r["status"] == "unknown")
+        .collect();
+    let stored = fixture::stored(&w);
+    let keys: HashSet<String> = unknown.iter().map(|r| r["key"].clone()).collect();
+    assert_eq!(
+        keys, in_flight,
+        "the rows in flight at the kills are unknown"
+    );
+    let stored_unknown = unknown
+        .iter()
+        .filter(|r| stored.contains_key(&r["key"]))
+        .count();
+    // Past --settle: every request of a killed run was answered (or not) long ago.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let out = fixture::run(
+        &w,
+        &sb.base_url(),
+        "in.csv",
+        &["--rate", "none", "--verify-unknown", "--settle", "1s"],
+        fixture::TOKEN,
+    )
+    .await;
+    out.expect_code(0);
+    let stored = fixture::stored(&w);
+    for r in fixture::results(&journal) {
+        assert_eq!(r["status"], "sent", "{r:?}{out:?}");
+        assert_eq!(
+            stored[&r["key"]],
+            [r["message_id"].clone()],
+            "stored once: {r:?}"
+        );
+    }
+    assert_eq!(stored.len(), ROWS);
+    println!(
+        "read-back after {kills} SIGKILLs: {} rows in flight ({stored_unknown} of them stored), all sent once",
+        unknown.len()
+    );
+    sb.shutdown().await;
+}

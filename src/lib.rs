@@ -79,6 +79,7 @@ pub fn run(cli: cli::Cli) -> Exit {
         cli::Command::Validate(args) => commands::validate::run(args),
         cli::Command::Sandbox(args) => sandbox::run_foreground(args),
         cli::Command::Report(args) => commands::report::run(args),
+        cli::Command::Verify(args) => commands::verify::run(args),
     };
     exit_code(ended)
 }

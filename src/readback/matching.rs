@@ -97,14 +97,7 @@ impl<'a> Expected<'a> {
         {
             return false;
         }
-        let body = normalise(found.body.as_deref().unwrap_or(""));
-        let texts = [m.message.as_deref(), m.html.as_deref()];
-        let body_ok = if texts.iter().all(Option::is_none) {
-            body.is_empty()
-        } else {
-            texts.iter().flatten().any(|t| normalise(t) == body)
-        };
-        if !body_ok {
+        if !same_body(m, found.body.as_deref().unwrap_or("")) {
             return false;
         }
         let mut sent = m.attachments.clone();
@@ -127,6 +120,18 @@ impl<'a> Expected<'a> {
             .iter()
             .filter(|f| !f.id.is_empty() && !taken.contains(&f.id) && self.matches(f))
             .collect()
+    }
+}
+
+/// Whether a body read back is the text `m` sent (`message`, or an e-mail's `html`; empty for
+/// a message of attachments or a call only), line breaks and outer white space aside.
+pub fn same_body(m: &InboundMessage, body: &str) -> bool {
+    let body = normalise(body);
+    let texts = [m.message.as_deref(), m.html.as_deref()];
+    if texts.iter().all(Option::is_none) {
+        body.is_empty()
+    } else {
+        texts.iter().flatten().any(|t| normalise(t) == body)
     }
 }
 

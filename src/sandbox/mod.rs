@@ -95,11 +95,11 @@ pub struct SandboxArgs {
     #[arg(long = "stored-504-rate", default_value_t = 0.0, value_name = "P", value_parser = parse_share)]
     pub stored_504_rate: f64,
     /// `dateAdded` of a stored message: its request's `date` (on), or the time it arrived (off).
-    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off)]
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub backdate: bool,
     /// Keep what is stored in memory to serve the read endpoints (off: benchmarks of millions
     /// of messages; reads then answer 404).
-    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off)]
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub reads: bool,
     /// Seed for IDs, faults and latencies.
     #[arg(long, value_name = "N")]
@@ -457,6 +457,11 @@ mod tests {
         assert_eq!((config.fail_rate, config.drop_rate), (0.0, 0.0));
         assert_eq!((config.hang_rate, config.stored_504_rate), (0.0, 0.0));
         assert!(config.backdate && config.reads);
+        let off = Probe::try_parse_from(["probe", "--backdate", "off", "--reads", "off"])
+            .expect("on|off flags take a value")
+            .args
+            .config();
+        assert!(!off.backdate && !off.reads);
         let off = Probe::try_parse_from(["probe", "--rate", "none", "--daily", "none"])
             .expect("none parses")
             .args

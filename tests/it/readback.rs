@@ -412,3 +412,79 @@ async fn rows_in_flight_at_sigkills_are_settled_by_verify_unknown() {
     );
     sb.shutdown().await;
 }
+
+/// `lc-import verify INPUT --base-url … --rate none`, with the sandbox's token.
+async fn verify(s: &Scenario, extra: &[&str]) -> support::Output {
+    let mut args: Vec<String> = [
+        "verify",
+        "in.csv",
+        "--base-url",
+        &s.base_url(),
+        "--rate",
+        "none",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let dir = s.path("");
+    let token = s.sandbox_token().to_owned();
+    tokio::task::spawn_blocking(move || {
+        support::run_in(&dir, &args, &[("LC_TOKEN".to_owned(), token)])
+    })
+    .await
+    .expect("verify finishes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_after_a_canary_passes_when_the_api_keeps_dates() {
+    let s = Scenario::new(support::export(40, 4)).await;
+    s.run(&["--limit", "10"]).await.expect_code(3);
+    let before = s.stats().reads_by_id;
+    let out = verify(&s, &[]).await;
+    out.expect_code(0);
+    out.expect_stdout("verify: 10 sent row(s) read back with 10 read(s)");
+    for check in [
+        "found",
+        "direction as sent",
+        "type as sent",
+        "body as sent",
+        "date kept as dateAdded",
+    ] {
+        out.expect_stdout(&format!("  {check:<32}{:>8}{:>8}", 10, 0));
+    }
+    out.expect_stdout(&format!(
+        "  {:<32}{:>8}{:>8}",
+        "order per conversation", 4, 0
+    ));
+    out.expect_stdout("every row read back landed as it was sent");
+    assert_eq!(s.stats().reads_by_id - before, 10, "one read per sent row");
+    let out = verify(&s, &["--sample", "3"]).await;
+    out.expect_code(0);
+    out.expect_stdout("verify: 3 sent row(s) read back");
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_after_a_canary_names_the_date_the_api_did_not_keep() {
+    let s = Scenario::with(support::export(40, 4), |c| SandboxConfig {
+        backdate: false,
+        ..c
+    })
+    .await;
+    s.run(&["--limit", "10"]).await.expect_code(3);
+    let out = verify(&s, &[]).await;
+    out.expect_code(1);
+    out.expect_stdout("date: sent 2024-01-01T00:00:00Z, dateAdded ");
+    out.expect_stdout("the API did not keep the date");
+    out.expect_stdout(&format!(
+        "  {:<32}{:>8}{:>8}",
+        "date kept as dateAdded", 0, 10
+    ));
+    out.expect_stdout(&format!("  {:<32}{:>8}{:>8}", "body as sent", 10, 0));
+    out.expect_stdout("10 difference(s) from what was sent");
+    // A sample of none is a usage error.
+    let out = verify(&s, &["--sample", "0"]).await;
+    out.expect_code(2);
+    s.finish().await;
+}

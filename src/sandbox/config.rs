@@ -38,6 +38,9 @@ pub struct SandboxConfig {
     /// Keep every stored message in memory to serve the read endpoints. Off for benchmarks of
     /// millions of messages (the read endpoints then answer 404).
     pub reads: bool,
+    /// The token may read messages (`conversations/message.readonly`); `false`: every read is
+    /// answered 403, as for a token without that scope.
+    pub read_scope: bool,
     /// Added before each admitted request is processed: uniform over `low..high`, or over
     /// `[D/2, 3D/2]` for a single value `D` (`low == high`).
     pub latency: Option<DurationRange>,
@@ -67,6 +70,7 @@ impl SandboxConfig {
             stored_504_rate: 0.0,
             backdate: true,
             reads: true,
+            read_scope: true,
             latency: None,
             seed: None,
             record: None,

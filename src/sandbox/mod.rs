@@ -101,6 +101,10 @@ pub struct SandboxArgs {
     /// of messages; reads then answer 404).
     #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub reads: bool,
+    /// Whether the token may read messages; off: every read is answered 403, as for a token
+    /// without the conversations/message.readonly scope.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub read_scope: bool,
     /// Seed for IDs, faults and latencies.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -134,6 +138,7 @@ impl SandboxArgs {
             stored_504_rate: self.stored_504_rate,
             backdate: self.backdate,
             reads: self.reads,
+            read_scope: self.read_scope,
             latency: self.latency,
             seed: self.seed,
             record: self.record.clone(),

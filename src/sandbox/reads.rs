@@ -14,7 +14,9 @@
 //!   (`{messages: {lastMessageId, nextPage, messages: […]}}`), as FACTS §4 and public issue #54
 //!   say the real API answers, not flat as the spec has it.
 //!
-//! With `--reads off` nothing is kept, and these routes answer 404 like a route the API lacks.
+//! With `--reads off` nothing is kept, and these routes answer 404 like a route the API lacks;
+//! with `--read-scope off` they answer 403 `ForbiddenDTO`, as for a token without
+//! `conversations/message.readonly`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -239,7 +241,14 @@ impl Shared {
             Err(refused) => return *refused,
             Ok(rate) => rate,
         };
-        let (status, mut body) = match route(messages, uri.query().unwrap_or("")) {
+        let answer = match self.read_scope {
+            true => route(messages, uri.query().unwrap_or("")),
+            false => Err((
+                StatusCode::FORBIDDEN,
+                json!("The token is not authorized for this scope."),
+            )),
+        };
+        let (status, mut body) = match answer {
             Ok(body) => {
                 self.counters.count(counted);
                 (StatusCode::OK, body)

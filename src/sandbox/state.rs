@@ -57,6 +57,8 @@ pub struct Shared {
     pub(super) backdate: bool,
     /// What was stored, for the read routes (`reads`); `None` with `--reads off`.
     pub(super) messages: Option<super::messages::Messages>,
+    /// `--read-scope`: reads are allowed (else 403).
+    pub(super) read_scope: bool,
     /// Cancelled at shutdown: requests hung on purpose (`--hang-rate`) end then.
     pub(super) closing: tokio_util::sync::CancellationToken,
     /// `--latency`, for the inbound route.
@@ -87,6 +89,7 @@ impl Shared {
             backdate: config.backdate,
             messages: config.reads.then(super::messages::Messages::default),
             closing: tokio_util::sync::CancellationToken::new(),
+            read_scope: config.read_scope,
             latency: config.latency,
             seed: config.seed.unwrap_or_else(|| fastrand::u64(..)),
             arrivals: AtomicU64::new(0),

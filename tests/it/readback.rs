@@ -488,3 +488,39 @@ async fn verify_after_a_canary_names_the_date_the_api_did_not_keep() {
     out.expect_code(2);
     s.finish().await;
 }
+
+/// A token that may not read (403 on every read): a 504 cannot be checked, so its row is
+/// `unknown` rather than retried (a retry could store it twice), and the summary says why; so
+/// does `--verify-unknown`, which leaves those rows as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_read_scope_a_504_is_unknown_not_retried_and_the_summary_says_why() {
+    let s = Scenario::with(support::export(150, 15), |c| SandboxConfig {
+        stored_504_rate: 0.1,
+        read_scope: false,
+        seed: Some(8),
+        ..c
+    })
+    .await;
+    let out = s.run(&["--concurrency", "4"]).await;
+    out.expect_code(1);
+    let stats = s.stats();
+    assert!(stats.stored_504 > 3, "{stats:?}");
+    let unknown = s.assert_sent_or_unknown(&out);
+    assert_eq!(unknown.len() as u64, stats.stored_504, "{out:?}");
+    for r in &unknown {
+        assert!(r["error"].starts_with("HTTP 504, which may come after the message was stored, and the read-back was refused (HTTP 403: The token is not authorized for this scope.)"), "{r:?}");
+    }
+    out.expect_stdout(&format!(
+        "read-back: {} row(s) answered 500/502/504 are recorded unknown, not retried: the API refused the read",
+        unknown.len()
+    ));
+    s.sb()
+        .set_faults(&SandboxConfig::unlimited())
+        .expect("no faults");
+    let out = s.run(&["--verify-unknown", "--settle", "0s"]).await;
+    out.expect_code(1);
+    out.expect_stdout("the API refused the reads (HTTP 403");
+    assert_eq!(s.assert_sent_or_unknown(&out).len(), unknown.len());
+    assert_eq!(s.stats().accepted, stats.accepted, "nothing sent again");
+    s.finish().await;
+}

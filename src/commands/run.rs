@@ -7,6 +7,10 @@
 //!  sandbox   conflicts     invalid / job          --concurrency       → outcome line
 //! ```
 //!
+//! With `--verify-unknown`, the rows an earlier run left `unknown` are settled by reading them
+//! back (`readback::settle`) between the pass and the intake, before anything is sent; their
+//! verdicts go to the intake.
+//!
 //! Until the first request can leave (the pass before sending, opening the sender), an error
 //! ends the run with exit 2: nothing was sent. After that, every error is a stop (exit 3): rows
 //! in flight finish, the journal is compacted, and the summary says how to resume. The stops a

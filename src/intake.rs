@@ -1,7 +1,9 @@
 //! Intake, on its own thread: every record of the input becomes exactly one of
 //!
 //! - a **duplicate** (its key was seen on an earlier row; recorded, not sent),
-//! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept),
+//! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept; with
+//!   `--verify-unknown`, an `unknown` row read-back found is counted confirmed, and one it found
+//!   not stored becomes a job),
 //! - **invalid** (it breaks a rule; recorded with every problem, not sent),
 //! - **changed** (keyed by content, it looks like a row sent earlier that the input no longer
 //!   has: same conversation, direction, type and date, a cell edited; recorded, not sent unless

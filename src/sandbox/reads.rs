@@ -27,8 +27,6 @@ use axum::response::Response;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::answer::{json_response, put_rate_headers};
-use super::chance;
 use super::messages::{ExportFilter, Messages, StoredMessage};
 use super::state::Shared;
 use super::stats::Counted;
@@ -234,41 +232,17 @@ impl Shared {
         let Some(messages) = &self.messages else {
             return super::api::not_found(State(self.clone()), method, uri).await;
         };
-        let _in_flight = self.counters.enter();
-        let mut rng = self.request_rng();
-        let trace_id = chance::new_trace_id(&mut rng);
-        let rate = match self.gate(headers, &trace_id) {
+        let admitted = match self.admit_route(headers) {
+            Ok(admitted) => admitted,
             Err(refused) => return *refused,
-            Ok(rate) => rate,
         };
         let answer = match self.read_scope {
-            true => route(messages, uri.query().unwrap_or("")),
+            true => route(messages, uri.query().unwrap_or("")).map(|body| (StatusCode::OK, body)),
             false => Err((
                 StatusCode::FORBIDDEN,
                 json!("The token is not authorized for this scope."),
             )),
         };
-        let (status, mut body) = match answer {
-            Ok(body) => {
-                self.counters.count(counted);
-                (StatusCode::OK, body)
-            }
-            Err((status, message)) => {
-                self.counters.count(match status {
-                    StatusCode::UNPROCESSABLE_ENTITY => Counted::Unprocessable,
-                    StatusCode::BAD_REQUEST => Counted::BadRequest,
-                    _ => counted,
-                });
-                let mut body = json!({"statusCode": status.as_u16(), "message": message});
-                if status != StatusCode::NOT_FOUND {
-                    body["error"] = json!(status.canonical_reason().unwrap_or("Error"));
-                }
-                (status, body)
-            }
-        };
-        body["traceId"] = json!(trace_id);
-        let mut response = json_response(status, &body);
-        put_rate_headers(response.headers_mut(), rate);
-        response
+        self.answer_route(answer, counted, &admitted)
     }
 }

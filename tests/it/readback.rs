@@ -12,18 +12,9 @@ use serde_json::Value;
 use crate::scenario::Scenario;
 use crate::support;
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client builds")
-}
-
 /// `GET base+path` with the sandbox's token; the status and the JSON body.
 async fn get(base: &str, path: &str) -> (u16, Value) {
-    let r = client()
+    let r = crate::sandbox::client()
         .get(format!("{base}{path}"))
         .header("Authorization", "Bearer sandbox-token")
         .header("Version", "2021-04-15")
@@ -326,7 +317,6 @@ async fn a_5xx_is_checked_by_a_read_before_its_retry_and_nothing_is_stored_twice
 async fn rows_in_flight_at_sigkills_are_settled_by_verify_unknown() {
     use crate::fixture;
     use std::collections::HashSet;
-    use std::time::Instant;
     const ROWS: usize = 800;
     let w = crate::support::WorkDir::new();
     w.write("in.csv", support::export(ROWS, 40));
@@ -346,22 +336,10 @@ async fn rows_in_flight_at_sigkills_are_settled_by_verify_unknown() {
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut kills = 0;
     for run in 1..200 {
-        let before = fixture::file_len(&journal);
         let growth = rng.u64(2_000..12_000);
-        let mut child = fixture::spawn_logged(&w, &args, fixture::TOKEN, &format!("run-{run}.log"));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let exited = loop {
-            if let Some(status) = child.try_wait().expect("poll the child") {
-                break Some(status);
-            }
-            if fixture::file_len(&journal) >= before + growth {
-                child.kill().expect("SIGKILL");
-                child.wait().expect("reap");
-                break None;
-            }
-            assert!(Instant::now() < deadline, "run {run} made no progress");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+        let exited =
+            fixture::run_killed_at_growth(&w, &args, &format!("run-{run}.log"), &journal, growth)
+                .await;
         match exited {
             Some(_) => break,
             None => {

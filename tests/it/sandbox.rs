@@ -20,7 +20,8 @@ const TYPES: &str = "type must be one of the following values: SMS, RCS, Email, 
 
 use crate::fixture::start;
 
-fn client() -> reqwest::Client {
+/// A client for the sandbox over loopback (also for `readback`).
+pub fn client() -> reqwest::Client {
     // reqwest is built with `rustls-no-provider`: even a plain-http client needs a crypto
     // provider installed first. Another test may have installed it already.
     let _ = rustls::crypto::ring::default_provider().install_default();

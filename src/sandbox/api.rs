@@ -26,14 +26,14 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::{Json, Router, routing};
 use fastrand::Rng;
 use jiff::Timestamp;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::answer::{Answer, Created, json_response, put_rate_headers};
+use super::answer::{Answer, Created};
 use super::body::{self, Inbound};
 use super::chance::{self, Fault};
 use super::contacts;
@@ -229,24 +229,6 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
 }
 
 /// What NestJS answers for a route it does not have.
-pub(super) async fn not_found(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-) -> Response {
-    let _in_flight = shared.counters.enter();
-    let mut rng = shared.request_rng();
-    let trace_id = chance::new_trace_id(&mut rng);
-    shared.counters.count(Counted::Other);
-    let mut response = json_response(
-        StatusCode::NOT_FOUND,
-        &json!({
-            "statusCode": 404,
-            "message": format!("Cannot {method} {}", uri.path()),
-            "error": "Not Found",
-            "traceId": trace_id,
-        }),
-    );
-    put_rate_headers(response.headers_mut(), shared.peek());
-    response
+async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+    shared.route_not_found(&method, &uri)
 }

@@ -230,7 +230,7 @@ impl Shared {
         route: impl FnOnce(&Messages, &str) -> Read,
     ) -> Response {
         let Some(messages) = &self.messages else {
-            return super::api::not_found(State(self.clone()), method, uri).await;
+            return self.route_not_found(&method, &uri);
         };
         let admitted = match self.admit_route(headers) {
             Ok(admitted) => admitted,

@@ -211,6 +211,29 @@ impl Shared {
         response
     }
 
+    /// What NestJS answers for a route it does not have: 404 `Cannot GET /path`, counted.
+    pub(super) fn route_not_found(
+        &self,
+        method: &axum::http::Method,
+        uri: &axum::http::Uri,
+    ) -> Response {
+        let _in_flight = self.counters.enter();
+        let mut rng = self.request_rng();
+        let trace_id = chance::new_trace_id(&mut rng);
+        self.counters.count(Counted::Other);
+        let mut response = super::answer::json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({
+                "statusCode": 404,
+                "message": format!("Cannot {method} {}", uri.path()),
+                "error": "Not Found",
+                "traceId": trace_id,
+            }),
+        );
+        super::answer::put_rate_headers(response.headers_mut(), self.peek());
+        response
+    }
+
     /// Runs `f` on the budget with the current clock; `None` when nothing is limited.
     fn with_budget<T>(&self, f: impl FnOnce(&mut Budget, Duration, Duration) -> T) -> Option<T> {
         // Held only for the arithmetic, never across an await.

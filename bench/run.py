@@ -45,7 +45,8 @@ def generate(n, conversations=None, hot=None):
 
 class Sandbox:
     def __init__(self, *flags, record=None):
-        args = [BIN, "sandbox", "--listen", "127.0.0.1:0", *flags]
+        # --reads off: the bench stores millions of messages; keeping them would skew memory.
+        args = [BIN, "sandbox", "--listen", "127.0.0.1:0", "--reads", "off", *flags]
         if record:
             args += ["--record", record]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -13,7 +13,7 @@ trap 'rm -rf "$work"' EXIT
 
 run() {
     local label="$1"; shift
-    "$bin" sandbox --listen 127.0.0.1:0 --rate none --daily none "$@" >"$work/out" &
+    "$bin" sandbox --listen 127.0.0.1:0 --rate none --daily none --reads off "$@" >"$work/out" &
     local pid=$!
     until grep -q '^sandbox listening on ' "$work/out" 2>/dev/null; do
         kill -0 "$pid" || { echo "sandbox did not start" >&2; exit 1; }

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
     about = "Import message history from CSV into HighLevel / LeadConnector"
 )]
 pub struct Cli {
-    /// What to do: `run`, `validate`, `sandbox` or `report`.
+    /// What to do: `run`, `validate`, `sandbox`, `report` or `verify`.
     #[command(subcommand)]
     pub command: Command,
     /// More log output (-v: debug, -vv: trace). Message bodies appear only at debug and above.
@@ -39,6 +39,8 @@ pub enum LogFormat {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Import rows: send each as an inbound message, recording every outcome (the main job).
@@ -49,6 +51,37 @@ pub enum Command {
     Sandbox(crate::sandbox::SandboxArgs),
     /// Summarise a results file: rows per status and the most frequent errors.
     Report(ReportArgs),
+    /// Read sent rows back from the API and say whether each landed as sent: found, direction,
+    /// type, body, date kept as dateAdded, order per conversation.
+    Verify(VerifyArgs),
+}
+
+/// `lc-import verify`. The API options are `run`'s, and mean the same.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The CSV export that was imported.
+    pub input: PathBuf,
+    /// The results file of the import [default: <INPUT stem>.results.csv beside the input].
+    #[arg(long, value_name = "PATH")]
+    pub results: Option<PathBuf>,
+    /// Read back N sent rows, spread over the file, instead of all of them.
+    #[arg(long, value_name = "N")]
+    pub sample: Option<u64>,
+    /// API root; plain http:// only for loopback hosts [default: https://services.leadconnectorhq.com].
+    #[arg(long, value_name = "URL", env = "LC_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Read the token from this file (else from the environment variable LC_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Never more than N requests start in any PERIOD [default: 100/10s]; `none` for a sandbox.
+    #[arg(long, value_name = "N/PERIOD")]
+    pub rate: Option<crate::rate::Limit<crate::rate::Rate>>,
+    /// Per request: 30s, 500ms [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// How rows become request bodies (as for the import).
+    #[command(flatten)]
+    pub mapping: MappingArgs,
 }
 
 /// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.
@@ -91,6 +124,15 @@ pub struct RunArgs {
     /// On resume, send again the rows whose outcome is unknown (they may then be stored twice).
     #[arg(long)]
     pub resend_unknown: bool,
+    /// Before sending, look the rows an earlier run left unknown up on the server (one read of
+    /// each one's conversation): found → sent with the ID read back; not found and older than
+    /// --settle → sent now; otherwise left unknown with the reason.
+    #[arg(long, conflicts_with = "resend_unknown")]
+    pub verify_unknown: bool,
+    /// With --verify-unknown: how long after its request left a row not found on the server is
+    /// taken as not stored (the API queues messages) [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration, requires = "verify_unknown")]
+    pub settle: Option<std::time::Duration>,
     /// Write the run's outcome as one JSON object to PATH (counts, requests, why it stopped, the
     /// exit code, the resume command), for a nightly job's monitoring: removed when the run
     /// starts, written atomically when it ends, whatever the exit code.

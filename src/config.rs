@@ -50,6 +50,10 @@ pub struct Settings {
     pub resend_unknown: bool,
     /// Send rows that look like rows sent earlier with a cell edited (`--send-changed`).
     pub send_changed: bool,
+    /// Settle the rows left `unknown` by reading them back before sending (`--verify-unknown`).
+    pub verify_unknown: bool,
+    /// How long after its request left a row not found is taken as not stored (`--settle`).
+    pub settle: Duration,
     /// How rows become request bodies: `--map`, `--set`, list separator, dates, key column.
     pub mapping: MappingOptions,
     /// The input's field delimiter, one ASCII byte (`--delimiter`, default `,`).
@@ -167,6 +171,10 @@ impl Settings {
             limit: args.limit.or(file.limit),
             resend_unknown: args.resend_unknown,
             send_changed: args.send_changed,
+            verify_unknown: args.verify_unknown,
+            settle: args
+                .settle
+                .unwrap_or(crate::readback::settle::DEFAULT_SETTLE),
             mapping,
             delimiter,
             backoff: Backoff::default(),

@@ -2,7 +2,10 @@
 //! look its IDs up if it has none (each lookup through the same gate and policy as a message) →
 //! the [`Gate`] (stop, pace, budget; a slot reserved) → the write-ahead `sending` line, on disk
 //! while the slot's time comes → the POST at that time → the
-//! [`Policy`] (sent, failed, unknown, or retry after a pause) → the outcome line.
+//! [`Policy`] (sent, failed, unknown, or retry after a pause) → the outcome line. A 500, 502 or
+//! 504 (in doubt: a gateway may have given up on a server that stored the message) is first
+//! checked by one read of the conversation (`readback`): found → sent, not found → as the
+//! policy says, a read that cannot tell → unknown.
 //!
 //! A row whose first request never left is not recorded: the next run sends it. Once its
 //! `sending` line is written, the row always ends with an outcome line (or, after a crash, is
@@ -19,7 +22,7 @@ use crate::gate::Gate;
 use crate::mapping::MappedRow;
 use crate::resolve::{Env, Failure, Resolver};
 use crate::results::content::ContentLog;
-use crate::results::line::now_rfc3339;
+use crate::results::line::{now_rfc3339, with_left_at};
 use crate::results::{Journal, ResultLine, Status};
 use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
 use crate::schedule::{Job, Payload};
@@ -52,6 +55,9 @@ pub struct Deliver {
     pub resolver: Option<Resolver>,
     /// Where rows keyed by content go once sent; `None` when rows have a key column.
     pub content: Option<ContentLog>,
+    /// Reads messages back (`run --verify-unknown`, and a 500/502/504 checked before its
+    /// retry); `None`: no reads.
+    pub reader: Option<crate::readback::Reader>,
 }
 
 impl Deliver {
@@ -66,7 +72,12 @@ impl Deliver {
             ..Default::default()
         };
         let body = match job.payload {
-            Payload::Body(body) => body,
+            Payload::Body(body) => {
+                // The row has its conversation: its lane is that conversation's ID. Its lines
+                // name it, so a row left `unknown` can be looked for there.
+                line.conversation_id = job.conversation_id.to_string();
+                body
+            }
             // Boxed: the lookups' state is large, and only rows that need them should carry it
             // (every row's task is moved into place when spawned: measured 7 % more instructions
             // per row with it inline).
@@ -81,6 +92,7 @@ impl Deliver {
         // A `sending` line is due: before the first attempt, and before a replay after a 401
         // (whose line said the row was not stored).
         let mut ahead = true;
+        let mut left_at = String::new();
         loop {
             // A token first, before its `sending` line is written: a row that waits for a
             // renewal has announced nothing (a kill meanwhile leaves it to send, not `unknown`).
@@ -119,6 +131,10 @@ impl Deliver {
             if ahead {
                 ahead = false;
                 line.status = Some(Status::Sending);
+                // When the request leaves (within a sync and a slot of this): a row left
+                // `unknown` is looked for around then (`run --verify-unknown`).
+                line.finished_at = now_rfc3339();
+                left_at.clone_from(&line.finished_at);
                 let end = match self.journal.write_ahead(&line) {
                     Ok(end) => end,
                     Err(e) => {
@@ -156,6 +172,7 @@ impl Deliver {
             };
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
+            let attempt_left = jiff::Timestamp::now();
             let (attempt, limits) = self.sender.post(body.clone(), &bearer.value).await;
             // What it says of the limits is in before its place is given up (the first answer
             // lets the others take their times).
@@ -227,6 +244,50 @@ impl Deliver {
             if let Some(pause) = decision.pause {
                 self.gate.pause(pause);
             }
+            // A 500, 502 or 504 may come from a gateway that gave up on a server that
+            // goes on to store the message: one read of the conversation decides.
+            let ambiguous = match &attempt {
+                Attempt::Answered { status, .. } if matches!(status, 500 | 502 | 504) => {
+                    Some(*status)
+                }
+                _ => None,
+            };
+            let settles = matches!(decision.next, Next::Retry { .. } | Next::Failed(_));
+            if let (Some(status), Some(reader), true) = (ambiguous, &self.reader, settles) {
+                let checked = Box::pin(self.check_stored(reader, &body, attempt_left)).await;
+                let settled = match checked {
+                    Checked::NotStored => None,
+                    Checked::Stored(found) => {
+                        line.message_id = found.id;
+                        if let Some(c) = found.conversation_id.filter(|c| !c.is_empty()) {
+                            line.conversation_id = c;
+                        }
+                        if let Some(c) = found.contact_id.filter(|c| !c.is_empty()) {
+                            line.contact_id = c;
+                        }
+                        Some((
+                            Status::Sent,
+                            format!("confirmed by read-back after HTTP {status}"),
+                        ))
+                    }
+                    Checked::InDoubt(why) => Some((
+                        Status::Unknown,
+                        with_left_at(
+                            &format!(
+                                "HTTP {status}, which may come after the message was stored, and {why}; not retried"
+                            ),
+                            Some(&left_at),
+                        ),
+                    )),
+                };
+                if let Some((status, why)) = settled {
+                    self.finish(&mut line, status, why);
+                    if let Some(reason) = decision.stop {
+                        self.gate.stop_with(reason);
+                    }
+                    return;
+                }
+            }
             let (status, why) = match decision.next {
                 Next::Sent(accepted) => {
                     line.message_id = accepted.message_id;
@@ -243,7 +304,7 @@ impl Deliver {
                     (Status::Sent, String::new())
                 }
                 Next::Failed(why) => (Status::Failed, why),
-                Next::Unknown(why) => (Status::Unknown, why),
+                Next::Unknown(why) => (Status::Unknown, with_left_at(&why, Some(&left_at))),
                 Next::Retry { reason, delay } => {
                     debug!(
                         row = line.row,
@@ -368,6 +429,65 @@ impl Deliver {
         }
     }
 
+    /// Whether the message `body` that was just answered 500/502/504 was stored after all:
+    /// one read of its conversation, matched as `--verify-unknown` matches (the request left
+    /// at `left`).
+    async fn check_stored(
+        &self,
+        reader: &crate::readback::Reader,
+        body: &Bytes,
+        left: jiff::Timestamp,
+    ) -> Checked {
+        use crate::readback::ReadError;
+        use crate::readback::matching::{Expected, Out};
+        let Ok(message) = serde_json::from_slice::<crate::message::InboundMessage>(body) else {
+            return Checked::NotStored;
+        };
+        let expected = Expected::new(
+            &message,
+            Out {
+                from: Some(left),
+                to: jiff::Timestamp::now(),
+            },
+        );
+        let env = Env {
+            gate: &self.gate,
+            policy: &self.policy,
+            auth: &self.auth,
+        };
+        let email = expected.is_email();
+        let found = reader
+            .conversation(
+                &env,
+                &message.conversation_id,
+                expected.span(),
+                email,
+                !email,
+            )
+            .await;
+        match found {
+            Ok(found) => match expected.candidates(&found, &Default::default()).as_slice() {
+                [] => Checked::NotStored,
+                [one] => Checked::Stored((*one).clone()),
+                several => Checked::InDoubt(format!(
+                    "read-back found {} messages like it ({})",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(|f| f.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            },
+            Err(e) => {
+                if let ReadError::Refused(why) = &e {
+                    reader.note_refused(why);
+                }
+                Checked::InDoubt(e.to_string())
+            }
+        }
+    }
+
     /// Writes the row's outcome line and counts it.
     fn finish(&self, line: &mut ResultLine, status: Status, error: String) {
         line.status = Some(status);
@@ -388,6 +508,16 @@ impl Deliver {
     pub fn journal_error(&self, e: &std::io::Error) -> StopReason {
         StopReason::ResultsFile(format!("{}: {e}", self.journal.path().display()))
     }
+}
+
+/// What a read of the conversation said of a message answered 500/502/504.
+enum Checked {
+    /// Not there: retried as any 5xx.
+    NotStored,
+    /// There: the row is sent, under this message.
+    Stored(crate::readback::Found),
+    /// The read could not tell (refused, failed, several alike): the row is `unknown`.
+    InDoubt(String),
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Intake, on its own thread: every record of the input becomes exactly one of
 //!
 //! - a **duplicate** (its key was seen on an earlier row; recorded, not sent),
-//! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept),
+//! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept; with
+//!   `--verify-unknown`, an `unknown` row read-back found is counted confirmed, and one it found
+//!   not stored becomes a job),
 //! - **invalid** (it breaks a rule; recorded with every problem, not sent),
 //! - **changed** (keyed by content, it looks like a row sent earlier that the input no longer
 //!   has: same conversation, direction, type and date, a cell edited; recorded, not sent unless
@@ -13,6 +15,7 @@
 //! file cannot be written) is a stop with its reason, never an error that ends the run as if
 //! nothing had been sent.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mapping::Mapping;
 use crate::preflight::DuplicateRows;
+use crate::readback::settle::Verdict;
 use crate::reader::{CsvInput, Record};
 use crate::results::content::EarlierVersions;
 use crate::results::line::now_rfc3339;
@@ -59,6 +63,9 @@ pub struct Intake {
     pub content: Option<EarlierVersions>,
     /// `--send-changed`: send the rows that look like rows sent earlier with a cell edited.
     pub send_changed: bool,
+    /// `--verify-unknown`: what read-back made of the rows an earlier run left `unknown`, by
+    /// key (found stored, to send, or still unknown); empty without it.
+    pub settled: HashMap<String, Verdict>,
 }
 
 /// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
@@ -112,6 +119,7 @@ impl Intake {
                 &self.journal,
                 &self.counters,
                 self.resend_unknown,
+                &self.settled,
                 self.content.as_mut().map(|c| (c, self.send_changed)),
             )?;
             let Fate::Job(job) = fate else { continue };
@@ -149,6 +157,7 @@ fn fate(
     journal: &Journal,
     counters: &Counters,
     resend_unknown: bool,
+    settled: &HashMap<String, Verdict>,
     content: Option<(&mut EarlierVersions, bool)>,
 ) -> Result<Fate, StopReason> {
     let (row, line_no) = (record.row, record.line);
@@ -183,12 +192,25 @@ fn fate(
             journal.keep_prior(row, p).map_err(journal_error)?;
             return Ok(Fate::Done);
         }
-        Some(p) if p.status == Status::Unknown && !resend_unknown => {
+        // Read-back found it stored: its `sent` line was written after this one, and wins.
+        Some(p)
+            if p.status == Status::Unknown && settled.get(&key) == Some(&Verdict::Confirmed) =>
+        {
+            counters.confirmed.fetch_add(1, Ordering::Relaxed);
+            journal.keep_prior(row, p).map_err(journal_error)?;
+            return Ok(Fate::Done);
+        }
+        Some(p)
+            if p.status == Status::Unknown
+                && !resend_unknown
+                && settled.get(&key) != Some(&Verdict::Send) =>
+        {
             counters.unknown_before.fetch_add(1, Ordering::Relaxed);
             journal.keep_prior(row, p).map_err(journal_error)?;
             return Ok(Fate::Done);
         }
-        // Tried again (failed, invalid, changed, or unknown with `--resend-unknown`): its earlier
+        // Tried again (failed, invalid, changed, or unknown with `--resend-unknown` or found not
+        // stored by read-back): its earlier
         // line stays until this run writes a new one, so a run that stops before reaching it
         // does not drop it from the record (an `unknown` row would then be sent as new).
         Some(p) => journal.keep_prior(row, p).map_err(journal_error)?,

@@ -27,6 +27,7 @@ pub mod progress;
 pub mod quota;
 pub mod rate;
 pub mod ratelimit;
+pub mod readback;
 pub mod reader;
 pub mod resolve;
 pub mod results;
@@ -79,6 +80,7 @@ pub fn run(cli: cli::Cli) -> Exit {
         cli::Command::Validate(args) => commands::validate::run(args),
         cli::Command::Sandbox(args) => sandbox::run_foreground(args),
         cli::Command::Report(args) => commands::report::run(args),
+        cli::Command::Verify(args) => commands::verify::run(args),
     };
     exit_code(ended)
 }

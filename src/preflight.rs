@@ -25,6 +25,7 @@ use crate::config::Settings;
 use crate::extsort::ExternalSort;
 use crate::mapping::Mapping;
 use crate::quota::Plan;
+use crate::readback::settle::Doubt;
 use crate::reader::CsvInput;
 use crate::resolve::{IdMap, Resolver};
 use crate::results::content::{self, ContentLog, EarlierVersions};
@@ -52,6 +53,8 @@ pub struct Prepared {
     /// For rows keyed by content: the file each row sent is added to, and the rows sent
     /// earlier whose keys this input no longer has. `None` when rows have a key column.
     pub content: Option<(ContentLog, EarlierVersions)>,
+    /// With `--verify-unknown`: the rows an earlier run left `unknown`, to settle first.
+    pub doubts: Vec<Doubt>,
 }
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
@@ -71,6 +74,8 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
             prior.count(Status::Unknown),
             if settings.resend_unknown {
                 " will be sent again (--resend-unknown)"
+            } else if settings.verify_unknown {
+                " will be looked for on the server first (--verify-unknown)"
             } else {
                 " left alone"
             }
@@ -105,6 +110,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         ids: resolver.as_ref().map(|r| &r.ids),
         conflicts: Vec::new(),
         locations: Vec::new(),
+        doubts: Vec::new(),
     };
     let plan = pass.run(input, &mut on_key);
     if interrupt.is_cancelled() {
@@ -112,6 +118,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     }
     let plan = plan?;
     let mut conflicts = std::mem::take(&mut pass.conflicts);
+    let doubts = std::mem::take(&mut pass.doubts);
     // The target is checked (and recorded) before any request, as the pass's last refusal.
     let target = Target {
         api: if settings.rehearsal {
@@ -167,6 +174,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         plan,
         duplicates,
         content,
+        doubts,
     }))
 }
 
@@ -223,6 +231,8 @@ struct Pass<'a> {
     conflicts: Vec<Conflict>,
     /// The distinct `locationId`s of rows to look up (two at most: one is all that is used).
     locations: Vec<String>,
+    /// With `--verify-unknown`: the rows left `unknown`, valid, to settle before sending.
+    doubts: Vec<Doubt>,
 }
 
 impl Pass<'_> {
@@ -237,6 +247,8 @@ impl Pass<'_> {
             ..Plan::default()
         };
         let mut seen: HashSet<(String, String)> = HashSet::new();
+        // Conversations of rows in doubt: one read settles all of a conversation's.
+        let mut plan_conversations: HashSet<String> = HashSet::new();
         while let Some(record) = input
             .next_record()
             .with_context(|| format!("reading {}", path.display()))?
@@ -256,6 +268,22 @@ impl Pass<'_> {
                 }
                 Some(p) if p.status == Status::Unknown && !self.settings.resend_unknown => {
                     plan.done_before += 1;
+                    if self.settings.verify_unknown
+                        && let Ok(row) = self.mapping.map_row(record.cells, record.line)
+                    {
+                        let c = &row.message.conversation_id;
+                        // A row whose conversation is to be found reads on its own.
+                        if c.is_empty() || plan_conversations.insert(c.clone()) {
+                            plan.settle_reads += 1;
+                        }
+                        plan.doubts += 1;
+                        self.doubts.push(Doubt {
+                            row: record.row,
+                            key,
+                            message: row.message,
+                            offset: p.offset,
+                        });
+                    }
                     continue;
                 }
                 _ => {}

@@ -64,6 +64,11 @@ pub struct Plan {
     pub conversations: u64,
     /// Requests per contact lookup when it creates (2 with `--create-contacts`, else 1).
     pub contact_cost: u64,
+    /// Rows left `unknown` earlier, to settle by reading back (`--verify-unknown`).
+    pub doubts: u64,
+    /// Reads that settles them: one per conversation (more when a conversation's messages
+    /// take more than a page).
+    pub settle_reads: u64,
 }
 
 impl Plan {
@@ -75,10 +80,15 @@ impl Plan {
         )
     }
 
-    /// Requests the run needs, messages and lookups: (fewest, most).
+    /// Requests the run needs, messages, lookups and reads: (fewest, most; the most with every
+    /// row in doubt found not stored, and sent).
     pub fn requests(&self) -> (u64, u64) {
         let (low, high) = self.lookups();
-        (self.messages + low, self.messages + high)
+        let reads = self.settle_reads;
+        (
+            self.messages + low + reads,
+            self.messages + high + reads + self.doubts,
+        )
     }
 
     /// The plan as printed before sending.
@@ -106,6 +116,13 @@ impl Plan {
             self.messages,
             range(lookups_low, lookups_high)
         );
+        if self.doubts > 0 {
+            let _ = writeln!(
+                out,
+                "  read-back {} read(s) to settle {} unknown row(s) (one per conversation, more for one longer than a page); up to {} of them sent if not found",
+                self.settle_reads, self.doubts, self.doubts
+            );
+        }
         match rate {
             Some(rate) => {
                 // The first window's N start at once; the rest at the rate.
@@ -194,6 +211,7 @@ mod tests {
             contacts: 100,
             conversations: 100,
             contact_cost: 2,
+            ..Plan::default()
         };
         assert_eq!(plan.requests(), (1200, 1400));
         let text = plan.describe(Some("100/10s".parse().unwrap()), Some(500), false);
@@ -216,6 +234,18 @@ mod tests {
         assert!(
             text.contains("days      6 at 200000 requests a day (--wait"),
             "{text}"
+        );
+        let settling = Plan {
+            messages: 10,
+            doubts: 6,
+            settle_reads: 2,
+            ..Plan::default()
+        };
+        assert_eq!(settling.requests(), (12, 18));
+        assert!(
+            settling
+                .describe(None, None, false)
+                .contains("read-back 2 read(s) to settle 6 unknown row(s)")
         );
     }
 }

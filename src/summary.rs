@@ -76,6 +76,8 @@ pub struct Counters {
     /// With `--wait`, while the daily budget is spent: when the run tries again (Unix ms);
     /// 0 while it runs.
     pub resume_at_ms: AtomicU64,
+    /// Rows left `unknown` earlier that read-back found stored (`--verify-unknown`).
+    pub confirmed: AtomicU64,
 }
 
 impl Counters {
@@ -111,6 +113,10 @@ pub struct Report {
     pub duplicate: u64,
     /// Rows that look like a row sent earlier with a cell edited; not sent.
     pub changed: u64,
+    /// Rows left `unknown` earlier that read-back found stored, recorded `sent`.
+    pub confirmed: u64,
+    /// Read-back requests among the requests.
+    pub reads: u64,
     /// Requests of every kind; `lookups` of them were contact and conversation lookups.
     pub requests: u64,
     /// Contact and conversation lookups among the requests.
@@ -149,6 +155,8 @@ impl Report {
             unknown_before: n(&c.unknown_before),
             duplicate: n(&c.duplicate),
             changed: n(&c.changed),
+            confirmed: n(&c.confirmed),
+            reads: 0,
             requests,
             lookups: 0,
             token_refreshes: 0,
@@ -169,11 +177,12 @@ impl Report {
             + self.unknown_before
             + self.duplicate
             + self.changed
+            + self.confirmed
     }
 
-    /// Message requests among the requests (the rest are lookups).
+    /// Message requests among the requests (the rest are lookups and reads).
     pub fn messages(&self) -> u64 {
-        self.requests.saturating_sub(self.lookups)
+        self.requests.saturating_sub(self.lookups + self.reads)
     }
 
     /// How the run ended, for the exit code: its stop, and the rows that need the user.
@@ -214,6 +223,7 @@ impl Report {
                 "unknown_earlier": self.unknown_before,
                 "duplicate": self.duplicate,
                 "changed": self.changed,
+                "confirmed_by_read_back": self.confirmed,
                 "sent_earlier_not_in_input": self.gone,
             },
             "requests": {
@@ -222,6 +232,7 @@ impl Report {
                 "lookups": self.lookups,
                 "token_refreshes": self.token_refreshes,
                 "location_tokens": self.location_tokens,
+                "reads": self.reads,
             },
             "elapsed_seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             "resume_command": self.stopped.as_ref().map(|_| resume_command()),
@@ -241,6 +252,13 @@ impl Report {
             r.sent,
             r.sent_before
         );
+        if r.confirmed > 0 {
+            let _ = writeln!(
+                out,
+                "  confirmed     {:>9}   (unknown rows read-back found stored: now sent)",
+                r.confirmed
+            );
+        }
         let _ = writeln!(out, "  invalid       {:>9}", r.invalid);
         let _ = writeln!(out, "  failed        {:>9}", r.failed);
         let _ = writeln!(
@@ -255,10 +273,15 @@ impl Report {
         let secs = r.elapsed.as_secs_f64();
         let _ = writeln!(
             out,
-            "  {} requests ({} messages, {} lookups) in {:.1}s: {:.1} messages sent/s",
+            "  {} requests ({} messages, {} lookups{}) in {:.1}s: {:.1} messages sent/s",
             r.requests,
             r.messages(),
             r.lookups,
+            if r.reads > 0 {
+                format!(", {} reads", r.reads)
+            } else {
+                String::new()
+            },
             secs,
             r.sent as f64 / secs.max(0.001)
         );
@@ -319,7 +342,7 @@ impl Report {
         if r.unknown + r.unknown_before > 0 {
             let _ = writeln!(
                 out,
-                "unknown rows may or may not be stored (the request left, no answer came): check them in HighLevel, then send the missing ones with --resend-unknown"
+                "unknown rows may or may not be stored (the request left, no answer came, or a server error may have come after storing it): run the same command with --verify-unknown to look each one up in its conversation, send the missing ones and record the found ones sent (--resend-unknown sends them all again, and those that were stored are then stored twice)"
             );
         }
         out

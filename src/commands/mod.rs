@@ -4,3 +4,4 @@ pub mod report;
 pub mod run;
 pub mod survey;
 pub mod validate;
+pub mod verify;

@@ -7,6 +7,10 @@
 //!  sandbox   conflicts     invalid / job          --concurrency       → outcome line
 //! ```
 //!
+//! With `--verify-unknown`, the rows an earlier run left `unknown` are settled by reading them
+//! back (`readback::settle`) between the pass and the intake, before anything is sent; their
+//! verdicts go to the intake.
+//!
 //! Until the first request can leave (the pass before sending, opening the sender), an error
 //! ends the run with exit 2: nothing was sent. After that, every error is a stop (exit 3): rows
 //! in flight finish, the journal is compacted, and the summary says how to resume. The stops a
@@ -27,6 +31,8 @@ use crate::gate::Gate;
 use crate::intake::Intake;
 use crate::preflight::{self, Prepared};
 use crate::progress::Progress;
+use crate::readback::{self, Reader, settle::Settled};
+use crate::resolve::Env;
 use crate::results::Journal;
 use crate::results::line::folder_of;
 use crate::retry::{Policy, StopReason};
@@ -169,6 +175,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         plan,
         duplicates,
         content,
+        doubts,
     } = prepared;
     let (content_log, content_index) = content.unzip();
     say(&plan.describe(settings.rate, settings.max_requests, settings.wait));
@@ -210,6 +217,11 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         counters: counters.clone(),
         resolver,
         content: content_log,
+        reader: Some(Reader::new(
+            &settings.base_url,
+            settings.timeout,
+            settings.location_id.clone(),
+        )?),
     });
     info!(
         "importing {} into {} at {} with {} in flight; results in {}",
@@ -221,6 +233,18 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         settings.concurrency,
         settings.results.display()
     );
+    // --verify-unknown: the rows in doubt are settled before anything is sent.
+    let mut settled = match (&deliver.reader, doubts.is_empty()) {
+        (Some(reader), false) => {
+            let env = Env {
+                gate: &deliver.gate,
+                policy: &deliver.policy,
+                auth: &deliver.auth,
+            };
+            readback::settle::settle(doubts, reader, &env, &journal, settings.settle).await
+        }
+        _ => Settled::default(),
+    };
     let (job_tx, job_rx) = mpsc::channel::<Vec<Job>>(8);
     let intake = Intake {
         input,
@@ -234,6 +258,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         resend_unknown: settings.resend_unknown,
         content: content_index,
         send_changed: settings.send_changed,
+        settled: std::mem::take(&mut settled.verdicts),
     };
     let reader = std::thread::Builder::new()
         .name("reader".into())
@@ -288,6 +313,11 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let requests = deliver.gate.requests();
     let resolved = deliver.resolver.as_ref().map(|r| r.summary());
     let lookups = deliver.resolver.as_ref().map_or(0, |r| r.lookups());
+    let reads = deliver.reader.as_ref().map_or(0, |r| r.reads());
+    let checks = deliver
+        .reader
+        .as_ref()
+        .map_or(String::new(), |r| r.summary());
     drop(deliver);
     // Only an input read to its end tells which rows sent earlier it no longer has.
     let gone = match (&prior, &stopped) {
@@ -310,6 +340,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         lookups,
         token_refreshes: settings.auth.refreshes(),
         location_tokens: settings.auth.exchanges(),
+        reads,
         gone,
         content_keys,
         ..Report::read(&counters, stopped, requests, started.elapsed())
@@ -318,6 +349,8 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     if let Some(resolved) = resolved {
         say(&resolved);
     }
+    say(&settled.summary(settings.settle));
+    say(&checks);
     Ok(report)
 }
 

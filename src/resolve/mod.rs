@@ -43,7 +43,7 @@ pub use idmap::{IdMap, Known, Origin};
 /// The `Version` of the Contacts endpoints (`api/apps/contacts.json`).
 const CONTACTS_VERSION: &str = "2021-07-28";
 /// The `Version` of the Conversations endpoints (`api/apps/conversations.json`).
-const CONVERSATIONS_VERSION: &str = "2021-04-15";
+pub(crate) const CONVERSATIONS_VERSION: &str = "2021-04-15";
 
 /// Who a row's contact is, when the row lacks a HighLevel ID for it or for its conversation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,10 +137,19 @@ pub struct Env<'a> {
     pub auth: &'a Auth,
 }
 
+/// What a [`gated_call`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// A contact or conversation lookup: a 401 stops the run.
+    Lookup,
+    /// A read of messages: a 401 is the caller's to read (a token without the read scope).
+    Read,
+}
+
 /// An answer to a lookup that is not retried: 2xx, or a refusal the caller reads.
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
@@ -324,117 +333,138 @@ impl Resolver {
             })
     }
 
-    /// One lookup request until it has an answer worth reading: every attempt passes the gate
-    /// (a rate-limit slot and a `--max-requests` slot); what is not an answer to read (401, 429,
-    /// 5xx, a lost connection) is classified and decided like a message's attempt, except that a
-    /// lost answer is retried (lookups are searches or upserts, and a conversation created by a
-    /// lost attempt answers the next one with "already exists").
+    /// One lookup request until it has an answer worth reading ([`gated_call`]).
     async fn call(
         &self,
         env: &Env<'_>,
         what: &str,
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Answer, Failure> {
-        let mut attempts = 0u32;
-        let mut replayed = false;
-        loop {
-            // Its place on the wire is held until the answer is read.
-            let Ok(_on_the_wire) = env.gate.admit().await else {
-                return Err(Failure::Stop(None));
-            };
-            let bearer = env.auth.ready().await.map_err(|r| Failure::Stop(Some(r)))?;
-            attempts += 1;
-            self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-            let sent = request()
-                .header(reqwest::header::AUTHORIZATION, bearer.value.clone())
-                .send()
-                .await;
-            if let Ok(response) = &sent
-                && response.status().as_u16() == 401
-            {
-                env.gate.observe(server_limits(response.headers()));
-                env.gate.attempt_done();
-                let words = format!("{what}: HTTP 401");
-                match env.auth.rejected(&bearer, replayed, words).await {
-                    Rejected::Replay => {
-                        replayed = true;
-                        continue;
-                    }
-                    // Nothing of this row was sent: it stays unrecorded for the next run.
-                    Rejected::Stop(reason) => return Err(Failure::Stop(Some(reason))),
-                }
-            }
-            let attempt = match sent {
-                Err(e) => Attempt::NoAnswer(crate::sender::error_chain(&e)),
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let limits = server_limits(response.headers());
-                    let retry_after =
-                        header_number(response.headers(), "retry-after").map(Duration::from_secs);
-                    env.gate.observe(limits);
-                    env.gate.attempt_done();
-                    match response.bytes().await {
-                        Ok(body) if !matches!(status, 401 | 429 | 500 | 502 | 503 | 504) => {
-                            // The server answers: its earlier failures were not "in a row".
-                            env.policy.answered();
-                            return Ok(Answer {
-                                status,
-                                body: body.to_vec(),
-                            });
-                        }
-                        Ok(body) => Attempt::Answered {
-                            status,
-                            body: body.to_vec(),
-                            retry_after,
-                            daily_remaining: limits.daily_remaining,
-                            interval: limits.interval,
-                        },
-                        Err(e) => {
-                            Attempt::NoAnswer(format!("HTTP {status} but the body was cut: {e}"))
-                        }
-                    }
-                }
-            };
+        gated_call(env, &self.counters.lookups, what, Call::Lookup, request).await
+    }
+}
+
+/// One request that is safe to repeat (a lookup, a read) until it has an answer worth reading:
+/// every attempt passes the gate
+/// (a rate-limit slot, a `--max-requests` slot, a place on the wire) with a live token; what is
+/// not an answer to read (401, 429, 5xx, a lost connection) is classified and decided like a
+/// message's attempt, except that a lost answer is retried (lookups are searches or upserts,
+/// and a conversation created by a lost attempt answers the next one with "already exists").
+/// A 401 on a lookup renews the token once and goes again (a second stops the run); for a
+/// [`Call::Read`] a 401 is an answer for the caller to read (a read refused for want of a
+/// scope), not the run's stop.
+pub(crate) async fn gated_call(
+    env: &Env<'_>,
+    counter: &AtomicU64,
+    what: &str,
+    kind: Call,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<Answer, Failure> {
+    let mut attempts = 0u32;
+    let mut replayed = false;
+    loop {
+        let bearer = env.auth.ready().await.map_err(|r| Failure::Stop(Some(r)))?;
+        // Its place on the wire is held until the answer is read.
+        let Ok(_on_the_wire) = env.gate.admit().await else {
+            return Err(Failure::Stop(None));
+        };
+        attempts += 1;
+        counter.fetch_add(1, Ordering::Relaxed);
+        let sent = request()
+            .header(reqwest::header::AUTHORIZATION, bearer.value.clone())
+            .send()
+            .await;
+        if kind == Call::Lookup
+            && let Ok(response) = &sent
+            && response.status().as_u16() == 401
+        {
+            env.gate.observe(server_limits(response.headers()));
             env.gate.attempt_done();
-            let outcome = match classify(&attempt) {
-                // --wait: the gate holds this lookup (and every request) until the next day.
-                Outcome::Stop(StopReason::DailyBudget) if env.gate.waits() => {
-                    env.gate.budget_spent();
+            let words = format!("{what}: HTTP 401");
+            match env.auth.rejected(&bearer, replayed, words).await {
+                Rejected::Replay => {
+                    replayed = true;
                     continue;
                 }
-                Outcome::Retry {
-                    reason,
-                    after,
-                    throttled,
-                } => Outcome::Retry {
-                    reason: format!("{what}: {reason}"),
-                    after,
-                    throttled,
-                },
-                Outcome::Unknown(why) => Outcome::Unknown(format!("{what}: {why}")),
-                other => other,
-            };
-            let decision = env
-                .policy
-                .decide(outcome, attempts, Request::Lookup, fastrand::f64());
-            if let Some(pause) = decision.pause {
-                env.gate.pause(pause);
-            }
-            if let Some(reason) = decision.stop {
                 // Nothing of this row was sent: it stays unrecorded for the next run.
-                return Err(Failure::Stop(Some(reason)));
+                Rejected::Stop(reason) => return Err(Failure::Stop(Some(reason))),
             }
-            match decision.next {
-                Next::Retry { reason, delay } => {
-                    tracing::debug!(attempt = attempts, "retrying a lookup: {reason}");
-                    if env.gate.wait(delay).await.is_err() {
-                        return Err(Failure::Stop(None));
+        }
+        let attempt = match sent {
+            Err(e) => Attempt::NoAnswer(crate::sender::error_chain(&e)),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let limits = server_limits(response.headers());
+                let retry_after =
+                    header_number(response.headers(), "retry-after").map(Duration::from_secs);
+                env.gate.observe(limits);
+                env.gate.attempt_done();
+                match response.bytes().await {
+                    Ok(body)
+                        if !(matches!(status, 429 | 500 | 502 | 503 | 504)
+                            || (status == 401 && kind == Call::Lookup)) =>
+                    {
+                        // The server answers: its earlier failures were not "in a row". (Not
+                        // for a read: a server that answers reads and fails every message is
+                        // still failing.)
+                        if kind == Call::Lookup {
+                            env.policy.answered();
+                        }
+                        return Ok(Answer {
+                            status,
+                            body: body.to_vec(),
+                        });
                     }
+                    Ok(body) => Attempt::Answered {
+                        status,
+                        body: body.to_vec(),
+                        retry_after,
+                        daily_remaining: limits.daily_remaining,
+                        interval: limits.interval,
+                    },
+                    Err(e) => Attempt::NoAnswer(format!("HTTP {status} but the body was cut: {e}")),
                 }
-                Next::Failed(why) | Next::Unknown(why) => return Err(Failure::row(why)),
-                Next::Sent(_) => {
-                    return Err(Failure::row(format!("{what}: an answer with a messageId")));
+            }
+        };
+        env.gate.attempt_done();
+        let outcome = match classify(&attempt) {
+            // --wait: the gate holds this request (and every one) until the next day.
+            Outcome::Stop(StopReason::DailyBudget) if env.gate.waits() => {
+                env.gate.budget_spent();
+                continue;
+            }
+            Outcome::Retry {
+                reason,
+                after,
+                throttled,
+            } => Outcome::Retry {
+                reason: format!("{what}: {reason}"),
+                after,
+                throttled,
+            },
+            Outcome::Unknown(why) => Outcome::Unknown(format!("{what}: {why}")),
+            other => other,
+        };
+        let decision = env
+            .policy
+            .decide(outcome, attempts, Request::Lookup, fastrand::f64());
+        if let Some(pause) = decision.pause {
+            env.gate.pause(pause);
+        }
+        if let Some(reason) = decision.stop {
+            // Nothing of this row was sent: it stays unrecorded for the next run.
+            return Err(Failure::Stop(Some(reason)));
+        }
+        match decision.next {
+            Next::Retry { reason, delay } => {
+                tracing::debug!(attempt = attempts, "retrying a lookup: {reason}");
+                if env.gate.wait(delay).await.is_err() {
+                    return Err(Failure::Stop(None));
                 }
+            }
+            Next::Failed(why) | Next::Unknown(why) => return Err(Failure::row(why)),
+            Next::Sent(_) => {
+                return Err(Failure::row(format!("{what}: an answer with a messageId")));
             }
         }
     }

@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use super::compact;
 use super::line::{
     HEADER, ResultLine, Status, col, encode_line, folder_of, key_id, now_rfc3339, text,
+    with_left_at,
 };
 use super::prior::{Prior, PriorEntry, PriorOutcome, conversation_tag};
 use super::sync::{Syncer, sync_folder};
@@ -130,8 +131,8 @@ impl Journal {
         let mut lines: Vec<PriorEntry> = Vec::new();
         let mut record = csv::ByteRecord::new();
         let mut first = true;
-        // Rows whose last line is `sending`: (row, key) to mark unknown below.
-        let mut in_flight: HashMap<u128, (String, String)> = HashMap::new();
+        // Rows whose last line is `sending`, to mark unknown below.
+        let mut in_flight: HashMap<u128, InFlight> = HashMap::new();
         loop {
             let offset = reader.position().byte();
             match reader.read_byte_record(&mut record) {
@@ -206,24 +207,40 @@ impl Journal {
             }
             let id = key_id(&key);
             if status == Status::Sending {
-                in_flight.insert(id, (row, key));
+                let field = |c| text(&record, c).unwrap_or_default().to_owned();
+                in_flight.insert(
+                    id,
+                    InFlight {
+                        row,
+                        key,
+                        left_at: field(col::FINISHED_AT),
+                        conversation_id: field(col::CONVERSATION_ID),
+                        contact_id: field(col::CONTACT_ID),
+                    },
+                );
                 continue;
             }
             in_flight.remove(&id);
             lines.push(PriorEntry::new(id, status, conversation, offset));
         }
         // A request that was in flight when an earlier run died: it may be stored.
-        for (id, (row, key)) in in_flight {
+        for (id, f) in in_flight {
             let line = ResultLine {
-                row: row.parse().unwrap_or(0),
-                key,
+                row: f.row.parse().unwrap_or(0),
+                key: f.key,
                 status: Some(Status::Unknown),
-                error: "no answer was recorded: an earlier run stopped while this request was in flight, so the message may be stored".into(),
+                error: with_left_at(
+                    "no answer was recorded: an earlier run stopped while this request was in flight, so the message may be stored",
+                    Some(&f.left_at),
+                ),
+                conversation_id: f.conversation_id,
+                contact_id: f.contact_id,
                 finished_at: now_rfc3339(),
                 ..Default::default()
             };
+            let tag = conversation_tag(&line.conversation_id);
             let offset = inner.write_line(&line)?;
-            lines.push(PriorEntry::new(id, Status::Unknown, 0, offset));
+            lines.push(PriorEntry::new(id, Status::Unknown, tag, offset));
         }
         Ok(Prior::from_lines(lines))
     }
@@ -233,7 +250,7 @@ impl Journal {
         &self,
         cut: CutLine,
         lines: &mut Vec<PriorEntry>,
-        in_flight: &mut HashMap<u128, (String, String)>,
+        in_flight: &mut HashMap<u128, InFlight>,
         inner: &mut Inner,
     ) -> Result<()> {
         let path = self.path.display();
@@ -260,7 +277,14 @@ impl Journal {
             _ if earlier == Some(Status::Sent) => None,
             // `sending`, `unknown`, or a status cut in half: a request may have left.
             _ => {
-                in_flight.insert(id, (row.to_string(), key.clone()));
+                in_flight.insert(
+                    id,
+                    InFlight {
+                        row: row.to_string(),
+                        key: key.clone(),
+                        ..InFlight::default()
+                    },
+                );
                 tracing::warn!(
                     "{path}: its last line (line {}) was cut short (a crash?); row {row} (key {key}) may have been sent, so it is recorded unknown",
                     cut.line
@@ -375,6 +399,63 @@ impl Journal {
         inner.finals.push([row, prior.offset, 0])
     }
 
+    /// The line an earlier run wrote at `offset` (a [`PriorOutcome`]'s), read back whole.
+    pub fn line_at(&self, offset: u64) -> Result<ResultLine> {
+        use std::io::{Seek, SeekFrom};
+        // A handle of its own: a clone would share (and move) the journal's file position.
+        self.flush()?;
+        let mut file = File::open(&self.path)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(BufReader::new(file));
+        let mut record = csv::ByteRecord::new();
+        let read = reader.read_byte_record(&mut record);
+        match read {
+            Ok(true) => ResultLine::from_record(&record),
+            _ => None,
+        }
+        .with_context(|| {
+            format!(
+                "results file {}: no whole line at byte {offset}",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The message IDs of every `sent` line of the file in one of `conversations`: messages
+    /// that rows of this file own, so that read-back never takes one for another row's.
+    pub fn sent_ids(
+        &self,
+        conversations: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashSet<String>> {
+        self.flush()?;
+        let file = File::open(&self.path)?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_reader(BufReader::with_capacity(256 * 1024, file));
+        let mut record = csv::ByteRecord::new();
+        let mut ids = std::collections::HashSet::new();
+        while reader
+            .read_byte_record(&mut record)
+            .with_context(|| format!("reading results file {}", self.path.display()))?
+        {
+            if text(&record, col::STATUS) == Some(Status::Sent.as_str())
+                && let (Some(c), Some(id)) = (
+                    text(&record, col::CONVERSATION_ID),
+                    text(&record, col::MESSAGE_ID),
+                )
+                && conversations.contains(c)
+                && !id.is_empty()
+            {
+                ids.insert(id.to_owned());
+            }
+        }
+        Ok(ids)
+    }
+
     /// Rewrites the file to one line per row in input order, then lines of earlier runs whose
     /// keys this input no longer has. Atomic: a crash leaves the old file or the new one.
     pub fn compact(&self, prior: &Prior) -> Result<()> {
@@ -398,6 +479,17 @@ impl Drop for Journal {
         };
         let _ = inner.flush();
     }
+}
+
+/// A row whose last line is `sending`: what that line says, for the `unknown` line it becomes.
+#[derive(Default)]
+struct InFlight {
+    row: String,
+    key: String,
+    /// The `sending` line's `finished_at`: when the request left (empty in older files).
+    left_at: String,
+    conversation_id: String,
+    contact_id: String,
 }
 
 /// What can still be read from a last line cut short: each field is whole only when a comma

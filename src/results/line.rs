@@ -143,6 +143,55 @@ pub struct ResultLine {
     pub finished_at: String,
 }
 
+impl ResultLine {
+    /// A line as read back from a results file (`None` when it is not a whole results line).
+    pub fn from_record(record: &csv::ByteRecord) -> Option<ResultLine> {
+        if record.len() != col::COUNT {
+            return None;
+        }
+        let t = |c: usize| text(record, c).map(str::to_owned);
+        let number = |c: usize| text(record, c).filter(|s| !s.is_empty());
+        Some(ResultLine {
+            row: t(col::ROW)?.parse().ok()?,
+            key: t(col::KEY)?,
+            status: number(col::STATUS).and_then(|s| s.parse().ok()),
+            message_id: t(col::MESSAGE_ID)?,
+            conversation_id: t(col::CONVERSATION_ID)?,
+            contact_id: t(col::CONTACT_ID)?,
+            http_status: number(col::HTTP_STATUS).and_then(|s| s.parse().ok()),
+            attempts: number(col::ATTEMPTS).map_or(Some(0), |s| s.parse().ok())?,
+            error: t(col::ERROR)?,
+            trace_id: t(col::TRACE_ID)?,
+            finished_at: t(col::FINISHED_AT)?,
+        })
+    }
+}
+
+/// What an `unknown` line's error says last: when the row's (first) request left, so that a
+/// later run can read the conversation back around that time (`run --verify-unknown`), and a
+/// person can look it up in HighLevel. A `sending` line's `finished_at` is that time.
+pub fn with_left_at(error: &str, left_at: Option<&str>) -> String {
+    match left_at.filter(|t| !t.is_empty()) {
+        Some(t) => format!("{error} (request left at {t})"),
+        None => error.to_owned(),
+    }
+}
+
+/// The time [`with_left_at`] put at the end of an error; `None` for lines written before it
+/// (or by hand).
+pub fn left_at(error: &str) -> Option<jiff::Timestamp> {
+    let (_, rest) = error.rsplit_once("(request left at ")?;
+    rest.strip_suffix(')')?.parse().ok()
+}
+
+/// An error without the [`with_left_at`] note.
+pub fn without_left_at(error: &str) -> &str {
+    match error.rsplit_once(" (request left at ") {
+        Some((head, rest)) if rest.ends_with(')') => head,
+        _ => error,
+    }
+}
+
 /// Text of a line's numbers (`row`, `http_status`, `attempts`), kept to be reused.
 type Numbers = [String; 3];
 
@@ -329,6 +378,37 @@ mod tests {
             assert_eq!(s.as_str().parse::<Status>(), Ok(s));
         }
         assert!("done".parse::<Status>().is_err());
+    }
+
+    #[test]
+    fn the_time_a_request_left_rides_on_the_error_and_reads_back() {
+        let t = "2026-12-01T15:00:00.123Z";
+        let e = with_left_at("no answer within --timeout", Some(t));
+        assert_eq!(
+            e,
+            "no answer within --timeout (request left at 2026-12-01T15:00:00.123Z)"
+        );
+        assert_eq!(left_at(&e), Some(t.parse().unwrap()));
+        assert_eq!(without_left_at(&e), "no answer within --timeout");
+        assert_eq!(left_at("an old line (with parentheses)"), None);
+        assert_eq!(with_left_at("x", Some("")), "x");
+        let mut csv = Vec::new();
+        let line = ResultLine {
+            row: 3,
+            key: "k,1".into(),
+            status: Some(Status::Unknown),
+            attempts: 2,
+            error: e.clone(),
+            finished_at: t.into(),
+            ..Default::default()
+        };
+        encode_line(&line, &mut csv);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(&csv[..]);
+        let mut record = csv::ByteRecord::new();
+        assert!(reader.read_byte_record(&mut record).unwrap());
+        assert_eq!(ResultLine::from_record(&record), Some(line));
     }
 
     #[test]

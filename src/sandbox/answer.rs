@@ -57,6 +57,11 @@ pub(super) enum Answer {
     StoreFailed,
     /// Stored, and no answer at all.
     Dropped,
+    /// Nothing stored and no answer: the request hung until the sandbox shut down (counted
+    /// when it began to hang).
+    Hung,
+    /// Stored, then 504 (a gateway that gave up waiting).
+    Stored504,
 }
 
 impl Answer {
@@ -71,6 +76,8 @@ impl Answer {
             Answer::TooManyRequests { .. } => Counted::RateLimited,
             Answer::InjectedFailure(_) | Answer::StoreFailed => Counted::ServerError,
             Answer::Dropped => Counted::Dropped,
+            Answer::Hung => Counted::Other,
+            Answer::Stored504 => Counted::Stored504,
         }
     }
 
@@ -125,7 +132,8 @@ impl Answer {
             }
             Answer::InjectedFailure(status) => server_error(status, trace_id),
             Answer::StoreFailed => server_error(StatusCode::INTERNAL_SERVER_ERROR, trace_id),
-            Answer::Dropped => {
+            Answer::Stored504 => server_error(StatusCode::GATEWAY_TIMEOUT, trace_id),
+            Answer::Dropped | Answer::Hung => {
                 let mut response = Response::new(Body::empty());
                 response.extensions_mut().insert(DropConnection);
                 response

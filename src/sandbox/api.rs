@@ -11,9 +11,11 @@
 //! 5. body: not JSON → 400; violations → 422 (a body sent without a JSON content type is read as
 //!    `{}`, as the real API's body parser leaves it, and so fails with 422);
 //! 6. the `Custom`-without-provider quirk (201, empty body, nothing stored);
-//! 7. `--fail-rate` (500/502/503, nothing stored);
-//! 8. store: record line written, ordering noted; then either the 200 answer or, by `--drop-rate`,
-//!    no answer at all.
+//! 7. `--fail-rate` (500/502/503, nothing stored), `--hang-rate` (nothing stored, no answer ever:
+//!    the request hangs until the sandbox shuts down);
+//! 8. store: record line written, ordering noted, kept in memory for the read routes (`reads`)
+//!    with `dateAdded` as `--backdate` says; then the 200 answer, or by `--drop-rate` no answer
+//!    at all, or by `--stored-504-rate` a 504.
 //!
 //! Steps 1 to 3 are the gate every route shares (`state`); how each answer is written is
 //! `answer`'s. Every answer carries the five `X-RateLimit-*` headers, and every JSON answer a
@@ -24,19 +26,21 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::{Json, Router, routing};
 use fastrand::Rng;
 use jiff::Timestamp;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::answer::{Answer, Created, json_response, put_rate_headers};
+use super::answer::{Answer, Created};
 use super::body::{self, Inbound};
 use super::chance::{self, Fault};
 use super::contacts;
 use super::limits::RateHeaders;
+use super::messages::StoredMessage;
 use super::oauth;
+use super::reads;
 use super::state::{Shared, check_version};
 use super::stats::{Counted, Stats};
 
@@ -78,13 +82,24 @@ impl Shared {
         if message.is_silently_ignored() {
             return Answer::Empty201;
         }
-        match chance::pick_fault(rng, self.fail_rate, self.drop_rate) {
+        let faults = *self.faults.read().unwrap_or_else(|p| p.into_inner());
+        match chance::pick_fault(rng, faults) {
             Fault::Fail(status) => Answer::InjectedFailure(status),
-            Fault::Drop => match self.store(&message, raw, rng) {
+            Fault::Hang => {
+                // Counted now: the client gives up long before this ends.
+                self.counters.count(Counted::Hung);
+                self.closing.cancelled().await;
+                Answer::Hung
+            }
+            Fault::Drop => match self.store(&message, &body, raw, rng) {
                 Ok(_) => Answer::Dropped,
                 Err(_) => Answer::StoreFailed,
             },
-            Fault::None => match self.store(&message, raw, rng) {
+            Fault::Stored504 => match self.store(&message, &body, raw, rng) {
+                Ok(_) => Answer::Stored504,
+                Err(_) => Answer::StoreFailed,
+            },
+            Fault::None => match self.store(&message, &body, raw, rng) {
                 Ok(created) => Answer::Created(created),
                 Err(_) => Answer::StoreFailed,
             },
@@ -93,7 +108,13 @@ impl Shared {
 
     /// Stores a valid message: record line and ordering check. Returns the success body, or the
     /// record file's error (the message is then not stored).
-    fn store(&self, message: &Inbound<'_>, raw: &Bytes, rng: &mut Rng) -> std::io::Result<Created> {
+    fn store(
+        &self,
+        message: &Inbound<'_>,
+        body: &Map<String, Value>,
+        raw: &Bytes,
+        rng: &mut Rng,
+    ) -> std::io::Result<Created> {
         let received_at = Timestamp::now();
         let message_id = chance::new_id(rng);
         let email_message_id = message.is_email().then(|| chance::new_id(rng));
@@ -106,13 +127,29 @@ impl Shared {
         if let Some(date) = message.date {
             self.counters.note_date(message.conversation_id, date);
         }
+        let date_added = match (self.backdate, message.date) {
+            (true, Some(date)) => date,
+            _ => received_at,
+        };
+        if let Some(messages) = &self.messages {
+            let location = self
+                .book
+                .location_of_conversation(message.conversation_id)
+                .unwrap_or_default();
+            messages.add(StoredMessage::new(
+                message_id.clone(),
+                body,
+                location,
+                date_added,
+            ));
+        }
         Ok(Created {
             success: true,
             conversation_id: message.conversation_id.to_owned(),
             message_id,
             message: "Message queued successfully.",
             contact_id: message.contact_id.to_owned(),
-            date_added: format!("{received_at:.3}"),
+            date_added: format!("{date_added:.3}"),
             email_message_id,
             trace_id: String::new(),
         })
@@ -170,6 +207,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
             crate::auth::LOCATION_TOKEN_PATH,
             routing::post(oauth_location_token).fallback(not_found),
         )
+        .route(
+            "/conversations/messages/export",
+            routing::get(reads::export).fallback(not_found),
+        )
+        .route(
+            "/conversations/messages/{id}",
+            routing::get(reads::by_id).fallback(not_found),
+        )
+        .route(
+            "/conversations/{conversation_id}/messages",
+            routing::get(reads::conversation).fallback(not_found),
+        )
         .route("/__stats", routing::get(stats))
         .fallback(not_found)
         .with_state(shared)
@@ -210,19 +259,5 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
 
 /// What NestJS answers for a route it does not have.
 async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
-    let _in_flight = shared.counters.enter();
-    let mut rng = shared.request_rng();
-    let trace_id = chance::new_trace_id(&mut rng);
-    shared.counters.count(Counted::Other);
-    let mut response = json_response(
-        StatusCode::NOT_FOUND,
-        &json!({
-            "statusCode": 404,
-            "message": format!("Cannot {method} {}", uri.path()),
-            "error": "Not Found",
-            "traceId": trace_id,
-        }),
-    );
-    put_rate_headers(response.headers_mut(), shared.peek());
-    response
+    shared.route_not_found(&method, &uri)
 }

@@ -309,6 +309,19 @@ impl Book {
         listed
     }
 
+    /// The location of the conversation `id`, if the book holds it.
+    pub fn location_of_conversation(&self, id: &str) -> Option<String> {
+        let state = self.lock();
+        if state.conversations.is_empty() {
+            return None;
+        }
+        state
+            .conversations
+            .values()
+            .find(|held| held.conversation.id == id)
+            .map(|held| held.conversation.location_id.clone())
+    }
+
     /// Creates the conversation of a contact: refused when the contact does not exist in
     /// `location` or already has one (one conversation per contact).
     pub fn create_conversation(

@@ -29,6 +29,20 @@ pub enum Fault {
     Fail(StatusCode),
     /// Store the message, then close the connection without answering.
     Drop,
+    /// Store nothing and never answer: the request hangs until the client gives up.
+    Hang,
+    /// Store the message, then answer 504 (a gateway that gave up waiting).
+    Stored504,
+}
+
+/// The shares of valid requests each fault takes (`--fail-rate`, `--drop-rate`, `--hang-rate`,
+/// `--stored-504-rate`); the configuration keeps their sum at most 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FaultRates {
+    pub fail: f64,
+    pub drop: f64,
+    pub hang: f64,
+    pub stored_504: f64,
 }
 
 /// The injected 5xx statuses, picked uniformly.
@@ -38,17 +52,39 @@ pub const FAIL_STATUSES: [StatusCode; 3] = [
     StatusCode::SERVICE_UNAVAILABLE,
 ];
 
-/// One draw decides both faults, on disjoint intervals of `[0, 1)`, so each happens at exactly its
-/// configured rate (the configuration keeps `fail_rate + drop_rate <= 1`).
-pub fn pick_fault(rng: &mut Rng, fail_rate: f64, drop_rate: f64) -> Fault {
-    if fail_rate <= 0.0 && drop_rate <= 0.0 {
+impl FaultRates {
+    /// The rates a configuration names.
+    pub fn of(config: &super::config::SandboxConfig) -> FaultRates {
+        FaultRates {
+            fail: config.fail_rate,
+            drop: config.drop_rate,
+            hang: config.hang_rate,
+            stored_504: config.stored_504_rate,
+        }
+    }
+}
+
+/// One draw decides every fault, on disjoint intervals of `[0, 1)`, so each happens at exactly
+/// its configured rate (the configuration keeps the sum of the rates at most 1).
+pub fn pick_fault(rng: &mut Rng, rates: FaultRates) -> Fault {
+    let FaultRates {
+        fail,
+        drop,
+        hang,
+        stored_504,
+    } = rates;
+    if fail <= 0.0 && drop <= 0.0 && hang <= 0.0 && stored_504 <= 0.0 {
         return Fault::None;
     }
     let u = rng.f64();
-    if u < fail_rate {
+    if u < fail {
         Fault::Fail(FAIL_STATUSES[rng.usize(..FAIL_STATUSES.len())])
-    } else if u < fail_rate + drop_rate {
+    } else if u < fail + drop {
         Fault::Drop
+    } else if u < fail + drop + hang {
+        Fault::Hang
+    } else if u < fail + drop + hang + stored_504 {
+        Fault::Stored504
     } else {
         Fault::None
     }
@@ -119,21 +155,34 @@ mod tests {
     #[test]
     fn fault_rates_hold_over_many_draws() {
         let n = 100_000;
-        let (mut fails, mut drops) = (0, 0);
+        let (mut fails, mut drops, mut hangs, mut late) = (0, 0, 0, 0);
+        let rates = FaultRates {
+            fail: 0.2,
+            drop: 0.05,
+            hang: 0.05,
+            stored_504: 0.05,
+        };
         for i in 0..n {
-            match pick_fault(&mut request_rng(42, i), 0.2, 0.05) {
+            match pick_fault(&mut request_rng(42, i), rates) {
                 Fault::Fail(s) => {
                     assert!(FAIL_STATUSES.contains(&s));
                     fails += 1
                 }
                 Fault::Drop => drops += 1,
+                Fault::Hang => hangs += 1,
+                Fault::Stored504 => late += 1,
                 Fault::None => {}
             }
         }
         // Within 5 sigma of the expected counts.
         assert!((19_370..=20_630).contains(&fails), "fails {fails}");
-        assert!((4_660..=5_340).contains(&drops), "drops {drops}");
-        assert!((0..1000).all(|i| pick_fault(&mut request_rng(1, i), 0.0, 0.0) == Fault::None));
+        for (what, count) in [("drops", drops), ("hangs", hangs), ("504s", late)] {
+            assert!((4_660..=5_340).contains(&count), "{what} {count}");
+        }
+        assert!(
+            (0..1000)
+                .all(|i| pick_fault(&mut request_rng(1, i), FaultRates::default()) == Fault::None)
+        );
     }
 
     #[test]

@@ -28,8 +28,23 @@ pub struct SandboxConfig {
     /// Share of valid requests answered 500/502/503 (picked at random) with nothing stored.
     pub fail_rate: f64,
     /// Share of valid requests stored and then left without an answer (connection closed).
-    /// `fail_rate + drop_rate` must not exceed 1.
     pub drop_rate: f64,
+    /// Share of valid requests that store nothing and are never answered: the request hangs
+    /// until the client gives up (or the sandbox shuts down).
+    pub hang_rate: f64,
+    /// Share of valid requests stored and then answered 504, as a gateway that gave up waiting
+    /// on a server that went on to store the message. The four fault rates together must not
+    /// exceed 1.
+    pub stored_504_rate: f64,
+    /// `dateAdded` of a stored message: the request's `date` when it has one (`true`), or
+    /// always the time it arrived (`false`). Nobody knows which the real API does.
+    pub backdate: bool,
+    /// Keep every stored message in memory to serve the read endpoints. Off for benchmarks of
+    /// millions of messages (the read endpoints then answer 404).
+    pub reads: bool,
+    /// The token may read messages (`conversations/message.readonly`); `false`: every read is
+    /// answered 403, as for a token without that scope.
+    pub read_scope: bool,
     /// Added before each admitted request is processed: uniform over `low..high`, or over
     /// `[D/2, 3D/2]` for a single value `D` (`low == high`).
     pub latency: Option<DurationRange>,
@@ -96,6 +111,11 @@ impl SandboxConfig {
             retry_after: false,
             fail_rate: 0.0,
             drop_rate: 0.0,
+            hang_rate: 0.0,
+            stored_504_rate: 0.0,
+            backdate: true,
+            reads: true,
+            read_scope: true,
             latency: None,
             seed: None,
             record: None,
@@ -116,13 +136,20 @@ impl SandboxConfig {
         {
             return Err(ConfigError::Token);
         }
-        for (name, p) in [("fail rate", self.fail_rate), ("drop rate", self.drop_rate)] {
+        let rates = [
+            ("fail rate", self.fail_rate),
+            ("drop rate", self.drop_rate),
+            ("hang rate", self.hang_rate),
+            ("stored-504 rate", self.stored_504_rate),
+        ];
+        for (name, p) in rates {
             if !(0.0..=1.0).contains(&p) {
                 return Err(ConfigError::Probability(name, p));
             }
         }
-        if self.fail_rate + self.drop_rate > 1.0 {
-            return Err(ConfigError::FaultsAboveOne(self.fail_rate, self.drop_rate));
+        let sum: f64 = rates.iter().map(|(_, p)| p).sum();
+        if sum > 1.0 {
+            return Err(ConfigError::FaultsAboveOne(sum));
         }
         Ok(())
     }
@@ -143,9 +170,9 @@ pub enum ConfigError {
     /// The fail rate or the drop rate (named) is outside 0 to 1.
     #[error("the {0} must be between 0 and 1, not {1}")]
     Probability(&'static str, f64),
-    /// The fail rate plus the drop rate is above 1.
-    #[error("fail rate {0} plus drop rate {1} is more than 1")]
-    FaultsAboveOne(f64, f64),
+    /// The fault rates add up to more than 1.
+    #[error("the fault rates (fail, drop, hang, stored-504) add up to {0}, more than 1")]
+    FaultsAboveOne(f64),
 }
 
 #[cfg(test)]
@@ -171,7 +198,7 @@ mod tests {
                 c.fail_rate = 0.7;
                 c.drop_rate = 0.4
             }),
-            Err(ConfigError::FaultsAboveOne(0.7, 0.4))
+            Err(ConfigError::FaultsAboveOne(0.7 + 0.4))
         );
         assert_eq!(
             with(|c| {
@@ -179,6 +206,13 @@ mod tests {
                 c.drop_rate = 0.5
             }),
             Ok(())
+        );
+        assert_eq!(
+            with(|c| {
+                c.hang_rate = 0.5;
+                c.stored_504_rate = 0.6
+            }),
+            Err(ConfigError::FaultsAboveOne(0.5 + 0.6))
         );
     }
 }

@@ -27,9 +27,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
-use super::answer::{json_response, put_rate_headers};
 use super::book::{Book, Contact, ContactUpsert, NotCreated, plain_phone};
-use super::chance;
 use super::state::Shared;
 use super::stats::Counted;
 
@@ -356,35 +354,11 @@ impl Shared {
         headers: &HeaderMap,
         route: impl FnOnce(&Book, &mut fastrand::Rng) -> Answer,
     ) -> Response {
-        let _in_flight = self.counters.enter();
-        let mut rng = self.request_rng();
-        let trace_id = chance::new_trace_id(&mut rng);
-        let rate = match self.gate(headers, &trace_id) {
+        let mut admitted = match self.admit_route(headers) {
+            Ok(admitted) => admitted,
             Err(refused) => return *refused,
-            Ok(rate) => rate,
         };
-        let answer = route(&self.book, &mut rng);
-        let (status, mut body) = match answer {
-            Ok(ok) => {
-                self.counters.count(Counted::Other);
-                ok
-            }
-            Err((status, message)) => {
-                self.counters.count(match status {
-                    StatusCode::UNPROCESSABLE_ENTITY => Counted::Unprocessable,
-                    StatusCode::BAD_REQUEST => Counted::BadRequest,
-                    _ => Counted::Other,
-                });
-                let error = status.canonical_reason().unwrap_or("Error");
-                (
-                    status,
-                    json!({"statusCode": status.as_u16(), "message": message, "error": error}),
-                )
-            }
-        };
-        body["traceId"] = json!(trace_id);
-        let mut response = json_response(status, &body);
-        put_rate_headers(response.headers_mut(), rate);
-        response
+        let answer = route(&self.book, &mut admitted.rng);
+        self.answer_route(answer, Counted::Other, &admitted)
     }
 }

@@ -12,8 +12,9 @@
 //!
 //! The rest, by what each owns: `config` (what a sandbox enforces), `state` (what the routes
 //! share, and the gate of token, budget and `Version`), `api` (the router and the inbound
-//! route), `contacts` (the lookup routes) over `book` (their store), `answer` (how a response
-//! is written), `body` (the inbound body's rules), `limits`, `chance`, `record` and `stats`.
+//! route), `contacts` (the lookup routes) over `book` (their store), `reads` (the read routes)
+//! over `messages` (what was stored, in memory), `answer` (how a response is written), `body`
+//! (the inbound body's rules), `limits`, `chance`, `record` and `stats`.
 //!
 //! Shutdown protocol: [`Sandbox::shutdown`] cancels the token → the accept loop stops and drops the
 //! listener → each connection finishes the request it is serving and closes → the record file is
@@ -27,7 +28,9 @@ mod chance;
 mod config;
 mod contacts;
 mod limits;
+mod messages;
 mod oauth;
+mod reads;
 mod record;
 mod state;
 mod stats;
@@ -90,6 +93,24 @@ pub struct SandboxArgs {
     /// Share of valid requests stored, then left without an answer (connection closed).
     #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_share)]
     pub drop_rate: f64,
+    /// Share of valid requests that store nothing and are never answered (they hang until the
+    /// client gives up).
+    #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_share)]
+    pub hang_rate: f64,
+    /// Share of valid requests stored, then answered 504 (a gateway that gave up waiting).
+    #[arg(long = "stored-504-rate", default_value_t = 0.0, value_name = "P", value_parser = parse_share)]
+    pub stored_504_rate: f64,
+    /// `dateAdded` of a stored message: its request's `date` (on), or the time it arrived (off).
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub backdate: bool,
+    /// Keep what is stored in memory to serve the read endpoints (off: benchmarks of millions
+    /// of messages; reads then answer 404).
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub reads: bool,
+    /// Whether the token may read messages; off: every read is answered 403, as for a token
+    /// without the conversations/message.readonly scope.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub read_scope: bool,
     /// Seed for IDs, faults and latencies.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
@@ -153,6 +174,11 @@ impl SandboxArgs {
             retry_after: self.retry_after,
             fail_rate: self.fail_rate,
             drop_rate: self.drop_rate,
+            hang_rate: self.hang_rate,
+            stored_504_rate: self.stored_504_rate,
+            backdate: self.backdate,
+            reads: self.reads,
+            read_scope: self.read_scope,
             latency: self.latency,
             seed: self.seed,
             record: self.record.clone(),
@@ -182,6 +208,14 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
     s.parse()
         .map_err(|_| format!("'{s}' is not an address such as 127.0.0.1:8787"))
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("'{s}' is not on or off")),
+    }
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
@@ -244,9 +278,22 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Injects the faults of `config` from now on (its fail, drop, hang and stored-504 rates),
+    /// keeping everything stored: for rehearsing a fault that passes.
+    pub fn set_faults(&self, config: &SandboxConfig) -> Result<(), ConfigError> {
+        config.check()?;
+        *self
+            .shared
+            .faults
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = chance::FaultRates::of(config);
+        Ok(())
+    }
+
     /// Stops accepting, lets requests in flight finish (bounded wait), syncs the record file.
     pub async fn shutdown(self) {
         self.cancel.cancel();
+        self.shared.closing.cancel();
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
             .await
@@ -270,6 +317,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.shared.closing.cancel();
     }
 }
 
@@ -469,6 +517,13 @@ mod tests {
         assert_eq!(config.rate, Some("100/10s".parse().expect("rate")));
         assert_eq!(config.daily, Some(200_000));
         assert_eq!((config.fail_rate, config.drop_rate), (0.0, 0.0));
+        assert_eq!((config.hang_rate, config.stored_504_rate), (0.0, 0.0));
+        assert!(config.backdate && config.reads);
+        let off = Probe::try_parse_from(["probe", "--backdate", "off", "--reads", "off"])
+            .expect("on|off flags take a value")
+            .args
+            .config();
+        assert!(!off.backdate && !off.reads);
         let off = Probe::try_parse_from(["probe", "--rate", "none", "--daily", "none"])
             .expect("none parses")
             .args

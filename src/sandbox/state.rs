@@ -7,7 +7,7 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use fastrand::Rng;
 
@@ -18,7 +18,7 @@ use super::config::SandboxConfig;
 use super::limits::{self, Admission, Budget, RateHeaders};
 use super::oauth::Tokens;
 use super::record::Recorder;
-use super::stats::{Counters, Stats};
+use super::stats::{Counted, Counters, Stats};
 
 /// The `Version` values the real API accepts (FACTS §1: the versioning page lists them as
 /// supported; the spec-exact value for this endpoint is `2021-04-15`).
@@ -50,10 +50,18 @@ pub struct Shared {
     /// revoke the token mid-run ([`super::Sandbox::set_token`]); uncontended reads are cheap.
     bearer: RwLock<String>,
     retry_after: bool,
-    /// `--fail-rate`, for the inbound route (`api`).
-    pub(super) fail_rate: f64,
-    /// `--drop-rate`, for the inbound route.
-    pub(super) drop_rate: f64,
+    /// `--fail-rate`, `--drop-rate`, `--hang-rate`, `--stored-504-rate`, for the inbound route
+    /// (`api`).
+    /// Behind a lock so a test can end a fault mid-rehearsal ([`super::Sandbox::set_faults`]).
+    pub(super) faults: RwLock<super::chance::FaultRates>,
+    /// `--backdate`: `dateAdded` is the request's `date` when it has one.
+    pub(super) backdate: bool,
+    /// What was stored, for the read routes (`reads`); `None` with `--reads off`.
+    pub(super) messages: Option<super::messages::Messages>,
+    /// `--read-scope`: reads are allowed (else 403).
+    pub(super) read_scope: bool,
+    /// Cancelled at shutdown: requests hung on purpose (`--hang-rate`) end then.
+    pub(super) closing: tokio_util::sync::CancellationToken,
     /// `--latency`, for the inbound route.
     pub(super) latency: Option<crate::rate::DurationRange>,
     seed: u64,
@@ -80,8 +88,11 @@ impl Shared {
         Shared {
             bearer: RwLock::new(format!("Bearer {}", config.token)),
             retry_after: config.retry_after,
-            fail_rate: config.fail_rate,
-            drop_rate: config.drop_rate,
+            faults: RwLock::new(super::chance::FaultRates::of(config)),
+            backdate: config.backdate,
+            messages: config.reads.then(super::messages::Messages::default),
+            closing: tokio_util::sync::CancellationToken::new(),
+            read_scope: config.read_scope,
             latency: config.latency,
             seed: config.seed.unwrap_or_else(|| fastrand::u64(..)),
             arrivals: AtomicU64::new(0),
@@ -159,6 +170,80 @@ impl Shared {
         Err(Box::new(answer.into_response(rate, trace_id)))
     }
 
+    /// The start of every route but the inbound one: the request counted in flight (until
+    /// the returned guard drops), its random generator and trace ID, then the gate (token →
+    /// budget → `Version`): its rate headers, or the refusal to answer with.
+    pub(super) fn admit_route(&self, headers: &HeaderMap) -> Result<Admitted<'_>, Box<Response>> {
+        let in_flight = self.counters.enter();
+        let mut rng = self.request_rng();
+        let trace_id = chance::new_trace_id(&mut rng);
+        let rate = self.gate(headers, &trace_id)?;
+        Ok(Admitted {
+            _in_flight: in_flight,
+            rng,
+            trace_id,
+            rate,
+        })
+    }
+
+    /// The end of every route but the inbound one: a 200 with `answer`'s body, or its refusal
+    /// in the API's shape (`{statusCode, message, error}`; a 404 without `error`, as
+    /// `NotFoundDTO`), counted (`counted` unless a 422 or a 400), with the `traceId` and the
+    /// rate headers.
+    pub(super) fn answer_route(
+        &self,
+        answer: Result<(StatusCode, serde_json::Value), (StatusCode, serde_json::Value)>,
+        counted: Counted,
+        admitted: &Admitted<'_>,
+    ) -> Response {
+        let (status, mut body) = match answer {
+            Ok(ok) => {
+                self.counters.count(counted);
+                ok
+            }
+            Err((status, message)) => {
+                self.counters.count(match status {
+                    StatusCode::UNPROCESSABLE_ENTITY => Counted::Unprocessable,
+                    StatusCode::BAD_REQUEST => Counted::BadRequest,
+                    _ => counted,
+                });
+                let mut body =
+                    serde_json::json!({"statusCode": status.as_u16(), "message": message});
+                if status != StatusCode::NOT_FOUND {
+                    body["error"] = serde_json::json!(status.canonical_reason().unwrap_or("Error"));
+                }
+                (status, body)
+            }
+        };
+        body["traceId"] = serde_json::json!(admitted.trace_id);
+        let mut response = super::answer::json_response(status, &body);
+        super::answer::put_rate_headers(response.headers_mut(), admitted.rate);
+        response
+    }
+
+    /// What NestJS answers for a route it does not have: 404 `Cannot GET /path`, counted.
+    pub(super) fn route_not_found(
+        &self,
+        method: &axum::http::Method,
+        uri: &axum::http::Uri,
+    ) -> Response {
+        let _in_flight = self.counters.enter();
+        let mut rng = self.request_rng();
+        let trace_id = chance::new_trace_id(&mut rng);
+        self.counters.count(Counted::Other);
+        let mut response = super::answer::json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({
+                "statusCode": 404,
+                "message": format!("Cannot {method} {}", uri.path()),
+                "error": "Not Found",
+                "traceId": trace_id,
+            }),
+        );
+        super::answer::put_rate_headers(response.headers_mut(), self.peek());
+        response
+    }
+
     /// Runs `f` on the budget with the current clock; `None` when nothing is limited.
     fn with_budget<T>(&self, f: impl FnOnce(&mut Budget, Duration, Duration) -> T) -> Option<T> {
         // Held only for the arithmetic, never across an await.
@@ -207,6 +292,15 @@ impl Shared {
     pub fn set_token(&self, token: &str) {
         *self.bearer.write().unwrap_or_else(|p| p.into_inner()) = format!("Bearer {token}");
     }
+}
+
+/// A request past the gate ([`Shared::admit_route`]).
+pub(super) struct Admitted<'a> {
+    /// Ends the request's time in flight when dropped (after its answer is built).
+    pub(super) _in_flight: super::stats::InFlight<'a>,
+    pub(super) rng: Rng,
+    pub(super) trace_id: String,
+    pub(super) rate: RateHeaders,
 }
 
 /// Step 3: the `Version` header is present and one the API accepts.

@@ -74,6 +74,28 @@ pub struct Stats {
     /// Requests to either OAuth endpoint, counted as they arrive (before `--token-delay`).
     #[serde(default)]
     pub token_requests: u64,
+    /// Requests that stored nothing and were never answered (`--hang-rate`).
+    #[serde(default)]
+    pub hung: u64,
+    /// Stored, then answered 504 (`--stored-504-rate`).
+    #[serde(default)]
+    pub stored_504: u64,
+    /// `GET /conversations/messages/{id}` requests answered past the gate.
+    #[serde(default)]
+    pub reads_by_id: u64,
+    /// `GET /conversations/messages/export` requests answered past the gate.
+    #[serde(default)]
+    pub reads_export: u64,
+    /// `GET /conversations/{conversationId}/messages` requests answered past the gate.
+    #[serde(default)]
+    pub reads_conversation: u64,
+}
+
+impl Stats {
+    /// Requests to the three read endpoints answered past the gate.
+    pub fn reads(&self) -> u64 {
+        self.reads_by_id + self.reads_export + self.reads_conversation
+    }
 }
 
 /// How one request was answered, for counting.
@@ -87,6 +109,11 @@ pub enum Counted {
     ServerError,
     Dropped,
     Empty201,
+    Hung,
+    Stored504,
+    ReadById,
+    ReadExport,
+    ReadConversation,
     /// Anything else (404 on an unknown route): counted in `requests` only.
     Other,
 }
@@ -102,6 +129,11 @@ pub struct Counters {
     server_errors: AtomicU64,
     dropped: AtomicU64,
     empty_201: AtomicU64,
+    hung: AtomicU64,
+    stored_504: AtomicU64,
+    reads_by_id: AtomicU64,
+    reads_export: AtomicU64,
+    reads_conversation: AtomicU64,
     in_flight: AtomicU64,
     peak_concurrent: AtomicU64,
     out_of_order: AtomicU64,
@@ -137,6 +169,11 @@ impl Counters {
             Counted::ServerError => &self.server_errors,
             Counted::Dropped => &self.dropped,
             Counted::Empty201 => &self.empty_201,
+            Counted::Hung => &self.hung,
+            Counted::Stored504 => &self.stored_504,
+            Counted::ReadById => &self.reads_by_id,
+            Counted::ReadExport => &self.reads_export,
+            Counted::ReadConversation => &self.reads_conversation,
             Counted::Other => return,
         };
         counter.fetch_add(1, Relaxed);
@@ -174,6 +211,11 @@ impl Counters {
             empty_201: get(&self.empty_201),
             peak_concurrent: get(&self.peak_concurrent),
             out_of_order: get(&self.out_of_order),
+            hung: get(&self.hung),
+            stored_504: get(&self.stored_504),
+            reads_by_id: get(&self.reads_by_id),
+            reads_export: get(&self.reads_export),
+            reads_conversation: get(&self.reads_conversation),
             daily_remaining,
             ..Stats::default()
         }

@@ -81,25 +81,12 @@ async fn sigkill_at_random_points_loses_and_doubles_nothing() {
     let mut run = 0usize;
     let status = loop {
         run += 1;
-        let before = fixture::file_len(&journal);
         // A whole journal is some 500 kB (a `sending` and an outcome line per row): growths of
         // up to 24 kB give several dozen kills, some before the first byte (at start-up).
         let growth = rng.u64(0..24_000);
-        let mut child = fixture::spawn_logged(&w, &args, TOKEN, &format!("run-{run}.log"));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let exited = loop {
-            if let Some(status) = child.try_wait().expect("poll the child") {
-                break Some(status);
-            }
-            if fixture::file_len(&journal) >= before + growth {
-                // `Child::kill` is SIGKILL on Unix: no handler runs, nothing is flushed.
-                child.kill().expect("SIGKILL");
-                child.wait().expect("reap the killed child");
-                break None;
-            }
-            assert!(Instant::now() < deadline, "run {run} made no progress");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+        let exited =
+            fixture::run_killed_at_growth(&w, &args, &format!("run-{run}.log"), &journal, growth)
+                .await;
         match exited {
             Some(status) => break status,
             None => {

@@ -207,3 +207,30 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
 pub fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
+
+/// Runs the binary with `args` (logged to `log`) and SIGKILLs it once `journal` has grown by
+/// `growth` bytes: `None` when it was killed, else how it ended by itself first. `Child::kill`
+/// is SIGKILL on Unix: no handler runs, nothing is flushed.
+pub async fn run_killed_at_growth(
+    w: &WorkDir,
+    args: &[String],
+    log: &str,
+    journal: &Path,
+    growth: u64,
+) -> Option<std::process::ExitStatus> {
+    let before = file_len(journal);
+    let mut child = spawn_logged(w, args, TOKEN, log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return Some(status);
+        }
+        if file_len(journal) >= before + growth {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap the killed child");
+            return None;
+        }
+        assert!(Instant::now() < deadline, "{log}: the run made no progress");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -11,6 +11,7 @@ mod monitor;
 mod oauth;
 mod power_cut;
 mod progress;
+mod readback;
 mod report;
 mod resolve;
 mod results_file;

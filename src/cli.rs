@@ -49,6 +49,16 @@ pub enum Command {
     Sandbox(crate::sandbox::SandboxArgs),
     /// Summarise a results file: rows per status and the most frequent errors.
     Report(ReportArgs),
+    /// Print a mapping shipped in the binary (such as twilio), to use with --preset NAME or to
+    /// copy into a --config file and adapt; without NAME, list them.
+    Preset(PresetArgs),
+}
+
+/// `lc-import preset`.
+#[derive(Debug, Args)]
+pub struct PresetArgs {
+    /// The preset to print; without it, the list of presets.
+    pub name: Option<String>,
 }
 
 /// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.
@@ -149,6 +159,29 @@ pub struct MappingArgs {
     /// Take an API field from a differently named column (repeatable), e.g. --map message=Body.
     #[arg(long = "map", value_name = "FIELD=COLUMN", value_parser = parse_pair)]
     pub map: Vec<(String, String)>,
+    /// On inbound rows only, take FIELD from COLUMN (repeatable), e.g. --map-inbound
+    /// contactPhone=From with --map-outbound contactPhone=To.
+    #[arg(long = "map-inbound", value_name = "FIELD=COLUMN", value_parser = parse_pair)]
+    pub map_inbound: Vec<(String, String)>,
+    /// On outbound rows only, take FIELD from COLUMN (repeatable).
+    #[arg(long = "map-outbound", value_name = "FIELD=COLUMN", value_parser = parse_pair)]
+    pub map_outbound: Vec<(String, String)>,
+    /// Translate an export's spelling of a value to the API's (repeatable), e.g.
+    /// --value direction:outbound-api=outbound. ASCII case and surrounding spaces are ignored.
+    #[arg(long = "value", value_name = "FIELD:FROM=TO", value_parser = parse_value_map)]
+    pub value: Vec<(String, String, String)>,
+    /// Leave out, on purpose, rows whose COLUMN is VALUE (repeatable; ASCII case ignored), e.g.
+    /// --skip-if Status=failed. They are recorded `skipped` with the reason, never sent.
+    #[arg(long = "skip-if", value_name = "COLUMN=VALUE", value_parser = parse_pair)]
+    pub skip_if: Vec<(String, String)>,
+    /// In what order rows are sent: `input` (as the file lists them) or `date` (each
+    /// conversation oldest first, for exports that list newest first) [default: input].
+    #[arg(long, value_name = "ORDER")]
+    pub order: Option<String>,
+    /// Load a mapping shipped in the binary (see `lc-import preset`), e.g. twilio; a --config
+    /// file and the flags still win over it.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
     /// A constant for every row (repeatable), e.g. --set type=SMS --set direction=inbound.
     #[arg(long = "set", value_name = "FIELD=VALUE", value_parser = parse_pair)]
     pub set: Vec<(String, String)>,
@@ -162,9 +195,11 @@ pub struct MappingArgs {
     /// starts with `[` is read as a JSON array.
     #[arg(long, value_name = "C")]
     pub list_sep: Option<String>,
-    /// strftime format of the date column, e.g. '%d/%m/%Y %H:%M' [default: RFC 3339 / ISO 8601].
+    /// How the date column is written, when not in a form read by default (RFC 3339, ISO 8601
+    /// with a space, offsets such as +0000 or UTC, RFC 2822): strftime codes such as
+    /// '%d/%m/%Y %H:%M', or epoch-s / epoch-ms for Unix times. Repeatable: tried in order.
     #[arg(long, value_name = "FORMAT")]
-    pub date_format: Option<String>,
+    pub date_format: Vec<String>,
     /// IANA time zone of dates written without an offset, e.g. Europe/Berlin.
     #[arg(long, value_name = "ZONE")]
     pub timezone: Option<String>,
@@ -179,6 +214,22 @@ pub struct MappingArgs {
     /// calling code such as +44); numbers written with + or 00 need none.
     #[arg(long, value_name = "COUNTRY")]
     pub default_country: Option<String>,
+}
+
+/// `FIELD:FROM=TO` (`--value`); FROM may contain `:` and `=`, TO no `=`.
+pub fn parse_value_map(s: &str) -> Result<(String, String, String), String> {
+    let bad =
+        || format!("'{s}' is not FIELD:FROM=TO (for example direction:outbound-api=outbound)");
+    let (field, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (from, to) = rest.rsplit_once('=').ok_or_else(bad)?;
+    if field.trim().is_empty() || from.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok((
+        field.trim().to_owned(),
+        from.trim().to_owned(),
+        to.trim().to_owned(),
+    ))
 }
 
 /// `FIELD=VALUE`; the value may itself contain `=`.

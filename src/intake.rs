@@ -2,6 +2,7 @@
 //!
 //! - a **duplicate** (its key was seen on an earlier row; recorded, not sent),
 //! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept),
+//! - **skipped** (a row filter leaves it out on purpose; recorded with the reason, not sent),
 //! - **invalid** (it breaks a rule; recorded with every problem, not sent),
 //! - **changed** (keyed by content, it looks like a row sent earlier that the input no longer
 //!   has: same conversation, direction, type and date, a cell edited; recorded, not sent unless
@@ -194,6 +195,22 @@ fn fate(
         Some(p) => journal.keep_prior(row, p).map_err(journal_error)?,
         None => {}
     }
+    if record.broken.is_none()
+        && let Some(reason) = mapping.skip_reason(record.cells, line_no)
+    {
+        counters.skipped.fetch_add(1, Ordering::Relaxed);
+        journal
+            .record(&ResultLine {
+                row,
+                key,
+                status: Some(Status::Skipped),
+                error: reason,
+                finished_at: now_rfc3339(),
+                ..Default::default()
+            })
+            .map_err(journal_error)?;
+        return Ok(Fate::Done);
+    }
     // Mapped only now: a row sent in an earlier run costs no mapping on resume.
     let outcome = match record.broken {
         Some(e) => Err(vec![e]),
@@ -251,14 +268,7 @@ fn fate(
                 serde_json::to_vec(&mapped.message).expect("a message serialises"),
             )),
         ),
-        Some(lookup) => {
-            let lane: Arc<str> = if mapped.message.conversation_id.is_empty() {
-                Arc::from(lookup.lane(&mapped.message.contact_id))
-            } else {
-                Arc::from(mapped.message.conversation_id.as_str())
-            };
-            (lane, Payload::Pending(Box::new(mapped)))
-        }
+        Some(_) => (Arc::from(mapped.lane()), Payload::Pending(Box::new(mapped))),
     };
     Ok(Fate::Job(Job {
         row,

@@ -78,6 +78,7 @@ pub fn run(cli: cli::Cli) -> Exit {
         cli::Command::Validate(args) => commands::validate::run(args),
         cli::Command::Sandbox(args) => sandbox::run_foreground(args),
         cli::Command::Report(args) => commands::report::run(args),
+        cli::Command::Preset(args) => commands::preset::run(args),
     };
     exit_code(ended)
 }

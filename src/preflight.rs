@@ -261,6 +261,13 @@ impl Pass<'_> {
                 }
                 _ => {}
             }
+            if self
+                .mapping
+                .skip_reason(record.cells, record.line)
+                .is_some()
+            {
+                continue;
+            }
             let Ok(row) = self.mapping.map_row(record.cells, record.line) else {
                 continue;
             };

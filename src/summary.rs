@@ -73,6 +73,8 @@ pub struct Counters {
     /// Rows keyed by content that look like a row sent earlier with a cell edited; recorded
     /// `changed`, not sent (no `--send-changed`).
     pub changed: AtomicU64,
+    /// Rows a row filter left out on purpose; recorded `skipped`, not sent.
+    pub skipped: AtomicU64,
 }
 
 impl Counters {
@@ -108,6 +110,8 @@ pub struct Report {
     pub duplicate: u64,
     /// Rows that look like a row sent earlier with a cell edited; not sent.
     pub changed: u64,
+    /// Rows a row filter left out on purpose; not sent.
+    pub skipped: u64,
     /// Requests of every kind; `lookups` of them were contact and conversation lookups.
     pub requests: u64,
     /// Contact and conversation lookups among the requests.
@@ -141,6 +145,7 @@ impl Report {
             unknown_before: n(&c.unknown_before),
             duplicate: n(&c.duplicate),
             changed: n(&c.changed),
+            skipped: n(&c.skipped),
             requests,
             lookups: 0,
             gone: 0,
@@ -159,6 +164,7 @@ impl Report {
             + self.unknown_before
             + self.duplicate
             + self.changed
+            + self.skipped
     }
 
     /// Message requests among the requests (the rest are lookups).
@@ -204,6 +210,7 @@ impl Report {
                 "unknown_earlier": self.unknown_before,
                 "duplicate": self.duplicate,
                 "changed": self.changed,
+                "skipped": self.skipped,
                 "sent_earlier_not_in_input": self.gone,
             },
             "requests": {
@@ -240,6 +247,13 @@ impl Report {
         );
         let _ = writeln!(out, "  duplicate     {:>9}", r.duplicate);
         let _ = writeln!(out, "  changed       {:>9}", r.changed);
+        if r.skipped > 0 {
+            let _ = writeln!(
+                out,
+                "  skipped       {:>9}   (left out on purpose by a row filter; each is in the results file with its reason)",
+                r.skipped
+            );
+        }
         let secs = r.elapsed.as_secs_f64();
         let _ = writeln!(
             out,

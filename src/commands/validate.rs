@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::ValidateArgs;
 use crate::config::{self, FileConfig};
-use crate::mapping::{Mapping, MappingOptions};
+use crate::mapping::{MappedRow, Mapping, MappingOptions, Order};
 use crate::reader::CsvInput;
 use crate::results::line::{ResultsWriter, col, folder_of, text};
 use crate::results::{ResultLine, Status};
@@ -26,6 +26,11 @@ pub struct Report {
     pub valid: u64,
     /// Rows with at least one error.
     pub invalid: u64,
+    /// Rows a row filter leaves out on purpose.
+    pub skipped: u64,
+    /// Conversations whose dates run backwards somewhere in the file (sent in file order, their
+    /// timeline would be built backwards: `--order date` sends each oldest first).
+    pub backwards: u64,
     /// The invalid rows' errors, by kind, with an example of each.
     pub errors: ErrorTally,
     /// The results file written.
@@ -98,7 +103,7 @@ fn refuse_run_outcomes(results: &Path, input: &Path) -> Result<Option<File>> {
 /// Validates `args.input`, printing bodies (`--show`) and the summary to `out`.
 pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let started = Instant::now();
-    let mut file = FileConfig::load(args.mapping.config.as_deref())?;
+    let mut file = FileConfig::for_args(&args.mapping)?;
     let (options, delimiter) = config::mapping_options(&args.mapping, &mut file)?;
     let mut input = CsvInput::open(&args.input, delimiter)?;
     let mapping = Mapping::new(input.header(), &options)
@@ -126,6 +131,10 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
         ..Default::default()
     };
     let mut shown = 0;
+    if args.show > 0 {
+        writeln!(out, "{}", mapping.describe().trim_end())?;
+    }
+    let mut order = OrderCheck::default();
     let mut line_out = ResultLine::default();
     while let Some(record) = input
         .next_record()
@@ -135,14 +144,30 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
         line_out.row = record.row;
         line_out.key = mapping.record_key(&record);
         line_out.error.clear();
+        let skip = match record.broken {
+            Some(_) => None,
+            None => mapping.skip_reason(record.cells, record.line),
+        };
+        if let Some(reason) = skip {
+            report.skipped += 1;
+            line_out.status = Some(Status::Skipped);
+            line_out.error = reason;
+            writer
+                .write(&line_out)
+                .with_context(|| format!("writing {}", results.display()))?;
+            continue;
+        }
         let outcome = match record.broken {
             Some(e) => Err(vec![e]),
-            None => mapping.map(record.cells, record.line),
+            None => mapping.map_row(record.cells, record.line),
         };
         match outcome {
-            Ok(message) => {
+            Ok(row) => {
                 report.valid += 1;
                 line_out.status = Some(Status::Valid);
+                if mapping.order == Order::Input {
+                    order.see(&row, record.line);
+                }
                 if shown < args.show {
                     shown += 1;
                     writeln!(
@@ -150,7 +175,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
                         "row {} (line {}):\n{}",
                         record.row,
                         record.line,
-                        serde_json::to_string_pretty(&message)?
+                        preview(&row)?
                     )?;
                 }
             }
@@ -170,6 +195,14 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
             .write(&line_out)
             .with_context(|| format!("writing {}", results.display()))?;
     }
+    report.backwards = order.backwards;
+    if let Some((line, earlier)) = order.first {
+        tracing::warn!(
+            "{}: the dates of {} conversation(s) run backwards (first at line {line}, older than line {earlier} of the same conversation): sent in file order, their timelines would be built backwards. Give --order date to send each conversation oldest first",
+            args.input.display(),
+            order.backwards
+        );
+    }
     let temp = writer
         .into_inner()
         .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
@@ -179,22 +212,102 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
 
     writeln!(
         out,
-        "{}: {} rows checked in {:.2}s: {} valid, {} invalid",
+        "{}: {} rows checked in {:.2}s: {} valid, {} invalid{}",
         args.input.display(),
         report.rows,
         started.elapsed().as_secs_f64(),
         report.valid,
-        report.invalid
+        report.invalid,
+        match report.skipped {
+            0 => String::new(),
+            n => format!(", {n} skipped by a row filter"),
+        }
     )?;
     if !report.errors.is_empty() {
         writeln!(
             out,
-            "most frequent errors:\n{}",
+            "most frequent errors in {}:\n{}",
+            args.input.display(),
             report.errors.render(5).trim_end()
         )?;
     }
     writeln!(out, "results: {}", results.display())?;
     Ok(report)
+}
+
+/// The request body of a row, and for a row whose IDs are to be looked up, what it will be
+/// looked up by (the normalised phone and e-mail, the location) instead of empty IDs.
+fn preview(row: &MappedRow) -> Result<String> {
+    let mut body = serde_json::to_value(&row.message)?;
+    if let Some(lookup) = &row.lookup
+        && let Some(fields) = body.as_object_mut()
+    {
+        let pending = "(looked up)";
+        for id in ["conversationId", "contactId"] {
+            if fields.get(id).and_then(|v| v.as_str()) == Some("") {
+                fields.insert(id.to_owned(), pending.into());
+            }
+        }
+        let mut by = serde_json::Map::new();
+        by.insert("locationId".into(), lookup.location_id.clone().into());
+        if let Some(p) = &lookup.phone {
+            by.insert("phone".into(), p.clone().into());
+        }
+        if let Some(e) = &lookup.email {
+            by.insert("email".into(), e.clone().into());
+        }
+        return Ok(format!(
+            "{}\nlooked up by (not sent): {}",
+            serde_json::to_string_pretty(&body)?,
+            serde_json::Value::Object(by)
+        ));
+    }
+    Ok(serde_json::to_string_pretty(&body)?)
+}
+
+/// Conversations tracked at most for [`OrderCheck`], so memory stays bounded.
+const ORDER_TRACKED: usize = 200_000;
+
+/// Finds conversations whose dates run backwards in the file: the last date and line seen per
+/// conversation (a hash of its lane), for at most [`ORDER_TRACKED`] conversations.
+#[derive(Default)]
+struct OrderCheck {
+    last: std::collections::HashMap<u64, (i64, u64, bool)>,
+    backwards: u64,
+    /// The first backwards row: its line, and the line of the later-dated row before it.
+    first: Option<(u64, u64)>,
+}
+
+impl OrderCheck {
+    fn see(&mut self, row: &MappedRow, line: u64) {
+        // RFC 3339 in UTC, as the mapping wrote it.
+        let Some(date) = row
+            .message
+            .date
+            .as_deref()
+            .and_then(|d| d.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond())
+        else {
+            return;
+        };
+        let lane = xxhash_rust::xxh3::xxh3_64(row.lane().as_bytes());
+        let tracked = self.last.len();
+        match self.last.get_mut(&lane) {
+            Some((last, last_line, counted)) => {
+                if date < *last && !*counted {
+                    *counted = true;
+                    self.backwards += 1;
+                    self.first.get_or_insert((line, *last_line));
+                }
+                *last = date;
+                *last_line = line;
+            }
+            None if tracked < ORDER_TRACKED => {
+                self.last.insert(lane, (date, line, false));
+            }
+            None => {}
+        }
+    }
 }
 
 /// What [`check_bytes`] found: rows that map to a request body, and rows with errors.
@@ -254,9 +367,12 @@ pub fn check_fuzz_case(data: &[u8]) -> Result<Checked> {
     }
     if choice & 8 != 0 {
         options.dates = crate::validate::DateReader {
-            format: Some("%d/%m/%Y %H:%M".into()),
+            formats: vec![crate::validate::DateFormat::Strftime(
+                "%d/%m/%Y %H:%M".into(),
+            )],
             timezone: jiff::tz::TimeZone::get("Europe/Berlin").ok(),
             timezone_name: Some("Europe/Berlin".into()),
+            epoch_column: None,
         };
     }
     if choice & 16 != 0 {

@@ -75,6 +75,9 @@ pub enum Status {
     /// Keyed by content, it looks like a row sent earlier with a cell edited; not sent (unless
     /// `--send-changed`). Tried again on the next run, like `failed`.
     Changed,
+    /// Left out on purpose by a row filter (`--skip-if`, a preset's `[skip]`); not sent. Looked
+    /// at afresh on the next run, like `invalid` (the filter may have changed).
+    Skipped,
 }
 
 impl Status {
@@ -89,6 +92,7 @@ impl Status {
             Status::Unknown => "unknown",
             Status::Duplicate => "duplicate",
             Status::Changed => "changed",
+            Status::Skipped => "skipped",
         }
     }
 }
@@ -111,6 +115,7 @@ impl FromStr for Status {
             "unknown" => Status::Unknown,
             "duplicate" => Status::Duplicate,
             "changed" => Status::Changed,
+            "skipped" => Status::Skipped,
             other => return Err(format!("'{other}' is not a status")),
         })
     }
@@ -325,6 +330,7 @@ mod tests {
             Status::Unknown,
             Status::Duplicate,
             Status::Changed,
+            Status::Skipped,
         ] {
             assert_eq!(s.as_str().parse::<Status>(), Ok(s));
         }

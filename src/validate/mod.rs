@@ -11,7 +11,7 @@ mod fields;
 
 use std::fmt;
 
-pub use date::DateReader;
+pub use date::{DateFormat, DateReader};
 pub use fields::{
     check_attachment, check_email, check_id, check_message, normalize_phone, split_list,
 };

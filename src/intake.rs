@@ -60,6 +60,9 @@ pub struct Intake {
     pub content: Option<EarlierVersions>,
     /// `--send-changed`: send the rows that look like rows sent earlier with a cell edited.
     pub send_changed: bool,
+    /// `--order date`: the rows in the order to read them (each conversation oldest first);
+    /// `None`: the file's order.
+    pub order: Option<crate::order::SendOrder>,
 }
 
 /// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
@@ -90,26 +93,52 @@ impl Intake {
     fn read(&mut self, jobs: &mpsc::Sender<Vec<Job>>) -> Result<(), StopReason> {
         let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
         let mut handed = 0u64;
+        let mut order = self.order.take();
         loop {
             if self.stop.is_cancelled() {
                 return Ok(());
+            }
+            let read_error = |e: &dyn std::fmt::Display, input: &CsvInput| {
+                StopReason::Error(format!("cannot read {}: {e:#}", input.path().display()))
+            };
+            // In date order, the next row's place; it is then read from there.
+            let mut duplicate = None;
+            if let Some(order) = order.as_mut() {
+                let place = match order.next() {
+                    None => break,
+                    Some(Ok(place)) => place,
+                    Some(Err(e)) => {
+                        self.hand_over(jobs, &mut batch);
+                        return Err(read_error(&e, &self.input));
+                    }
+                };
+                if let Err(e) = self.input.seek_to(place.row, place.offset, place.line) {
+                    self.hand_over(jobs, &mut batch);
+                    return Err(read_error(&e, &self.input));
+                }
+                duplicate = Some(place.duplicate);
             }
             let record = match self.input.next_record() {
                 Ok(Some(record)) => record,
                 Ok(None) => break,
                 Err(e) => {
+                    let stop = read_error(&e, &self.input);
                     self.hand_over(jobs, &mut batch);
-                    return Err(StopReason::Error(format!(
-                        "cannot read {}: {e:#}",
-                        self.input.path().display()
-                    )));
+                    return Err(stop);
                 }
+            };
+            let is_duplicate = match duplicate {
+                Some(d) => d,
+                None => self
+                    .duplicates
+                    .contains(record.row)
+                    .map_err(|e| StopReason::Error(format!("{e:#}")))?,
             };
             let fate = fate(
                 record,
+                is_duplicate,
                 &self.mapping,
                 &mut self.prior,
-                &mut self.duplicates,
                 &self.journal,
                 &self.counters,
                 self.resend_unknown,
@@ -144,9 +173,9 @@ impl Intake {
 #[allow(clippy::too_many_arguments)]
 fn fate(
     record: Record<'_>,
+    is_duplicate: bool,
     mapping: &Mapping,
     prior: &mut Prior,
-    duplicates: &mut DuplicateRows,
     journal: &Journal,
     counters: &Counters,
     resend_unknown: bool,
@@ -157,9 +186,6 @@ fn fate(
     counters.rows.fetch_add(1, Ordering::Relaxed);
     let journal_error =
         |e: std::io::Error| StopReason::ResultsFile(format!("{}: {e}", journal.path().display()));
-    let is_duplicate = duplicates
-        .contains(row)
-        .map_err(|e| StopReason::Error(format!("{e:#}")))?;
     if is_duplicate {
         counters.duplicate.fetch_add(1, Ordering::Relaxed);
         journal

@@ -21,6 +21,7 @@ pub mod gate;
 pub mod intake;
 pub mod mapping;
 pub mod message;
+pub mod order;
 pub mod preflight;
 pub mod progress;
 pub mod quota;

@@ -23,7 +23,8 @@ use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::extsort::ExternalSort;
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, Order};
+use crate::order::{OrderIndex, SendOrder};
 use crate::quota::Plan;
 use crate::reader::CsvInput;
 use crate::resolve::{IdMap, Resolver};
@@ -52,6 +53,9 @@ pub struct Prepared {
     /// For rows keyed by content: the file each row sent is added to, and the rows sent
     /// earlier whose keys this input no longer has. `None` when rows have a key column.
     pub content: Option<(ContentLog, EarlierVersions)>,
+    /// `--order date`: the rows in the order to read and send them (duplicates marked there,
+    /// not in `duplicates`). `None`: the file's order.
+    pub order: Option<SendOrder>,
 }
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
@@ -105,6 +109,12 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         ids: resolver.as_ref().map(|r| &r.ids),
         conflicts: Vec::new(),
         locations: Vec::new(),
+        order: match mapping.order {
+            Order::Date => {
+                Some(OrderIndex::new(&temp).context("creating the send order's temp files")?)
+            }
+            Order::Input => None,
+        },
     };
     let plan = pass.run(input, &mut on_key);
     if interrupt.is_cancelled() {
@@ -112,6 +122,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     }
     let plan = plan?;
     let mut conflicts = std::mem::take(&mut pass.conflicts);
+    let order = pass.order.take();
     // The target is checked (and recorded) before any request, as the pass's last refusal.
     let target = Target {
         api: if settings.rehearsal {
@@ -127,7 +138,21 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
                 _ => None,
             }),
     };
-    let duplicates = DuplicateRows::from_pairs(pairs, &temp, &mut conflicts)?;
+    let mut duplicates = DuplicateRows::from_pairs(pairs, &temp, &mut conflicts)?;
+    let order = match order {
+        None => None,
+        Some(mut index) => {
+            // Rows are read out of file order: each is told whether it is a duplicate there.
+            let context = || "sorting rows by date in a temp file";
+            for row in 1..=plan.rows {
+                if duplicates.contains(row)? {
+                    index.mark_duplicate(row).with_context(context)?;
+                }
+            }
+            duplicates = DuplicateRows::none(&temp)?;
+            Some(index.finish().with_context(context)?)
+        }
+    };
     let content = match content {
         Some((log, index)) => {
             let gone = index.earlier_versions(&log)?;
@@ -167,6 +192,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         plan,
         duplicates,
         content,
+        order,
     }))
 }
 
@@ -224,6 +250,8 @@ struct Pass<'a> {
     conflicts: Vec<Conflict>,
     /// The distinct `locationId`s of rows to look up (two at most: one is all that is used).
     locations: Vec<String>,
+    /// `--order date`: where each row starts and its date.
+    order: Option<OrderIndex>,
 }
 
 impl Pass<'_> {
@@ -232,7 +260,8 @@ impl Pass<'_> {
         mut input: CsvInput,
         on_key: &mut dyn FnMut(u64, &str) -> Result<()>,
     ) -> Result<Plan> {
-        let path = &self.settings.input;
+        let settings = self.settings;
+        let path = &settings.input;
         let mut plan = Plan {
             contact_cost: if self.settings.create_contacts { 2 } else { 1 },
             ..Plan::default()
@@ -242,64 +271,88 @@ impl Pass<'_> {
             .next_record()
             .with_context(|| format!("reading {}", path.display()))?
         {
-            plan.rows += 1;
-            // Every row's key goes to `on_key` (duplicate keys are found from them).
-            let key = self.mapping.record_key(&record);
-            on_key(record.row, &key)?;
-            if record.broken.is_some() {
-                continue;
-            }
-            match self.prior.get(&key) {
-                Some(p) if p.status == Status::Sent => {
-                    self.check_same_conversation(p.conversation, key, record.row, record.cells)?;
-                    plan.done_before += 1;
-                    continue;
-                }
-                Some(p) if p.status == Status::Unknown && !self.settings.resend_unknown => {
-                    plan.done_before += 1;
-                    continue;
-                }
-                _ => {}
-            }
-            if self
-                .mapping
-                .skip_reason(record.cells, record.line)
-                .is_some()
-            {
-                continue;
-            }
-            let Ok(row) = self.mapping.map_row(record.cells, record.line) else {
-                continue;
-            };
-            plan.messages += 1;
-            let (Some(lookup), Some(ids)) = (row.lookup, self.ids) else {
-                continue;
-            };
-            let m = &row.message;
-            let location = lookup.location_id.clone();
-            if self.locations.len() < 2 && !self.locations.contains(&location) {
-                self.locations.push(location.clone());
-            }
-            let key = lookup.key(&m.contact_id);
-            if !seen.insert((location.clone(), key.clone())) {
-                continue;
-            }
-            let contact = if m.contact_id.is_empty() {
-                let known = ids.contact(&location, &key).map(|k| k.id);
-                if known.is_none() {
-                    plan.contacts += 1;
-                }
-                known
-            } else {
-                Some(m.contact_id.clone())
-            };
-            if m.conversation_id.is_empty()
-                && contact.is_none_or(|c| ids.conversation(&location, &c).is_none())
-            {
-                plan.conversations += 1;
+            let (row, offset, line) = (record.row, record.offset, record.line);
+            let date = self.visit(record, &mut plan, &mut seen, on_key)?;
+            if let Some(order) = &mut self.order {
+                order
+                    .push(row, offset, line, date)
+                    .context("sorting rows by date in a temp file")?;
             }
         }
         Ok(plan)
+    }
+
+    /// One row of the pass; its date in milliseconds when it is to be sent.
+    fn visit(
+        &mut self,
+        record: crate::reader::Record<'_>,
+        plan: &mut Plan,
+        seen: &mut HashSet<(String, String)>,
+        on_key: &mut dyn FnMut(u64, &str) -> Result<()>,
+    ) -> Result<Option<i64>> {
+        plan.rows += 1;
+        // Every row's key goes to `on_key` (duplicate keys are found from them).
+        let key = self.mapping.record_key(&record);
+        on_key(record.row, &key)?;
+        if record.broken.is_some() {
+            return Ok(None);
+        }
+        match self.prior.get(&key) {
+            Some(p) if p.status == Status::Sent => {
+                self.check_same_conversation(p.conversation, key, record.row, record.cells)?;
+                plan.done_before += 1;
+                return Ok(None);
+            }
+            Some(p) if p.status == Status::Unknown && !self.settings.resend_unknown => {
+                plan.done_before += 1;
+                return Ok(None);
+            }
+            _ => {}
+        }
+        if self
+            .mapping
+            .skip_reason(record.cells, record.line)
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let Ok(row) = self.mapping.map_row(record.cells, record.line) else {
+            return Ok(None);
+        };
+        plan.messages += 1;
+        let date = row
+            .message
+            .date
+            .as_deref()
+            .and_then(|d| d.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond());
+        let (Some(lookup), Some(ids)) = (row.lookup, self.ids) else {
+            return Ok(date);
+        };
+        let m = &row.message;
+        let location = lookup.location_id.clone();
+        if self.locations.len() < 2 && !self.locations.contains(&location) {
+            self.locations.push(location.clone());
+        }
+        let key = lookup.key(&m.contact_id);
+        if !seen.insert((location.clone(), key.clone())) {
+            return Ok(date);
+        }
+        let contact = if m.contact_id.is_empty() {
+            let known = ids.contact(&location, &key).map(|k| k.id);
+            if known.is_none() {
+                plan.contacts += 1;
+            }
+            known
+        } else {
+            Some(m.contact_id.clone())
+        };
+        if m.conversation_id.is_empty()
+            && contact.is_none_or(|c| ids.conversation(&location, &c).is_none())
+        {
+            plan.conversations += 1;
+        }
+        Ok(date)
     }
 
     /// A key recorded as sent to another conversation is not this row, but a row of another
@@ -336,6 +389,16 @@ impl Pass<'_> {
 pub struct DuplicateRows(std::iter::Peekable<crate::extsort::Sorted>);
 
 impl DuplicateRows {
+    /// No duplicate rows (the send order marks them itself).
+    fn none(temp: &Path) -> Result<DuplicateRows> {
+        Ok(DuplicateRows(
+            ExternalSort::new(temp)
+                .finish()
+                .context("an empty sort")?
+                .peekable(),
+        ))
+    }
+
     /// Whether `row` is a duplicate; rows must be asked in ascending order.
     pub fn contains(&mut self, row: u64) -> Result<bool> {
         while let Some(next) = self.0.peek() {

@@ -70,6 +70,8 @@ pub struct Record<'a> {
     pub row: u64,
     /// 1-based line where the record starts.
     pub line: u64,
+    /// Byte offset where the record starts (to read it again with [`CsvInput::seek_to`]).
+    pub offset: u64,
     /// The record's cells, as bytes.
     pub cells: &'a ByteRecord,
     /// Set when the record's shape is broken; its cells are then not to be trusted.
@@ -155,13 +157,30 @@ impl CsvInput {
         }
         self.row += 1;
         let line = self.record.position().map_or(0, |p| p.line());
+        let offset = self.record.position().map_or(0, |p| p.byte());
         let broken = self.shape_error(line);
         Ok(Some(Record {
             row: self.row,
             line,
+            offset,
             cells: &self.record,
             broken,
         }))
+    }
+
+    /// Positions the reader at the record of `row` that starts at `offset` on `line` (as an
+    /// earlier [`Record`] gave them): the next [`CsvInput::next_record`] reads that row.
+    pub fn seek_to(&mut self, row: u64, offset: u64, line: u64) -> io::Result<()> {
+        let mut position = csv::Position::new();
+        position.set_byte(offset).set_line(line).set_record(row);
+        self.reader
+            .seek(position)
+            .map_err(|e| match e.into_kind() {
+                csv::ErrorKind::Io(e) => e,
+                other => io::Error::other(format!("{other:?}")),
+            })?;
+        self.row = row - 1;
+        Ok(())
     }
 
     fn shape_error(&self, line: u64) -> Option<RowError> {

@@ -169,6 +169,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         plan,
         duplicates,
         content,
+        order,
     } = prepared;
     let (content_log, content_index) = content.unzip();
     say(&plan.describe(settings.rate, settings.max_requests));
@@ -224,6 +225,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         resend_unknown: settings.resend_unknown,
         content: content_index,
         send_changed: settings.send_changed,
+        order,
     };
     let reader = std::thread::Builder::new()
         .name("reader".into())

@@ -76,7 +76,7 @@ fn refuse_run_outcomes(results: &Path, input: &Path) -> Result<Option<File>> {
     for record in reader.byte_records() {
         let Ok(record) = record else { break };
         let status = text(&record, col::STATUS).unwrap_or("");
-        if !matches!(status, "valid" | "invalid" | "") {
+        if !matches!(status, "valid" | "invalid" | "skipped" | "") {
             *outcomes.entry(status.to_owned()).or_default() += 1;
         }
     }

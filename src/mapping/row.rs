@@ -52,6 +52,16 @@ impl Mapping {
         if call != CallData::default() {
             m.call = Some(call);
         }
+        if self.order == super::Order::Date && m.date.is_none() && errors.is_empty() {
+            errors.push(RowError {
+                line,
+                column: self.column(Field::Date),
+                invalid: Invalid::new(
+                    Problem::Missing,
+                    "date is empty: --order date sends each conversation's rows oldest first, and this row has no date to place it by",
+                ),
+            });
+        }
         let lookup = if self.resolving && errors.is_empty() {
             self.check_lookup(&m, lookup, line, &mut errors)
         } else {

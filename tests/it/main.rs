@@ -4,6 +4,7 @@
 mod changed;
 mod crash;
 mod exits;
+mod exports;
 mod faults;
 mod fixture;
 mod hostile;

@@ -44,10 +44,12 @@ pub struct Deliver {
 }
 
 impl Deliver {
-    /// Sends one row until it has an outcome, recording it in the journal.
+    /// Sends one row until it has an outcome, recording it in the journal. `true` when the
+    /// row failed for want of a working server (retries exhausted, the run stopping): the
+    /// later rows of its conversation must then wait for it.
     /// (Takes the `Arc` itself, so the task the scheduler spawns is this future and nothing
     /// around it.)
-    pub async fn row(self: Arc<Self>, job: Job) {
+    pub async fn row(self: Arc<Self>, job: Job) -> bool {
         let fingerprint = job.fingerprint;
         let mut line = ResultLine {
             row: job.row,
@@ -61,7 +63,7 @@ impl Deliver {
             // per row with it inline).
             Payload::Pending(row) => match Box::pin(self.resolve_ids(*row, &mut line)).await {
                 Some(body) => body,
-                None => return,
+                None => return false,
             },
         };
         let mut last_error = String::new();
@@ -78,7 +80,7 @@ impl Deliver {
                     let why = format!("the run stopped before retrying; last error: {last_error}");
                     self.finish(&mut line, Status::Failed, why);
                 }
-                return;
+                return line.attempts > 0;
             };
             if line.attempts == 0 {
                 line.status = Some(Status::Sending);
@@ -91,7 +93,7 @@ impl Deliver {
                         let why = format!("not sent: the results file could not be written: {e}");
                         self.finish(&mut line, Status::Failed, why);
                         self.gate.stop_with(self.journal_error(&e));
-                        return;
+                        return true;
                     }
                 };
                 // On disk before the first byte leaves: a power cut must not lose the line of a
@@ -102,7 +104,7 @@ impl Deliver {
                     let why = format!("not sent: the results file could not be synced: {e}");
                     self.finish(&mut line, Status::Failed, why);
                     self.gate.stop_with(self.journal_error(&e));
-                    return;
+                    return true;
                 }
             }
             // Leaves at its time; a sync that made it miss its time costs a fresh slot, never a
@@ -114,7 +116,7 @@ impl Deliver {
                     format!("the run stopped before retrying; last error: {last_error}")
                 };
                 self.finish(&mut line, Status::Failed, why);
-                return;
+                return true;
             }
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
@@ -174,7 +176,28 @@ impl Deliver {
             if let Some(reason) = decision.stop {
                 self.gate.stop_with(reason);
             }
-            return;
+            // A refusal (4xx) is the row's own problem; a server that failed it may take the
+            // next row of the conversation, which would then land before it.
+            let server_failed = line.http_status.is_none_or(|s| s >= 500 || s == 429);
+            return status == Status::Failed && server_failed;
+        }
+    }
+
+    /// Records `job` as waiting for `failed_row` of the same conversation: not sent.
+    pub fn hold(&self, job: Job, failed_row: u64) {
+        let line = ResultLine {
+            row: job.row,
+            key: job.key,
+            status: Some(Status::Waiting),
+            error: format!(
+                "not sent: row {failed_row} of the same conversation failed, and this row goes after it; the next run sends it after that row"
+            ),
+            finished_at: now_rfc3339(),
+            ..Default::default()
+        };
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.journal.record(&line) {
+            self.gate.stop_with(self.journal_error(&e));
         }
     }
 

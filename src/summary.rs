@@ -75,6 +75,8 @@ pub struct Counters {
     pub changed: AtomicU64,
     /// Rows a row filter left out on purpose; recorded `skipped`, not sent.
     pub skipped: AtomicU64,
+    /// Rows held back behind a failed row of their conversation; recorded `waiting`, not sent.
+    pub waiting: AtomicU64,
 }
 
 impl Counters {
@@ -112,6 +114,8 @@ pub struct Report {
     pub changed: u64,
     /// Rows a row filter left out on purpose; not sent.
     pub skipped: u64,
+    /// Rows held back behind a failed row of their conversation; not sent.
+    pub waiting: u64,
     /// Requests of every kind; `lookups` of them were contact and conversation lookups.
     pub requests: u64,
     /// Contact and conversation lookups among the requests.
@@ -146,6 +150,7 @@ impl Report {
             duplicate: n(&c.duplicate),
             changed: n(&c.changed),
             skipped: n(&c.skipped),
+            waiting: n(&c.waiting),
             requests,
             lookups: 0,
             gone: 0,
@@ -165,6 +170,7 @@ impl Report {
             + self.duplicate
             + self.changed
             + self.skipped
+            + self.waiting
     }
 
     /// Message requests among the requests (the rest are lookups).
@@ -180,7 +186,8 @@ impl Report {
                 + self.failed
                 + self.unknown
                 + self.unknown_before
-                + self.changed,
+                + self.changed
+                + self.waiting,
             summary: None,
         }
     }
@@ -211,6 +218,7 @@ impl Report {
                 "duplicate": self.duplicate,
                 "changed": self.changed,
                 "skipped": self.skipped,
+                "waiting": self.waiting,
                 "sent_earlier_not_in_input": self.gone,
             },
             "requests": {
@@ -247,6 +255,13 @@ impl Report {
         );
         let _ = writeln!(out, "  duplicate     {:>9}", r.duplicate);
         let _ = writeln!(out, "  changed       {:>9}", r.changed);
+        if r.waiting > 0 {
+            let _ = writeln!(
+                out,
+                "  waiting       {:>9}   (not sent: an earlier row of their conversation failed; the next run sends them after it)",
+                r.waiting
+            );
+        }
         if r.skipped > 0 {
             let _ = writeln!(
                 out,

@@ -174,6 +174,7 @@ pub fn print(path: &Path, s: &Summary, out: &mut impl Write) -> std::io::Result<
         Status::Duplicate,
         Status::Changed,
         Status::Skipped,
+        Status::Waiting,
     ];
     for status in order {
         if let Some(n) = s.by_status.get(&status) {

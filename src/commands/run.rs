@@ -240,6 +240,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         job_rx,
         &deliver.gate,
         |job| deliver.clone().row(job),
+        |job, failed| deliver.hold(job, failed),
         settings.concurrency,
         (settings.concurrency * 128).max(1024),
         &spill_dir,

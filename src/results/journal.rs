@@ -260,7 +260,8 @@ impl Journal {
                 | Status::Duplicate
                 | Status::Valid
                 | Status::Changed
-                | Status::Skipped,
+                | Status::Skipped
+                | Status::Waiting,
             ) => None,
             // A row recorded sent is never attempted again: the cut line was a duplicate's.
             _ if earlier == Some(Status::Sent) => None,

@@ -78,6 +78,10 @@ pub enum Status {
     /// Left out on purpose by a row filter (`--skip-if`, a preset's `[skip]`); not sent. Looked
     /// at afresh on the next run, like `invalid` (the filter may have changed).
     Skipped,
+    /// Not sent: an earlier row of its conversation failed (the server failing, retries
+    /// exhausted), and sending this one first would put the timeline out of order. Sent on the
+    /// next run, after that row, like `failed`.
+    Waiting,
 }
 
 impl Status {
@@ -93,6 +97,7 @@ impl Status {
             Status::Duplicate => "duplicate",
             Status::Changed => "changed",
             Status::Skipped => "skipped",
+            Status::Waiting => "waiting",
         }
     }
 }
@@ -116,6 +121,7 @@ impl FromStr for Status {
             "duplicate" => Status::Duplicate,
             "changed" => Status::Changed,
             "skipped" => Status::Skipped,
+            "waiting" => Status::Waiting,
             other => return Err(format!("'{other}' is not a status")),
         })
     }
@@ -331,6 +337,7 @@ mod tests {
             Status::Duplicate,
             Status::Changed,
             Status::Skipped,
+            Status::Waiting,
         ] {
             assert_eq!(s.as_str().parse::<Status>(), Ok(s));
         }

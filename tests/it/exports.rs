@@ -446,3 +446,76 @@ fn validate_warns_when_a_conversations_dates_run_backwards() {
     ordered.expect_code(0);
     assert!(!ordered.stderr.contains("run backwards"), "{ordered:?}");
 }
+
+/// Per conversation, the dates of the messages in the order the sandbox stored them (its record
+/// accumulates across sandboxes): how many went back in time.
+fn stored_out_of_order(s: &Scenario) -> usize {
+    let mut last: HashMap<String, String> = HashMap::new();
+    let mut backwards = 0;
+    for v in s.record() {
+        let body = &v["body"];
+        let conversation = body["conversationId"].as_str().unwrap().to_owned();
+        let date = body["date"].as_str().unwrap().to_owned();
+        if let Some(previous) = last.get(&conversation)
+            && date < *previous
+        {
+            backwards += 1;
+        }
+        last.insert(conversation, date);
+    }
+    backwards
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_out_of_retries_holds_back_its_conversation_until_the_next_run() {
+    use lc_import::sandbox::SandboxConfig;
+    let rows = 240;
+    let mut s = Scenario::with(crate::support::export(rows, 12), |c| SandboxConfig {
+        fail_rate: 0.25,
+        seed: Some(11),
+        ..c
+    })
+    .await;
+    let args = ["--max-retries", "1", "--concurrency", "4"];
+    let out = s.run(&args).await;
+    out.expect_code(1);
+    let counts = s.statuses();
+    // The premise: some rows ran out of retries, and rows after them were held back.
+    assert!(
+        counts.get("failed").copied().unwrap_or(0) > 0,
+        "{counts:?}{out:?}"
+    );
+    let waiting = counts.get("waiting").copied().unwrap_or(0);
+    assert!(waiting > 0, "{counts:?}{out:?}");
+    out.expect_stdout("waiting");
+    for r in s.results().iter().filter(|r| r["status"] == "waiting") {
+        assert!(
+            r["error"].contains("of the same conversation failed"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        stored_out_of_order(&s),
+        0,
+        "held rows were not sent before the failed one"
+    );
+    let report = s.w.run(&["report", RESULTS]);
+    report.expect_code(1).expect_stdout("waiting");
+
+    // The server is healthy again: the same command sends the failed rows, then the rows that
+    // waited for them, in order.
+    s.restart(|c| SandboxConfig {
+        fail_rate: 0.0,
+        ..c
+    })
+    .await;
+    s.run(&args).await.expect_code(0);
+    s.assert_each_stored_once(rows);
+    s.assert_all_sent(rows);
+    assert_eq!(
+        stored_out_of_order(&s),
+        0,
+        "each conversation's timeline in order across runs"
+    );
+    s.finish().await;
+}

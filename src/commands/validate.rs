@@ -1,7 +1,7 @@
 //! `lc-import validate`: maps and checks every row offline, writes a results file with one
 //! line per row (`valid` or `invalid` and why), and ends with a summary. No network.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -269,28 +269,68 @@ fn preview(row: &MappedRow) -> Result<String> {
 const ORDER_TRACKED: usize = 200_000;
 
 /// Finds conversations whose dates run backwards in the file: the last date and line seen per
-/// conversation (a hash of its lane), for at most [`ORDER_TRACKED`] conversations.
+/// conversation (a hash of its lane), for at most [`ORDER_TRACKED`] conversations. Cheap per
+/// row (validate's pace is measured): no allocation, no second parse of the date.
 #[derive(Default)]
 struct OrderCheck {
-    last: std::collections::HashMap<u64, (i64, u64, bool)>,
+    last: HashMap<u64, (DateKey, u64, bool), std::hash::BuildHasherDefault<LaneHash>>,
     backwards: u64,
     /// The first backwards row: its line, and the line of the later-dated row before it.
     first: Option<(u64, u64)>,
 }
 
+/// The keys of [`OrderCheck`] are xxh3 hashes already: used as they are.
+#[derive(Default)]
+struct LaneHash(u64);
+
+impl std::hash::Hasher for LaneHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// An RFC 3339 UTC date as the mapping writes it (`2024-03-05T14:22:01.25Z`), as numbers that
+/// sort as the instants do: the 14 digits to the second, and the fraction in nanoseconds.
+type DateKey = (u64, u32);
+
+fn date_key(date: &str) -> DateKey {
+    let b = date.as_bytes();
+    let digit = |i: usize| u64::from(b.get(i).map_or(0, |d| d.wrapping_sub(b'0')) % 10);
+    // YYYY-MM-DDTHH:MM:SS: the digits at their fixed places.
+    let seconds = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+        .iter()
+        .fold(0u64, |n, i| n * 10 + digit(*i));
+    let mut nanos = 0u32;
+    let mut digits = 0;
+    if b.get(19) == Some(&b'.') {
+        for d in b[20..].iter().take_while(|d| d.is_ascii_digit()).take(9) {
+            nanos = nanos * 10 + u32::from(d - b'0');
+            digits += 1;
+        }
+    }
+    (seconds, nanos * 10u32.pow(9 - digits))
+}
+
 impl OrderCheck {
     fn see(&mut self, row: &MappedRow, line: u64) {
-        // RFC 3339 in UTC, as the mapping wrote it.
-        let Some(date) = row
-            .message
-            .date
-            .as_deref()
-            .and_then(|d| d.parse::<jiff::Timestamp>().ok())
-            .map(|t| t.as_millisecond())
-        else {
+        let Some(date) = row.message.date.as_deref() else {
             return;
         };
-        let lane = xxhash_rust::xxh3::xxh3_64(row.lane().as_bytes());
+        let date = date_key(date);
+        let lane = match &row.lookup {
+            Some(lookup) if row.message.conversation_id.is_empty() => {
+                xxhash_rust::xxh3::xxh3_64(lookup.lane(&row.message.contact_id).as_bytes())
+            }
+            _ => xxhash_rust::xxh3::xxh3_64(row.message.conversation_id.as_bytes()),
+        };
         let tracked = self.last.len();
         match self.last.get_mut(&lane) {
             Some((last, last_line, counted)) => {
@@ -379,4 +419,24 @@ pub fn check_fuzz_case(data: &[u8]) -> Result<Checked> {
         options.key_column = Some("altId".into());
     }
     check_bytes(csv, &options, delimiter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::date_key;
+
+    #[test]
+    fn date_keys_sort_as_the_instants() {
+        let dates = [
+            "2024-03-05T14:22:00Z",
+            "2024-03-05T14:22:01Z",
+            "2024-03-05T14:22:01.25Z",
+            "2024-03-05T14:22:01.5Z",
+            "2024-03-05T14:23:00Z",
+            "2025-01-01T00:00:00Z",
+        ];
+        for pair in dates.windows(2) {
+            assert!(date_key(pair[0]) < date_key(pair[1]), "{pair:?}");
+        }
+    }
 }

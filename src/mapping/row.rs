@@ -150,16 +150,16 @@ impl Mapping {
             Source::Column(i) => std::str::from_utf8(cells.get(*i)?).ok()?,
             Source::ByDirection { .. } => return None,
         };
-        let value = self.translate(Field::Direction, raw.trim());
+        let value = self.translate(Field::Direction.index(), raw.trim());
         match self.convert(Field::Direction, value) {
             Ok(Value::Direction(d)) => Some(d),
             _ => None,
         }
     }
 
-    /// The value a `--value` map gives the cell, else the cell.
-    fn translate<'a>(&'a self, field: Field, value: &'a str) -> &'a str {
-        let map = &self.values[field.index()];
+    /// The value a `--value` map of the field at `at` gives the cell, else the cell.
+    fn translate<'a>(&'a self, at: usize, value: &'a str) -> &'a str {
+        let map = &self.values[at];
         if map.is_empty() {
             return value;
         }
@@ -181,7 +181,9 @@ impl Mapping {
         let column_at = |i: usize| -> Option<(&[u8], Column)> {
             Some((cells.get(i)?, Column::Csv(i, self.header[i].clone())))
         };
-        let (raw, column) = match self.sources[field.index()].as_ref()? {
+        // Found once: `index` is a search of `Field::ALL`.
+        let at = field.index();
+        let (raw, column) = match self.sources[at].as_ref()? {
             Source::Constant(v) => (v.as_str(), Column::Set(field.name())),
             source => {
                 let i = match source {
@@ -229,8 +231,8 @@ impl Mapping {
                 t
             }
         };
-        let mut value = self.translate(field, value);
-        for (prefix, sets) in &self.prefixes[field.index()] {
+        let mut value = self.translate(at, value);
+        for (prefix, sets) in &self.prefixes[at] {
             if let Some(head) = value.get(..prefix.len())
                 && head.eq_ignore_ascii_case(prefix)
             {
@@ -324,6 +326,7 @@ struct RowState<'m> {
 }
 
 /// Puts one field's value where it goes: the body, the call object, or the contact lookup.
+#[inline]
 fn put(
     field: Field,
     value: Value,

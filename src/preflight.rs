@@ -12,6 +12,9 @@
 //! - for rows keyed by content, mark in the content index every key the input has: the rows
 //!   sent earlier whose keys it no longer has are the earlier versions of edited rows.
 //!
+//! An input that can be read only once (stdin, a FIFO, `<(…)`) is copied by this pass into a
+//! temp file beside the results file, which the import then reads (see `source`).
+//!
 //! An error here is a usage error (exit 2): nothing has been sent.
 
 use std::collections::HashSet;
@@ -24,6 +27,7 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::extsort::ExternalSort;
 use crate::mapping::Mapping;
+use crate::progress::Progress;
 use crate::quota::Plan;
 use crate::reader::CsvInput;
 use crate::resolve::{IdMap, Resolver};
@@ -32,6 +36,7 @@ use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
 use crate::results::target::{self, Target};
 use crate::results::{Journal, Prior, Status};
+use crate::source::{Source, Utf8Hint};
 
 /// What the pass found, ready for the run.
 pub struct Prepared {
@@ -56,7 +61,16 @@ pub struct Prepared {
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
 pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Option<Prepared>> {
-    let input = CsvInput::open(&settings.input, settings.delimiter)?;
+    // A stream is read once: the pass reads it into a temp copy beside the results file, and
+    // the import reads the copy.
+    let mut source = Source::new(&settings.input, settings.encoding)?
+        .spool_in(&folder_of(&settings.results))
+        .stop_on(interrupt.clone());
+    let reading = Progress::reading(&source);
+    let input = match CsvInput::open(&mut source, settings.delimiter) {
+        Err(_) if interrupt.is_cancelled() => return Ok(None),
+        opened => opened?,
+    };
     let mapping = Mapping::new(input.header(), &settings.mapping)
         .with_context(|| settings.input.display().to_string())?;
     for w in &mapping.warnings {
@@ -105,12 +119,17 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         ids: resolver.as_ref().map(|r| &r.ids),
         conflicts: Vec::new(),
         locations: Vec::new(),
+        utf8: Utf8Hint::default(),
     };
     let plan = pass.run(input, &mut on_key);
+    reading.finish();
     if interrupt.is_cancelled() {
         return Ok(None);
     }
     let plan = plan?;
+    if let Some(hint) = pass.utf8.render(&settings.input) {
+        warn!("{hint}");
+    }
     let mut conflicts = std::mem::take(&mut pass.conflicts);
     // The target is checked (and recorded) before any request, as the pass's last refusal.
     let target = Target {
@@ -159,7 +178,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     }
     target::check_and_record(journal.path(), &target, has_lines)?;
     Ok(Some(Prepared {
-        input: CsvInput::open(&settings.input, settings.delimiter)?,
+        input: CsvInput::open(&mut source, settings.delimiter)?,
         mapping,
         journal,
         prior,
@@ -224,6 +243,8 @@ struct Pass<'a> {
     conflicts: Vec<Conflict>,
     /// The distinct `locationId`s of rows to look up (two at most: one is all that is used).
     locations: Vec<String>,
+    /// Cells that are not UTF-8, for one hint about the file's encoding.
+    utf8: Utf8Hint,
 }
 
 impl Pass<'_> {
@@ -261,8 +282,12 @@ impl Pass<'_> {
                 }
                 _ => {}
             }
-            let Ok(row) = self.mapping.map_row(record.cells, record.line) else {
-                continue;
+            let row = match self.mapping.map_row(record.cells, record.line) {
+                Ok(row) => row,
+                Err(errors) => {
+                    self.utf8.observe(record.cells, &errors);
+                    continue;
+                }
             };
             plan.messages += 1;
             let (Some(lookup), Some(ids)) = (row.lookup, self.ids) else {

@@ -6,13 +6,13 @@
 //! [`RowError`] so that it is recorded and skipped, and reading goes on with the next record.
 //! Only I/O failures end the read.
 
-use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use csv::ByteRecord;
 
+use crate::source::{Source, Text};
 use crate::validate::{Invalid, Problem};
 
 /// Where a problem is: the line of the input, and the cell when one is to blame.
@@ -58,7 +58,7 @@ impl std::fmt::Display for RowError {
 /// An open input: its header, and a cursor over its records.
 pub struct CsvInput {
     path: PathBuf,
-    reader: csv::Reader<BufReader<File>>,
+    reader: csv::Reader<BufReader<Text>>,
     header: Vec<String>,
     record: ByteRecord,
     row: u64,
@@ -77,11 +77,11 @@ pub struct Record<'a> {
 }
 
 impl CsvInput {
-    /// Opens `path` and reads its header row. A missing, unreadable or empty file, or a header
-    /// that is not UTF-8, is an error: nothing could be read from it.
-    pub fn open(path: &Path, delimiter: u8) -> Result<Self> {
-        let file =
-            File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
+    /// Opens `source` for a read and reads its header row. A missing, unreadable or empty file,
+    /// or a header that is not UTF-8, is an error: nothing could be read from it.
+    pub fn open(source: &mut Source, delimiter: u8) -> Result<Self> {
+        let text = source.open()?;
+        let path = source.name();
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(true)
@@ -91,7 +91,7 @@ impl CsvInput {
             // default terminator the `\n` of a CRLF is counted at the start of the next record,
             // one line late). The `\r` this leaves on a row's last cell is removed below.
             .terminator(csv::Terminator::Any(b'\n'))
-            .from_reader(BufReader::with_capacity(256 * 1024, file));
+            .from_reader(BufReader::with_capacity(256 * 1024, text));
         let mut raw = reader
             .byte_headers()
             .with_context(|| format!("cannot read the header row of {}", path.display()))?
@@ -108,7 +108,7 @@ impl CsvInput {
             match std::str::from_utf8(name) {
                 Ok(name) => header.push(name.trim().to_owned()),
                 Err(e) => bail!(
-                    "{}: line 1, column {}: the header is not valid UTF-8 (byte {} of the name): save the export as UTF-8",
+                    "{}: line 1, column {}: the header is not valid UTF-8 (byte {} of the name): give the export's encoding with --encoding LABEL (windows-1252 for Excel on Windows), or save it as UTF-8",
                     path.display(),
                     i + 1,
                     e.valid_up_to() + 1

@@ -187,8 +187,9 @@ async fn compressed_files_import_once_and_resume() {
 }
 
 /// `run <(zcat export.csv.gz)` and `zcat export.csv.gz | lc-import run -` each store every row
-/// exactly once (the input is read once, copied aside for the import), and the same command
-/// again resumes without sending anything; a resume from the file itself is the same input.
+/// exactly once (the input is read once, copied aside for the import): after a canary of 100
+/// rows, the same command sends the rest, and again it sends nothing; a run from the file itself
+/// is the same input to the results file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_substitution_and_stdin_store_every_row_once_and_resume() {
     let text = support::export(3000, 50);
@@ -204,8 +205,14 @@ async fn process_substitution_and_stdin_store_every_row_once_and_resume() {
     ] {
         let s = Scenario::new("").await;
         s.w.write("export.csv.gz", gzip(text.as_bytes()));
+        // A canary stops early; its summary says the pipe must be fed again.
+        let canary = bash(&s, &format!("{command} --limit 100")).await;
+        canary.expect_code(3);
+        canary.expect_stdout("with the same input fed to it again");
+        assert_eq!(s.stats().requests, 100);
         let out = bash(&s, command).await;
         out.expect_code(0);
+        out.expect_stdout("100 in earlier runs");
         s.assert_each_stored_once(rows);
         let results = s.w.results("R.csv");
         assert_eq!(results.len(), rows, "{out:?}");

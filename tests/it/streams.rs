@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -329,18 +329,8 @@ async fn a_fifo_is_read_once_and_sigterm_stops_a_stalled_one() {
     })
     .await;
     scenario::signal(&child, "TERM");
-    let signalled = Instant::now();
     let mut child = child;
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if signalled.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("still running 20 s after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = scenario::exit_within(&mut child, Duration::from_secs(20), "SIGTERM").await;
     drop(writer);
     let log = s.w.read("stalled.log");
     assert_eq!(code, Some(3), "{log}");

@@ -8,6 +8,8 @@
 
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use csv::ByteRecord;
@@ -62,6 +64,10 @@ pub struct CsvInput {
     header: Vec<String>,
     record: ByteRecord,
     row: u64,
+    /// Sequences the decoder could not decode, read as U+FFFD (see `source`), and the
+    /// encoding's name: once there are any, a row holding U+FFFD is a row error.
+    replaced: Arc<AtomicU64>,
+    encoding: &'static str,
 }
 
 /// One record as read, borrowed until the next call to [`CsvInput::next_record`].
@@ -81,7 +87,8 @@ impl CsvInput {
     /// or a header that is not UTF-8, is an error: nothing could be read from it.
     pub fn open(source: &mut Source, delimiter: u8) -> Result<Self> {
         let text = source.open()?;
-        let path = source.name();
+        let path = source.name().to_owned();
+        let path = path.as_path();
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(true)
@@ -121,6 +128,8 @@ impl CsvInput {
             header,
             record: ByteRecord::new(),
             row: 0,
+            replaced: source.replacements(),
+            encoding: source.encoding_name(),
         })
     }
 
@@ -155,7 +164,7 @@ impl CsvInput {
         }
         self.row += 1;
         let line = self.record.position().map_or(0, |p| p.line());
-        let broken = self.shape_error(line);
+        let broken = self.shape_error(line).or_else(|| self.undecoded(line));
         Ok(Some(Record {
             row: self.row,
             line,
@@ -209,6 +218,30 @@ impl CsvInput {
                 Problem::Csv,
                 format!(
                     "the row has {got} cells but the header has {want} ({detail}): every row needs one cell per header column, and a cell that contains the delimiter must be quoted"
+                ),
+            ),
+        })
+    }
+
+    /// A cell holding U+FFFD once the decoder has had to write one: bytes that are not text in
+    /// the encoding named. (A UTF-8 input is not decoded: its bad cells are the mapping's.)
+    fn undecoded(&self, line: u64) -> Option<RowError> {
+        if self.replaced.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        const FFFD: &[u8] = "\u{fffd}".as_bytes();
+        let i = self
+            .record
+            .iter()
+            .position(|cell| cell.windows(FFFD.len()).any(|w| w == FFFD))?;
+        Some(RowError {
+            line,
+            column: Some(Column::Csv(i, self.column_name(i))),
+            invalid: Invalid::new(
+                Problem::Encoding,
+                format!(
+                    "the cell holds bytes that are not {} text (read as U+FFFD): check the export's encoding (--encoding)",
+                    self.encoding
                 ),
             ),
         })

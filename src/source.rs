@@ -19,7 +19,8 @@
 //!   to UTF-8 as the stream is read. A file that looks like UTF-16 without a BOM is refused with
 //!   an error that says so and names `--encoding`. Cells that are not UTF-8 are row errors of
 //!   the mapping; [`Utf8Hint`] turns them into one file-level hint when they read as
-//!   Windows-1252.
+//!   Windows-1252. Bytes that do not decode in the encoding named are read as U+FFFD and
+//!   counted; the reader makes the rows that hold them row errors.
 //! - **old-Mac line ends**: a file whose first line ends in a lone CR has its CRs read as LFs.
 //! - **how much was read**: bytes of the decompressed stream, for progress while the total is
 //!   unknown.
@@ -55,6 +56,9 @@ pub struct Source {
     stop: Option<CancellationToken>,
     /// Bytes of the decompressed stream read so far, by the read now going on.
     read: Arc<AtomicU64>,
+    /// Byte sequences the decoder of `--encoding` (or UTF-16) could not decode, each written
+    /// as U+FFFD, by the read now going on.
+    replaced: Arc<AtomicU64>,
 }
 
 enum Origin {
@@ -115,6 +119,7 @@ impl Source {
             spool_dir: None,
             stop: None,
             read: Arc::default(),
+            replaced: Arc::default(),
         })
     }
 
@@ -140,10 +145,22 @@ impl Source {
         self.read.clone()
     }
 
+    /// How many byte sequences the latest read could not decode (each read as U+FFFD); 0 for
+    /// UTF-8, which is not decoded but checked cell by cell.
+    pub fn replacements(&self) -> Arc<AtomicU64> {
+        self.replaced.clone()
+    }
+
+    /// The encoding the latest read decodes from, when it is not UTF-8 (for error messages).
+    pub fn encoding_name(&self) -> &'static str {
+        self.encoding.map_or("UTF-16", Encoding::name)
+    }
+
     /// One read of the input, as UTF-8 text. A stream can be read again only when it was
     /// spooled ([`Source::spool_in`]) and its first read went to the end.
     pub fn open(&mut self) -> Result<Text> {
         self.read.store(0, Ordering::Relaxed);
+        self.replaced.store(0, Ordering::Relaxed);
         let raw: Box<dyn Read + Send> = match &self.origin {
             Origin::File => Box::new(
                 File::open(&self.name)
@@ -191,7 +208,13 @@ impl Source {
                 self.name.display()
             ),
         };
-        decode(raw, &self.name, self.encoding, self.read.clone())
+        decode(
+            raw,
+            &self.name,
+            self.encoding,
+            self.read.clone(),
+            self.replaced.clone(),
+        )
     }
 }
 
@@ -327,6 +350,7 @@ fn decode(
     name: &Path,
     encoding: Option<&'static Encoding>,
     counter: Arc<AtomicU64>,
+    replaced: Arc<AtomicU64>,
 ) -> Result<Text> {
     let context = || format!("cannot read input {}", name.display());
     let raw = Peeked::fill(raw, 4).with_context(context)?;
@@ -374,6 +398,7 @@ fn decode(
                 end: 0,
                 eof: false,
                 done: false,
+                replaced,
             },
         ))
     };
@@ -508,8 +533,9 @@ impl<R: Read> Read for Counted<R> {
 }
 
 /// Text in another encoding, decoded to UTF-8 as it is read (`encoding_rs`'s streaming
-/// decoder: what does not decode becomes U+FFFD, as browsers read it). Read through a
-/// `BufReader`, which always asks for more than the 4 bytes a character may take.
+/// decoder: what does not decode becomes U+FFFD, as browsers read it, and is counted, so that
+/// the reader can refuse the rows that hold it). Read through a `BufReader`, which always asks
+/// for more than the 4 bytes a character may take.
 struct Transcode<R> {
     inner: R,
     decoder: encoding_rs::Decoder,
@@ -518,6 +544,8 @@ struct Transcode<R> {
     end: usize,
     eof: bool,
     done: bool,
+    /// Counts the sequences that did not decode.
+    replaced: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Transcode<R> {
@@ -537,10 +565,13 @@ impl<R: Read> Read for Transcode<R> {
                     Err(e) => return Err(e),
                 }
             }
-            let (result, read, written, _) =
+            let (result, read, written, replaced) =
                 self.decoder
                     .decode_to_utf8(&self.buf[self.start..self.end], out, self.eof);
             self.start += read;
+            if replaced {
+                self.replaced.fetch_add(1, Ordering::Relaxed);
+            }
             if self.eof && matches!(result, encoding_rs::CoderResult::InputEmpty) {
                 self.done = true;
             }
@@ -643,6 +674,7 @@ mod tests {
             Box::new(io::Cursor::new(bytes.to_vec())),
             Path::new("x.csv"),
             encoding,
+            Arc::default(),
             Arc::default(),
         )?
         .read_to_end(&mut out)?;

@@ -124,6 +124,10 @@ async fn a_windows_1252_export_imports_with_encoding_and_is_hinted_without() {
     );
     assert_eq!(s.stats().accepted, 50, "only the ASCII rows");
 
+    // The --config file's `encoding` reads it as well.
+    s.w.write("import.toml", "encoding = \"windows-1252\"\n");
+    s.w.run(&["validate", "in.csv", "--config", "import.toml"])
+        .expect_code(0);
     s.run(&["--encoding", "windows-1252"]).await.expect_code(0);
     assert_texts_stored(&s, 200);
     assert_eq!(
@@ -156,6 +160,24 @@ async fn utf16_is_read_by_its_bom_and_named_without_one() {
     assert!(!out.stderr.contains("no column maps"), "{out:?}");
     s.w.run(&["validate", "nobom.csv", "--encoding", "utf-16le"])
         .expect_code(0);
+
+    // A lone surrogate (not UTF-16) in one cell: that row is an error naming its line and
+    // column, not a message sent with U+FFFD in it; the others are valid.
+    let mut broken = utf16le_with_bom(&accented_export(5));
+    let at = broken
+        .windows(4)
+        .position(|w| w == [b'#', 0, b'2', 0])
+        .unwrap();
+    broken.splice(at..at, [0x00, 0xd8]);
+    s.w.write("broken.csv", &broken);
+    let out = s.w.run(&["validate", "broken.csv"]);
+    out.expect_code(1);
+    out.expect_stdout("4 valid, 1 invalid");
+    let lines = s.w.results("broken.validation.csv");
+    assert_eq!(
+        lines[2]["error"],
+        "line 4, column 7 (message): the cell holds bytes that are not UTF-16 text (read as U+FFFD): check the export's encoding (--encoding)"
+    );
     s.finish().await;
 }
 

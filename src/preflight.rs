@@ -30,13 +30,14 @@ use crate::mapping::Mapping;
 use crate::progress::Progress;
 use crate::quota::Plan;
 use crate::reader::CsvInput;
+use crate::reader::Utf8Hint;
 use crate::resolve::{IdMap, Resolver};
 use crate::results::content::{self, ContentLog, EarlierVersions};
 use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
 use crate::results::target::{self, Target};
 use crate::results::{Journal, Prior, Status};
-use crate::source::{Source, Utf8Hint};
+use crate::source::Source;
 
 /// What the pass found, ready for the run.
 pub struct Prepared {

@@ -3,8 +3,12 @@
 //!
 //! A record whose shape is wrong (more or fewer cells than the header, a quote that runs on
 //! past the end of its row) is not an error of the reader: it is handed on with a
-//! [`RowError`] so that it is recorded and skipped, and reading goes on with the next record.
-//! Only I/O failures end the read.
+//! [`RowError`] so that it is recorded and skipped, and reading goes on with the next record;
+//! so is a record holding bytes the decoder of `--encoding` could not decode. Only I/O failures
+//! end the read. The bytes come from `source` (file or stream, decompressed, decoded to UTF-8).
+//!
+//! [`Utf8Hint`] gathers the cells that are not UTF-8 (row errors of the mapping) into one hint
+//! for the whole file, naming `--encoding windows-1252` when they read as that.
 
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
@@ -266,4 +270,71 @@ fn strip_cr(record: &mut ByteRecord) {
     record.truncate(n - 1);
     record.push_field(&last);
     record.set_position(position);
+}
+
+/// Cells that are not UTF-8 (each a row error of the mapping) turned into one hint for the
+/// file: when they read as Windows-1252 (letters and punctuation, no control characters), the
+/// export is most likely that, and `--encoding windows-1252` reads it.
+#[derive(Debug, Default)]
+pub struct Utf8Hint {
+    /// Rows with a cell that is not UTF-8.
+    rows: u64,
+    /// The first such cell: where, and its text read as Windows-1252.
+    first: Option<(String, String)>,
+    /// Every such cell read as Windows-1252 text.
+    all_1252: bool,
+}
+
+impl Utf8Hint {
+    /// Takes note of a row's errors: the cells that are not UTF-8 among them.
+    pub fn observe(&mut self, cells: &csv::ByteRecord, errors: &[RowError]) {
+        let mut counted = false;
+        for e in errors {
+            let (Problem::Encoding, Some(Column::Csv(i, name))) = (e.invalid.problem, &e.column)
+            else {
+                continue;
+            };
+            let Some(bytes) = cells.get(*i) else {
+                continue;
+            };
+            let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes);
+            let readable = !text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'));
+            if self.first.is_none() {
+                self.all_1252 = true;
+                self.first = Some((
+                    format!("line {}, column {} ({name})", e.line, i + 1),
+                    text.into_owned(),
+                ));
+            }
+            self.all_1252 &= readable;
+            if !counted {
+                self.rows += 1;
+                counted = true;
+            }
+        }
+    }
+
+    /// The hint for `input`, when some cell was not UTF-8.
+    pub fn render(&self, input: &Path) -> Option<String> {
+        let (at, text) = self.first.as_ref()?;
+        let mut shown: String = text.chars().take(60).collect();
+        if shown.len() < text.len() {
+            shown.push('…');
+        }
+        Some(if self.all_1252 {
+            format!(
+                "{}: {} row(s) have cells that are not UTF-8, and they read as Windows-1252 ({at}: {shown:?}): the export is most likely Windows-1252 (Excel on Windows); run again with --encoding windows-1252",
+                input.display(),
+                self.rows
+            )
+        } else {
+            format!(
+                "{}: {} row(s) have cells that are not UTF-8 (first at {at}): give the export's encoding with --encoding LABEL (windows-1252, iso-8859-15, macintosh, shift_jis, …), or save it as UTF-8",
+                input.display(),
+                self.rows
+            )
+        })
+    }
 }

@@ -13,9 +13,10 @@ use crate::cli::ValidateArgs;
 use crate::config::{self, FileConfig};
 use crate::mapping::{Mapping, MappingOptions};
 use crate::reader::CsvInput;
+use crate::reader::Utf8Hint;
 use crate::results::line::{ResultsWriter, col, folder_of, text};
 use crate::results::{ResultLine, Status};
-use crate::source::{Source, Utf8Hint};
+use crate::source::Source;
 use crate::summary::{Ending, ErrorTally, Stdout};
 
 /// What a validation found.

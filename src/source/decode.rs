@@ -25,7 +25,7 @@ pub(super) fn decode(
     replaced: Arc<AtomicU64>,
 ) -> Result<Text> {
     let context = || format!("cannot read input {}", name.display());
-    let raw = Peeked::fill(raw, 4).with_context(context)?;
+    let raw = Peeked::fill(raw, 4, |_| false).with_context(context)?;
     let decompressed: Box<dyn Read + Send> = match compression(raw.head()) {
         Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(
             BufReader::with_capacity(PUMP_CHUNK, raw),
@@ -38,7 +38,10 @@ pub(super) fn decode(
         inner: decompressed,
         counter,
     };
-    let text = Peeked::fill(counted, SNIFF).with_context(context)?;
+    let text = Peeked::fill(counted, SNIFF, |head| {
+        head.len() >= 512 && has_line_end(head)
+    })
+    .with_context(context)?;
     let chosen = match (encoding, bom(text.head())) {
         (_, Some(bom)) => bom,
         (Some(e), None) => e,
@@ -74,7 +77,7 @@ pub(super) fn decode(
             },
         ))
     };
-    let utf8 = Peeked::fill(utf8, SNIFF).with_context(context)?;
+    let utf8 = Peeked::fill(utf8, SNIFF, has_line_end).with_context(context)?;
     Ok(match cr_line_ends(utf8.head()) {
         true => Box::new(CrAsLf(utf8)),
         false => Box::new(utf8),
@@ -145,6 +148,13 @@ fn cr_line_ends(head: &[u8]) -> bool {
     }
 }
 
+/// A line end, and the byte after it (to tell a lone CR from a CRLF).
+fn has_line_end(head: &[u8]) -> bool {
+    head.iter()
+        .position(|b| *b == b'\n' || *b == b'\r')
+        .is_some_and(|i| i + 1 < head.len())
+}
+
 /// A reader with its first bytes read ahead, to be looked at, then given out first.
 struct Peeked<R> {
     head: Vec<u8>,
@@ -153,15 +163,19 @@ struct Peeked<R> {
 }
 
 impl<R: Read> Peeked<R> {
-    /// Reads up to `n` bytes ahead (fewer at the end of the input).
-    fn fill(mut inner: R, n: usize) -> io::Result<Self> {
+    /// Reads up to `n` bytes ahead, or until what was read is `enough` (a slow pipe is not
+    /// waited on for more than it takes), or the end of the input. An error after some bytes
+    /// ends the look ahead, not the read: nothing was taken, and the reader meets the error
+    /// where it is (as it would without the look ahead, after the rows before it).
+    fn fill(mut inner: R, n: usize, enough: impl Fn(&[u8]) -> bool) -> io::Result<Self> {
         let mut head = vec![0; n];
         let mut len = 0;
-        while len < n {
+        while len < n && !enough(&head[..len]) {
             match inner.read(&mut head[len..]) {
                 Ok(0) => break,
                 Ok(k) => len += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) if len > 0 => break,
                 Err(e) => return Err(e),
             }
         }
@@ -342,6 +356,49 @@ mod tests {
         assert_eq!(read_all(&zst, None).unwrap(), text);
         let e = read_all(b"PK\x03\x04rest", None).unwrap_err().to_string();
         assert!(e.contains("xlsx"), "{e}");
+    }
+
+    /// A pipe that gives one byte per read, then fails after `fail_at` bytes, if set.
+    struct Trickle(Vec<u8>, usize, Option<usize>);
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.2 == Some(self.1) {
+                return Err(io::Error::other("EIO"));
+            }
+            let Some(b) = self.0.get(self.1) else {
+                return Ok(0);
+            };
+            out[0] = *b;
+            self.1 += 1;
+            Ok(1)
+        }
+    }
+
+    fn trickled(bytes: &[u8], fail_at: Option<usize>) -> (Vec<u8>, io::Result<usize>) {
+        let mut text = decode(
+            Box::new(Trickle(bytes.to_vec(), 0, fail_at)),
+            Path::new("x.csv"),
+            None,
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let end = text.read_to_end(&mut out);
+        (out, end)
+    }
+
+    #[test]
+    fn the_look_ahead_waits_for_no_more_than_it_needs() {
+        // Byte by byte, a CRLF is still told from a lone CR.
+        let crlf = b"a,b\r\n1,2\r\n".repeat(100);
+        assert_eq!(trickled(&crlf, None).0, crlf);
+        assert_eq!(trickled(b"a,b\r1,2\r", None).0, b"a,b\n1,2\n");
+        // An error after the first rows is met after them, as without the look ahead.
+        let (out, end) = trickled(&crlf, Some(700));
+        assert_eq!(out, &crlf[..700]);
+        assert!(end.is_err());
     }
 
     #[test]

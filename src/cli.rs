@@ -64,7 +64,8 @@ pub struct PresetArgs {
 /// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The CSV export to import.
+    /// The CSV export to import: a file (.gz and .zst are read as they are), or `-` for stdin,
+    /// a FIFO or `<(…)` (then --results is needed).
     pub input: PathBuf,
     /// Results journal, also the resume state [default: <INPUT stem>.results.csv beside the input].
     #[arg(long, value_name = "PATH")]
@@ -140,7 +141,8 @@ pub struct ReportArgs {
 /// `lc-import validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// The CSV export to check.
+    /// The CSV export to check: a file (.gz and .zst are read as they are), or `-` for stdin,
+    /// a FIFO or `<(…)`.
     pub input: PathBuf,
     /// Where to write one line per row [default: <INPUT stem>.validation.csv beside the input].
     #[arg(long, value_name = "PATH")]
@@ -206,6 +208,10 @@ pub struct MappingArgs {
     /// Row identity for resume and duplicates [default: altId if mapped, else a hash of the row].
     #[arg(long, value_name = "COLUMN")]
     pub key_column: Option<String>,
+    /// The export's character encoding, a WHATWG label: windows-1252 (Excel on Windows),
+    /// iso-8859-15, macintosh, utf-16le, shift_jis, … [default: UTF-8, or UTF-16 by its BOM].
+    #[arg(long, value_name = "LABEL")]
+    pub encoding: Option<String>,
     /// The sub-account (location) whose contacts and conversations rows without HighLevel IDs
     /// are looked up in; same as --set locationId=ID. Turns ID resolution on.
     #[arg(long, value_name = "ID")]

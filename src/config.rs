@@ -52,6 +52,8 @@ pub struct Settings {
     pub mapping: MappingOptions,
     /// The input's field delimiter, one ASCII byte (`--delimiter`, default `,`).
     pub delimiter: u8,
+    /// The input's encoding (`--encoding`); `None`: UTF-8, or UTF-16 by its BOM.
+    pub encoding: Option<&'static encoding_rs::Encoding>,
     /// The wait schedule between retries (always the default).
     pub backoff: Backoff,
     /// ID resolution: `--create-contacts`.
@@ -84,6 +86,7 @@ impl Settings {
             .clone()
             .or_else(|| file.location_id.clone());
         let (mapping, delimiter) = mapping_options(&args.mapping, &mut file)?;
+        let encoding = input_encoding(&args.mapping, &file)?;
         let rehearsal = target.is_some();
         let base = args
             .base_url
@@ -127,16 +130,21 @@ impl Settings {
         }
         Ok(Settings {
             // A rehearsal has a results file of its own: it never touches the real run's.
-            results: args.results.or(file.results.take()).unwrap_or_else(|| {
-                beside_input(
+            results: match args.results.or(file.results.take()) {
+                Some(results) => results,
+                None if crate::source::is_stream(&args.input) => bail!(
+                    "{} is not a file (stdin, a pipe, or <(…)): give --results PATH, the run's record of every row and what a resume reads (a stream has no name to put it beside)",
+                    args.input.display()
+                ),
+                None => beside_input(
                     &args.input,
                     if rehearsal {
                         ".sandbox.results.csv"
                     } else {
                         ".results.csv"
                     },
-                )
-            }),
+                ),
+            },
             input: args.input,
             base_url,
             token,
@@ -153,6 +161,7 @@ impl Settings {
             send_changed: args.send_changed,
             mapping,
             delimiter,
+            encoding,
             backoff: Backoff::default(),
             create_contacts: args.create_contacts || file.create_contacts.unwrap_or(false),
             max_requests: args.max_requests.or(file.max_requests),
@@ -246,6 +255,8 @@ pub struct FileConfig {
     pub timezone: Option<String>,
     /// `--key-column`.
     pub key_column: Option<String>,
+    /// `--encoding`.
+    pub encoding: Option<String>,
     /// `--location-id`.
     pub location_id: Option<String>,
     /// `--default-country`.
@@ -616,6 +627,18 @@ pub fn mapping_options(args: &MappingArgs, file: &mut FileConfig) -> Result<(Map
         },
         delimiter,
     ))
+}
+
+/// `--encoding` from the flag over the file; `None`: UTF-8 (or UTF-16 by its BOM).
+pub fn input_encoding(
+    args: &MappingArgs,
+    file: &FileConfig,
+) -> Result<Option<&'static encoding_rs::Encoding>> {
+    args.encoding
+        .as_deref()
+        .or(file.encoding.as_deref())
+        .map(crate::source::encoding)
+        .transpose()
 }
 
 fn single_char(flag: &str, value: &str) -> Result<u8> {

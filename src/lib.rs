@@ -35,6 +35,7 @@ pub mod sandbox;
 pub mod schedule;
 pub mod sender;
 pub mod shutdown;
+pub mod source;
 pub mod summary;
 pub mod validate;
 

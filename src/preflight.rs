@@ -12,6 +12,9 @@
 //! - for rows keyed by content, mark in the content index every key the input has: the rows
 //!   sent earlier whose keys it no longer has are the earlier versions of edited rows.
 //!
+//! An input that can be read only once (stdin, a FIFO, `<(…)`) is copied by this pass into a
+//! temp file beside the results file, which the import then reads (see `source`).
+//!
 //! An error here is a usage error (exit 2): nothing has been sent.
 
 use std::collections::HashSet;
@@ -25,14 +28,18 @@ use crate::config::Settings;
 use crate::extsort::ExternalSort;
 use crate::mapping::{Mapping, Order};
 use crate::order::{OrderIndex, SendOrder};
+
+use crate::progress::Progress;
 use crate::quota::Plan;
 use crate::reader::CsvInput;
+use crate::reader::Utf8Hint;
 use crate::resolve::{IdMap, Resolver};
 use crate::results::content::{self, ContentLog, EarlierVersions};
 use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
 use crate::results::target::{self, Target};
 use crate::results::{Journal, Prior, Status};
+use crate::source::Source;
 
 /// What the pass found, ready for the run.
 pub struct Prepared {
@@ -60,7 +67,21 @@ pub struct Prepared {
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
 pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Option<Prepared>> {
-    let input = CsvInput::open(&settings.input, settings.delimiter)?;
+    // A stream is read once: the pass reads it into a temp copy beside the results file, and
+    // the import reads the copy.
+    let mut source = Source::new(&settings.input, settings.encoding)?
+        .spool_in(&folder_of(&settings.results))
+        .stop_on(interrupt.clone());
+    // `--order date` reads the rows at the offsets the pass saw: in the file when it is plain
+    // UTF-8, else in a copy of the pass's decoded text (beside the results file, unnamed).
+    if settings.mapping.order == Order::Date {
+        source = source.seekable_text(&folder_of(&settings.results));
+    }
+    let reading = Progress::reading(&source);
+    let input = match CsvInput::open(&mut source, settings.delimiter) {
+        Err(_) if interrupt.is_cancelled() => return Ok(None),
+        opened => opened?,
+    };
     let mapping = Mapping::new(input.header(), &settings.mapping)
         .with_context(|| settings.input.display().to_string())?;
     for w in &mapping.warnings {
@@ -115,12 +136,17 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
             }
             Order::Input => None,
         },
+        utf8: Utf8Hint::default(),
     };
     let plan = pass.run(input, &mut on_key);
+    reading.finish();
     if interrupt.is_cancelled() {
         return Ok(None);
     }
     let plan = plan?;
+    if let Some(hint) = pass.utf8.render(&settings.input) {
+        warn!("{hint}");
+    }
     let mut conflicts = std::mem::take(&mut pass.conflicts);
     let order = pass.order.take();
     // The target is checked (and recorded) before any request, as the pass's last refusal.
@@ -184,7 +210,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     }
     target::check_and_record(journal.path(), &target, has_lines)?;
     Ok(Some(Prepared {
-        input: CsvInput::open(&settings.input, settings.delimiter)?,
+        input: CsvInput::open(&mut source, settings.delimiter)?,
         mapping,
         journal,
         prior,
@@ -252,6 +278,8 @@ struct Pass<'a> {
     locations: Vec<String>,
     /// `--order date`: where each row starts and its date.
     order: Option<OrderIndex>,
+    /// Cells that are not UTF-8, for one hint about the file's encoding.
+    utf8: Utf8Hint,
 }
 
 impl Pass<'_> {
@@ -316,8 +344,12 @@ impl Pass<'_> {
         {
             return Ok(None);
         }
-        let Ok(row) = self.mapping.map_row(record.cells, record.line) else {
-            return Ok(None);
+        let row = match self.mapping.map_row(record.cells, record.line) {
+            Ok(row) => row,
+            Err(errors) => {
+                self.utf8.observe(record.cells, &errors);
+                return Ok(None);
+            }
         };
         plan.messages += 1;
         let date = row

@@ -291,7 +291,10 @@ impl Report {
                 }
             );
         }
-        let again = resume_command();
+        let mut again = resume_command();
+        if read_from_pipe(input) {
+            again.push_str("\n  (with the same input fed to it again: this one was read from a pipe; the rows sent are known by their keys)");
+        }
         match &r.stopped {
             Some(reason) => {
                 let _ = writeln!(out, "stopped early: {reason}.");
@@ -331,6 +334,12 @@ impl Report {
         }
         out
     }
+}
+
+/// Whether `input` was a pipe the resume command cannot name: stdin, or a process substitution
+/// (`<(…)`, which the shell passes as `/dev/fd/N`).
+fn read_from_pipe(input: &Path) -> bool {
+    input == Path::new("-") || input.starts_with("/dev/fd") || input.starts_with("/proc/self/fd")
 }
 
 /// An argument holding a URL with a password (`--base-url https://user:pw@host`), with the

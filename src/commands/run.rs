@@ -68,7 +68,14 @@ pub fn run(args: RunArgs) -> Result<Ending> {
     let task = runtime.spawn(async move {
         let shutdown = Shutdown::listen()?;
         let sandbox = match args.sandbox {
-            true => Some(start_sandbox(&args.input).await?),
+            // A stream has no name to put the record beside: the results file's.
+            true => Some(
+                start_sandbox(match crate::source::is_stream(&args.input) {
+                    true => args.results.as_deref().unwrap_or(Path::new("stdin")),
+                    false => &args.input,
+                })
+                .await?,
+            ),
             false => None,
         };
         let target = sandbox.as_ref().map(|s| Endpoint {

@@ -13,8 +13,10 @@ use crate::cli::ValidateArgs;
 use crate::config::{self, FileConfig};
 use crate::mapping::{MappedRow, Mapping, MappingOptions, Order};
 use crate::reader::CsvInput;
+use crate::reader::Utf8Hint;
 use crate::results::line::{ResultsWriter, col, folder_of, text};
 use crate::results::{ResultLine, Status};
+use crate::source::Source;
 use crate::summary::{Ending, ErrorTally, Stdout};
 
 /// What a validation found.
@@ -57,7 +59,7 @@ fn refuse_run_outcomes(results: &Path, input: &Path) -> Result<Option<File>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", results.display())),
     };
-    let instead = config::beside_input(input, ".validation.csv");
+    let instead = default_results(input);
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -100,12 +102,23 @@ fn refuse_run_outcomes(results: &Path, input: &Path) -> Result<Option<File>> {
     )
 }
 
+/// `<INPUT stem>.validation.csv` beside the input; `stdin.validation.csv` in the current folder
+/// for a stream (`-`, a pipe, `<(…)`), which has no name of its own.
+fn default_results(input: &Path) -> PathBuf {
+    match crate::source::is_stream(input) {
+        true => PathBuf::from("stdin.validation.csv"),
+        false => config::beside_input(input, ".validation.csv"),
+    }
+}
+
 /// Validates `args.input`, printing bodies (`--show`) and the summary to `out`.
 pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let started = Instant::now();
     let mut file = FileConfig::for_args(&args.mapping)?;
     let (options, delimiter) = config::mapping_options(&args.mapping, &mut file)?;
-    let mut input = CsvInput::open(&args.input, delimiter)?;
+    let encoding = config::input_encoding(&args.mapping, &file)?;
+    let mut source = Source::new(&args.input, encoding)?;
+    let mut input = CsvInput::open(&mut source, delimiter)?;
     let mapping = Mapping::new(input.header(), &options)
         .with_context(|| format!("{}", args.input.display()))?;
     for warning in &mapping.warnings {
@@ -115,7 +128,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let results = args
         .results
         .clone()
-        .unwrap_or_else(|| config::beside_input(&args.input, ".validation.csv"));
+        .unwrap_or_else(|| default_results(&args.input));
     // Held until the new file replaces it: a run that starts meanwhile waits for the lock.
     let _held = refuse_run_outcomes(&results, &args.input)?;
     let dir = folder_of(&results);
@@ -136,6 +149,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     }
     let mut order = OrderCheck::default();
     let mut line_out = ResultLine::default();
+    let mut utf8 = Utf8Hint::default();
     while let Some(record) = input
         .next_record()
         .with_context(|| format!("reading {}", args.input.display()))?
@@ -181,6 +195,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
             }
             Err(errors) => {
                 report.invalid += 1;
+                utf8.observe(record.cells, &errors);
                 line_out.status = Some(Status::Invalid);
                 for (i, e) in errors.iter().enumerate() {
                     report.errors.add(e);
@@ -230,6 +245,9 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
             args.input.display(),
             report.errors.render(5).trim_end()
         )?;
+    }
+    if let Some(hint) = utf8.render(&args.input) {
+        writeln!(out, "hint: {hint}")?;
     }
     writeln!(out, "results: {}", results.display())?;
     Ok(report)
@@ -367,7 +385,7 @@ pub fn check_bytes(bytes: &[u8], options: &MappingOptions, delimiter: u8) -> Res
     // The reader streams from a file, as in a real run; a temp file keeps that path exercised.
     let mut file = tempfile::NamedTempFile::new().context("creating a temp file")?;
     file.write_all(bytes).context("writing the temp file")?;
-    let mut input = CsvInput::open(file.path(), delimiter)?;
+    let mut input = CsvInput::open(&mut Source::new(file.path(), None)?, delimiter)?;
     let mapping = Mapping::new(input.header(), options)?;
     let mut checked = Checked::default();
     while let Some(record) = input.next_record()? {

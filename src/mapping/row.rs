@@ -204,7 +204,7 @@ impl Mapping {
                             invalid: Invalid::new(
                                 Problem::Encoding,
                                 format!(
-                                    "the cell is not valid UTF-8 (byte {} of the cell is not): save the export as UTF-8",
+                                    "the cell is not valid UTF-8 (byte {} of the cell is not): give the export's encoding with --encoding LABEL, or save it as UTF-8",
                                     e.valid_up_to() + 1
                                 ),
                             ),
@@ -275,17 +275,16 @@ impl Mapping {
                 validate::check_id(name, value)?;
                 Value::Text(value.to_owned())
             }
+            // `Ann Lee <ann@example.com>` is sent as the address alone.
             Field::EmailFrom | Field::EmailTo => {
-                validate::check_email(name, value)?;
-                Value::Text(value.to_owned())
+                Value::Text(validate::normalize_email(name, value)?)
             }
-            Field::EmailCc | Field::EmailBcc => {
-                let items = validate::split_list(name, value, self.list_sep)?;
-                for item in &items {
-                    validate::check_email(name, item)?;
-                }
-                Value::List(items)
-            }
+            Field::EmailCc | Field::EmailBcc => Value::List(
+                validate::split_addresses(name, value, self.list_sep)?
+                    .iter()
+                    .map(|item| validate::normalize_email(name, item))
+                    .collect::<Result<_, _>>()?,
+            ),
             Field::Attachments => {
                 let items = validate::split_list(name, value, self.list_sep)?;
                 for item in &items {
@@ -301,9 +300,8 @@ impl Mapping {
                 self.default_country,
             )?),
             Field::ContactEmail => {
-                validate::check_email(name, value)?;
                 // The key of the ID map; HighLevel matches addresses without regard to case.
-                Value::Text(value.to_lowercase())
+                Value::Text(validate::normalize_email(name, value)?.to_lowercase())
             }
             Field::ContactName | Field::FirstName | Field::LastName => {
                 Value::Text(value.to_owned())
@@ -577,7 +575,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "line 3, column 5 (message): the cell is not valid UTF-8 (byte 4 of the cell is not): save the export as UTF-8"
+                "line 3, column 5 (message): the cell is not valid UTF-8 (byte 4 of the cell is not): give the export's encoding with --encoding LABEL, or save it as UTF-8"
             ]
         );
     }

@@ -117,12 +117,58 @@ fn preset_args() -> Vec<&'static str> {
     ]
 }
 
+/// How the log reaches the binary.
+#[derive(Clone, Copy, Debug)]
+enum Given {
+    /// `in.csv` as it is.
+    File,
+    /// `in.csv.gz`, gzip-compressed.
+    Gzip,
+    /// `-`, piped in by `cat in.csv |`.
+    Stdin,
+}
+
+/// `run` with the preset on the log as `given`, results in [`RESULTS`] whatever the input.
+async fn run_twilio(s: &Scenario, given: Given) -> crate::support::Output {
+    let mut args = preset_args();
+    args.extend(["--results", RESULTS]);
+    match given {
+        Given::File => s.run(&args).await,
+        Given::Gzip => s.run_input("in.csv.gz", &args).await,
+        Given::Stdin => {
+            s.invoke(&args)
+                .input("-")
+                .through_shell(r#"cat in.csv | exec "$0" "$@""#)
+                .output()
+                .await
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twilio_log_imports_with_the_preset_and_nothing_else() {
+    twilio_log_imports(Given::File).await;
+}
+
+/// `--order date` (the preset's) over a compressed file: the rows are read again at the offsets
+/// of the decompressed text, from its copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzipped_twilio_log_imports_in_date_order() {
+    twilio_log_imports(Given::Gzip).await;
+}
+
+/// `--order date` over a pipe, which can be read only once and not sought in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twilio_log_piped_to_stdin_imports_in_date_order() {
+    twilio_log_imports(Given::Stdin).await;
+}
+
+async fn twilio_log_imports(given: Given) {
     let messages = messages();
     let csv = twilio_csv(&messages);
     let s = Scenario::new(&csv).await;
-    let out = s.run(&preset_args()).await;
+    s.w.write("in.csv.gz", crate::streams::gzip(csv.as_bytes()));
+    let out = run_twilio(&s, given).await;
     // Skipped rows are left out on purpose: no attention needed.
     out.expect_code(0);
     out.expect_stdout("skipped               2");
@@ -205,7 +251,7 @@ async fn a_twilio_log_imports_with_the_preset_and_nothing_else() {
     report.expect_code(0).expect_stdout("skipped");
 
     // A second run sends nothing.
-    let again = s.run(&preset_args()).await;
+    let again = run_twilio(&s, given).await;
     again.expect_code(0);
     assert_eq!(s.record().len(), sent.len(), "{again:?}");
     assert_eq!(s.stats().out_of_order, 0);

@@ -18,6 +18,7 @@ mod run;
 mod sandbox;
 mod scenario;
 mod security;
+mod streams;
 mod support;
 mod trust;
 mod validate;

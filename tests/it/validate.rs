@@ -129,7 +129,7 @@ fn invalid_utf8_names_the_cell() {
         (
             "2".into(),
             "invalid".into(),
-            "line 3, column 6 (message): the cell is not valid UTF-8 (byte 4 of the cell is not): save the export as UTF-8".into()
+            "line 3, column 6 (message): the cell is not valid UTF-8 (byte 4 of the cell is not): give the export's encoding with --encoding LABEL, or save it as UTF-8".into()
         )
     );
     assert_eq!((got[0].1.as_str(), got[2].1.as_str()), ("valid", "valid"));

@@ -231,18 +231,9 @@ impl Source {
                 })?));
             }
             Again::Copy { file, complete } => {
-                if !complete.load(Ordering::Acquire) {
-                    bail!(
-                        "{} was not read to its end the first time: it cannot be read again",
-                        self.name.display()
-                    );
-                }
                 // `replaced` keeps the first read's count: the copy holds its U+FFFDs, and the
                 // rows holding them are still row errors.
-                let mut file = file.try_clone().context("reading the input's temp copy")?;
-                file.seek(SeekFrom::Start(0))
-                    .context("reading the input's temp copy")?;
-                return Ok(Text::File(file));
+                return Ok(Text::File(self.reread(file, complete)?));
             }
         }
         self.replaced.store(0, Ordering::Relaxed);
@@ -278,18 +269,7 @@ impl Source {
                 };
                 Box::new(pumped)
             }
-            Origin::Spooled { file, complete } => {
-                if !complete.load(Ordering::Acquire) {
-                    bail!(
-                        "{} was not read to its end the first time: it cannot be read again",
-                        self.name.display()
-                    );
-                }
-                let mut file = file.try_clone().context("reading the input's temp copy")?;
-                file.seek(SeekFrom::Start(0))
-                    .context("reading the input's temp copy")?;
-                Box::new(file)
-            }
+            Origin::Spooled { file, complete } => Box::new(self.reread(file, complete)?),
             Origin::Consumed => bail!(
                 "{} is a stream and was read already: it cannot be read again",
                 self.name.display()
@@ -327,6 +307,22 @@ impl Source {
             copy: Some(copy),
             complete,
         })))
+    }
+}
+
+impl Source {
+    /// The temp copy made by the first read, from its start, once that read went to the end.
+    fn reread(&self, file: &File, complete: &AtomicBool) -> Result<File> {
+        if !complete.load(Ordering::Acquire) {
+            bail!(
+                "{} was not read to its end the first time: it cannot be read again",
+                self.name.display()
+            );
+        }
+        let mut file = file.try_clone().context("reading the input's temp copy")?;
+        file.seek(SeekFrom::Start(0))
+            .context("reading the input's temp copy")?;
+        Ok(file)
     }
 }
 

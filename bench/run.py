@@ -125,6 +125,34 @@ def bench_validate():
         s, rss, code, _ = measure(["taskset", "-c", "0", BIN, "validate", path, "--results", path + ".v.csv"])
         row(f"validate {n:,} rows: rows/s (1 core)", n / s, 500_000)
         row(f"validate {n:,} rows: peak RSS MiB", rss, 50)
+    # The same export with accents, curly quotes and a euro sign in a fifth of the rows: as UTF-8,
+    # as Windows-1252 read with --encoding, as UTF-16 by its BOM, and gzip-compressed; the UTF-8
+    # file is the reference of each ratio.
+    import gzip
+    n = 1_000_000
+    with open(generate(n), encoding="utf-8") as f:
+        text = f.read().replace("Running 10 min late, sorry", "En retard de 10 min, désolé – “5 €”")
+    files = {}
+    for label, encode, flags in [
+        ("UTF-8", lambda t: t.encode("utf-8"), []),
+        ("Windows-1252, --encoding windows-1252", lambda t: t.encode("cp1252"), ["--encoding", "windows-1252"]),
+        ("UTF-16LE with BOM", lambda t: t.encode("utf-16"), []),
+        ("UTF-8 gzip", lambda t: gzip.compress(t.encode("utf-8"), 6), []),
+    ]:
+        path = os.path.join(TMP, f"accented-{len(files)}.csv")
+        with open(path, "wb") as f:
+            f.write(encode(text))
+        files[label] = (path, flags)
+    del text
+    reference = None
+    for label, (path, flags) in files.items():
+        s, rss, code, _ = measure(["taskset", "-c", "0", BIN, "validate", path, "--results", path + ".v.csv", *flags])
+        if code != 0:
+            raise SystemExit(f"validate {label} exited {code}")
+        rate = n / s
+        reference = reference or rate
+        row(f"validate {n:,} rows with accents, {label}: rows/s (1 core)", rate, 500_000)
+        row(f"  … against the UTF-8 file, peak RSS {rss:.1f} MiB", rate, round(reference), rate / reference)
 
 
 def bench_rate():

@@ -54,6 +54,9 @@ pub enum Command {
     /// Read sent rows back from the API and say whether each landed as sent: found, direction,
     /// type, body, date kept as dateAdded, order per conversation.
     Verify(VerifyArgs),
+    /// Print a mapping shipped in the binary (such as twilio), to use with --preset NAME or to
+    /// copy into a --config file and adapt; without NAME, list them.
+    Preset(PresetArgs),
 }
 
 /// `lc-import verify`. The API options are `run`'s, and mean the same.
@@ -84,10 +87,18 @@ pub struct VerifyArgs {
     pub mapping: MappingArgs,
 }
 
+/// `lc-import preset`.
+#[derive(Debug, Args)]
+pub struct PresetArgs {
+    /// The preset to print; without it, the list of presets.
+    pub name: Option<String>,
+}
+
 /// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The CSV export to import.
+    /// The CSV export to import: a file (.gz and .zst are read as they are), or `-` for stdin,
+    /// a FIFO or `<(…)` (then --results is needed).
     pub input: PathBuf,
     /// Results journal, also the resume state [default: <INPUT stem>.results.csv beside the input].
     #[arg(long, value_name = "PATH")]
@@ -176,7 +187,8 @@ pub struct ReportArgs {
 /// `lc-import validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// The CSV export to check.
+    /// The CSV export to check: a file (.gz and .zst are read as they are), or `-` for stdin,
+    /// a FIFO or `<(…)`.
     pub input: PathBuf,
     /// Where to write one line per row [default: <INPUT stem>.validation.csv beside the input].
     #[arg(long, value_name = "PATH")]
@@ -195,6 +207,29 @@ pub struct MappingArgs {
     /// Take an API field from a differently named column (repeatable), e.g. --map message=Body.
     #[arg(long = "map", value_name = "FIELD=COLUMN", value_parser = parse_pair)]
     pub map: Vec<(String, String)>,
+    /// On inbound rows only, take FIELD from COLUMN (repeatable), e.g. --map-inbound
+    /// contactPhone=From with --map-outbound contactPhone=To.
+    #[arg(long = "map-inbound", value_name = "FIELD=COLUMN", value_parser = parse_pair)]
+    pub map_inbound: Vec<(String, String)>,
+    /// On outbound rows only, take FIELD from COLUMN (repeatable).
+    #[arg(long = "map-outbound", value_name = "FIELD=COLUMN", value_parser = parse_pair)]
+    pub map_outbound: Vec<(String, String)>,
+    /// Translate an export's spelling of a value to the API's (repeatable), e.g.
+    /// --value direction:outbound-api=outbound. ASCII case and surrounding spaces are ignored.
+    #[arg(long = "value", value_name = "FIELD:FROM=TO", value_parser = parse_value_map)]
+    pub value: Vec<(String, String, String)>,
+    /// Leave out, on purpose, rows whose COLUMN is VALUE (repeatable; ASCII case ignored), e.g.
+    /// --skip-if Status=failed. They are recorded `skipped` with the reason, never sent.
+    #[arg(long = "skip-if", value_name = "COLUMN=VALUE", value_parser = parse_pair)]
+    pub skip_if: Vec<(String, String)>,
+    /// In what order rows are sent: `input` (as the file lists them) or `date` (each
+    /// conversation oldest first, for exports that list newest first) [default: input].
+    #[arg(long, value_name = "ORDER")]
+    pub order: Option<String>,
+    /// Load a mapping shipped in the binary (see `lc-import preset`), e.g. twilio; a --config
+    /// file and the flags still win over it.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
     /// A constant for every row (repeatable), e.g. --set type=SMS --set direction=inbound.
     #[arg(long = "set", value_name = "FIELD=VALUE", value_parser = parse_pair)]
     pub set: Vec<(String, String)>,
@@ -208,15 +243,21 @@ pub struct MappingArgs {
     /// starts with `[` is read as a JSON array.
     #[arg(long, value_name = "C")]
     pub list_sep: Option<String>,
-    /// strftime format of the date column, e.g. '%d/%m/%Y %H:%M' [default: RFC 3339 / ISO 8601].
+    /// How the date column is written, when not in a form read by default (RFC 3339, ISO 8601
+    /// with a space, offsets such as +0000 or UTC, RFC 2822): strftime codes such as
+    /// '%d/%m/%Y %H:%M', or epoch-s / epoch-ms for Unix times. Repeatable: tried in order.
     #[arg(long, value_name = "FORMAT")]
-    pub date_format: Option<String>,
+    pub date_format: Vec<String>,
     /// IANA time zone of dates written without an offset, e.g. Europe/Berlin.
     #[arg(long, value_name = "ZONE")]
     pub timezone: Option<String>,
     /// Row identity for resume and duplicates [default: altId if mapped, else a hash of the row].
     #[arg(long, value_name = "COLUMN")]
     pub key_column: Option<String>,
+    /// The export's character encoding, a WHATWG label: windows-1252 (Excel on Windows),
+    /// iso-8859-15, macintosh, utf-16le, shift_jis, … [default: UTF-8, or UTF-16 by its BOM].
+    #[arg(long, value_name = "LABEL")]
+    pub encoding: Option<String>,
     /// The sub-account (location) whose contacts and conversations rows without HighLevel IDs
     /// are looked up in; same as --set locationId=ID. Turns ID resolution on.
     #[arg(long, value_name = "ID")]
@@ -225,6 +266,22 @@ pub struct MappingArgs {
     /// calling code such as +44); numbers written with + or 00 need none.
     #[arg(long, value_name = "COUNTRY")]
     pub default_country: Option<String>,
+}
+
+/// `FIELD:FROM=TO` (`--value`); FROM may contain `:` and `=`, TO no `=`.
+pub fn parse_value_map(s: &str) -> Result<(String, String, String), String> {
+    let bad =
+        || format!("'{s}' is not FIELD:FROM=TO (for example direction:outbound-api=outbound)");
+    let (field, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (from, to) = rest.rsplit_once('=').ok_or_else(bad)?;
+    if field.trim().is_empty() || from.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok((
+        field.trim().to_owned(),
+        from.trim().to_owned(),
+        to.trim().to_owned(),
+    ))
 }
 
 /// `FIELD=VALUE`; the value may itself contain `=`.

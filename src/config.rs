@@ -14,10 +14,11 @@ use serde::Deserialize;
 
 use crate::auth::{Auth, TokenSource};
 use crate::cli::{MappingArgs, RunArgs, parse_pair};
-use crate::mapping::MappingOptions;
+use crate::mapping::{ColumnMap, MappingOptions, PrefixRule, ValueMap};
+use crate::message::Direction;
 use crate::rate::Rate;
 use crate::retry::Backoff;
-use crate::validate::DateReader;
+use crate::validate::{DateFormat, DateReader};
 
 /// The API root when none is given.
 pub const DEFAULT_BASE_URL: &str = "https://services.leadconnectorhq.com";
@@ -58,6 +59,8 @@ pub struct Settings {
     pub mapping: MappingOptions,
     /// The input's field delimiter, one ASCII byte (`--delimiter`, default `,`).
     pub delimiter: u8,
+    /// The input's encoding (`--encoding`); `None`: UTF-8, or UTF-16 by its BOM.
+    pub encoding: Option<&'static encoding_rs::Encoding>,
     /// The wait schedule between retries (always the default).
     pub backoff: Backoff,
     /// ID resolution: `--create-contacts`.
@@ -85,13 +88,14 @@ impl Settings {
     /// Flags over the config file over defaults, checked. With a `target`, its base URL and
     /// token are used and `--base-url`, the token and `--rate` are not needed.
     pub fn new(args: RunArgs, target: Option<Endpoint>) -> Result<Settings> {
-        let mut file = FileConfig::load(args.mapping.config.as_deref())?;
+        let mut file = FileConfig::for_args(&args.mapping)?;
         let mut location_id = args
             .mapping
             .location_id
             .clone()
             .or_else(|| file.location_id.clone());
         let (mapping, delimiter) = mapping_options(&args.mapping, &mut file)?;
+        let encoding = input_encoding(&args.mapping, &file)?;
         let rehearsal = target.is_some();
         let base = args
             .base_url
@@ -147,16 +151,21 @@ impl Settings {
         }
         Ok(Settings {
             // A rehearsal has a results file of its own: it never touches the real run's.
-            results: args.results.or(file.results.take()).unwrap_or_else(|| {
-                beside_input(
+            results: match args.results.or(file.results.take()) {
+                Some(results) => results,
+                None if crate::source::is_stream(&args.input) => bail!(
+                    "{} is not a file (stdin, a pipe, or <(…)): give --results PATH, the run's record of every row and what a resume reads (a stream has no name to put it beside)",
+                    args.input.display()
+                ),
+                None => beside_input(
                     &args.input,
                     if rehearsal {
                         ".sandbox.results.csv"
                     } else {
                         ".results.csv"
                     },
-                )
-            }),
+                ),
+            },
             input: args.input,
             base_url,
             auth,
@@ -177,6 +186,7 @@ impl Settings {
                 .unwrap_or(crate::readback::settle::DEFAULT_SETTLE),
             mapping,
             delimiter,
+            encoding,
             backoff: Backoff::default(),
             create_contacts: args.create_contacts || file.create_contacts.unwrap_or(false),
             max_requests: args.max_requests.or(file.max_requests),
@@ -237,12 +247,25 @@ pub struct FileConfig {
     pub delimiter: Option<String>,
     /// `--list-sep`.
     pub list_sep: Option<String>,
-    /// `--date-format`.
-    pub date_format: Option<String>,
+    /// `--date-format`: one, or a list tried in order.
+    pub date_format: Option<OneOrMany>,
+    /// `--value`: `[values.direction] "outbound-api" = "outbound"`.
+    pub values: Option<toml::Table>,
+    /// `--skip-if`: `[skip] Status = ["failed", "undelivered"]`.
+    pub skip: Option<toml::Table>,
+    /// Prefixes that say something about a row:
+    /// `[prefix.contactPhone] "whatsapp:" = { type = "WhatsApp" }`.
+    pub prefix: Option<toml::Table>,
+    /// `--order`: `input` or `date`.
+    pub order: Option<String>,
+    /// Columns left out without a warning.
+    pub ignore_columns: Option<Vec<String>>,
     /// `--timezone`.
     pub timezone: Option<String>,
     /// `--key-column`.
     pub key_column: Option<String>,
+    /// `--encoding`.
+    pub encoding: Option<String>,
     /// `--location-id`.
     pub location_id: Option<String>,
     /// `--default-country`.
@@ -271,6 +294,25 @@ pub struct FileConfig {
     pub timeout: Option<String>,
     /// `--limit`.
     pub limit: Option<u64>,
+}
+
+/// A string or a list of strings (`date-format`, the values of `[skip]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Several, in order.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// `map` / `set` in the file: a table (`[map] message = "Body"`) or a list of `"FIELD=VALUE"`.
@@ -305,7 +347,126 @@ impl Pairs {
     }
 }
 
+impl Pairs {
+    /// `[map]`: a column for every row (`message = "Body"`), or one per direction
+    /// (`contactPhone = { inbound = "From", outbound = "To" }`).
+    fn into_maps(self) -> Result<Vec<ColumnMap>> {
+        let table = match self {
+            Pairs::Table(table) => table,
+            other => {
+                return Ok(other
+                    .into_vec("map")?
+                    .into_iter()
+                    .map(|(f, c)| ColumnMap::new(&f, &c))
+                    .collect());
+            }
+        };
+        let mut maps = Vec::new();
+        for (field, value) in table {
+            match value {
+                toml::Value::String(column) => maps.push(ColumnMap::new(&field, &column)),
+                toml::Value::Table(sides) => {
+                    for (side, column) in sides {
+                        let only = match side.as_str() {
+                            "inbound" => Direction::Inbound,
+                            "outbound" => Direction::Outbound,
+                            other => bail!(
+                                "map.{field}.{other}: expected inbound or outbound (the column on rows of that direction)"
+                            ),
+                        };
+                        let toml::Value::String(column) = column else {
+                            bail!("map.{field}.{side}: expected a column name, found {column}");
+                        };
+                        maps.push(ColumnMap {
+                            field: field.clone(),
+                            column,
+                            only: Some(only),
+                        });
+                    }
+                }
+                other => bail!(
+                    "map.{field}: expected a column name or {{ inbound = \"COLUMN\", outbound = \"COLUMN\" }}, found {other}"
+                ),
+            }
+        }
+        Ok(maps)
+    }
+}
+
+/// The shipped mappings of `--preset` / `lc-import preset`: name, one-line description, TOML
+/// text in the `--config` format.
+pub const PRESETS: &[(&str, &str, &str)] = &[(
+    "twilio",
+    "Twilio Console messaging log (From,To,Body,Status,SentDate,…,Sid,Direction,…)",
+    include_str!("presets/twilio.toml"),
+)];
+
+/// A preset's TOML text, or an error listing the presets.
+pub fn preset(name: &str) -> Result<&'static str> {
+    PRESETS
+        .iter()
+        .find(|(n, _, _)| n.eq_ignore_ascii_case(name.trim()))
+        .map(|(_, _, text)| *text)
+        .ok_or_else(|| {
+            anyhow!(
+                "no preset named '{name}': the presets are {} (lc-import preset NAME prints one)",
+                PRESETS
+                    .iter()
+                    .map(|(n, _, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// Tables merged key by key, `over` winning: a `--config` file over a preset.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 impl FileConfig {
+    /// `--preset`, then `--config` over it.
+    pub fn for_args(args: &MappingArgs) -> Result<FileConfig> {
+        FileConfig::layered(args.preset.as_deref(), args.config.as_deref())
+    }
+
+    /// A preset (if named) with a config file (if given) over it, key by key.
+    pub fn layered(preset_name: Option<&str>, path: Option<&Path>) -> Result<FileConfig> {
+        let Some(name) = preset_name else {
+            return FileConfig::load(path);
+        };
+        let text = preset(name)?;
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| anyhow!("preset {name}: {}", e.message().trim_end()))?;
+        if let Some(path) = path {
+            let file_text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            // Checked alone first, for its errors' line numbers and unknown keys.
+            FileConfig::parse(path, &file_text)?;
+            let over: toml::Table = toml::from_str(&file_text).map_err(|e| {
+                anyhow!("config file {}: {}", path.display(), e.message().trim_end())
+            })?;
+            merge(&mut table, over);
+        }
+        FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+            anyhow!(
+                "preset {name}{}: {}",
+                path.map_or(String::new(), |p| format!(
+                    " with config file {}",
+                    p.display()
+                )),
+                e.message().trim_end()
+            )
+        })
+    }
+
     /// Reads the file, or an empty configuration when none was given.
     pub fn load(path: Option<&Path>) -> Result<FileConfig> {
         let Some(path) = path else {
@@ -313,7 +474,11 @@ impl FileConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
+        FileConfig::parse(path, &text)
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<FileConfig> {
+        toml::from_str(text).map_err(|e| {
             // Not `{e}`: it quotes the offending line of the file, and a user who put the token
             // in the config file would see it printed (and logged by a batch job).
             let at = e.span().map_or(String::new(), |span| {
@@ -333,8 +498,75 @@ impl FileConfig {
 
 /// The mapping options from flags over the file.
 pub fn mapping_options(args: &MappingArgs, file: &mut FileConfig) -> Result<(MappingOptions, u8)> {
-    let mut maps = std::mem::take(&mut file.map).into_vec("map")?;
-    maps.extend(args.map.iter().cloned());
+    let mut maps = std::mem::take(&mut file.map).into_maps()?;
+    let flag_maps = [
+        (&args.map, None),
+        (&args.map_inbound, Some(Direction::Inbound)),
+        (&args.map_outbound, Some(Direction::Outbound)),
+    ];
+    for (pairs, only) in flag_maps {
+        maps.extend(pairs.iter().map(|(field, column)| ColumnMap {
+            field: field.clone(),
+            column: column.clone(),
+            only,
+        }));
+    }
+    let mut values = Vec::new();
+    for (field, table) in file.values.take().unwrap_or_default() {
+        let toml::Value::Table(table) = table else {
+            bail!("values.{field}: expected a table of \"EXPORT'S VALUE\" = \"API'S VALUE\"");
+        };
+        for (from, to) in table {
+            let toml::Value::String(to) = to else {
+                bail!("values.{field}.{from}: expected a string, found {to}");
+            };
+            values.push(ValueMap {
+                field: field.clone(),
+                from,
+                to,
+            });
+        }
+    }
+    values.extend(args.value.iter().map(|(field, from, to)| ValueMap {
+        field: field.clone(),
+        from: from.clone(),
+        to: to.clone(),
+    }));
+    let mut skips = Vec::new();
+    for (column, list) in file.skip.take().unwrap_or_default() {
+        let list: OneOrMany = list
+            .try_into()
+            .map_err(|_| anyhow!("skip.{column}: expected a value or a list of values"))?;
+        skips.extend(list.into_vec().into_iter().map(|v| (column.clone(), v)));
+    }
+    skips.extend(args.skip_if.iter().cloned());
+    let mut prefixes = Vec::new();
+    for (field, table) in file.prefix.take().unwrap_or_default() {
+        let toml::Value::Table(table) = table else {
+            bail!("prefix.{field}: expected a table of \"PREFIX\" = {{ FIELD = \"VALUE\" }}");
+        };
+        for (prefix, sets) in table {
+            let toml::Value::Table(sets) = sets else {
+                bail!("prefix.{field}.{prefix}: expected {{ FIELD = \"VALUE\" }}");
+            };
+            let mut pairs = Vec::new();
+            for (f, v) in sets {
+                let toml::Value::String(v) = v else {
+                    bail!("prefix.{field}.{prefix}.{f}: expected a string, found {v}");
+                };
+                pairs.push((f, v));
+            }
+            prefixes.push(PrefixRule {
+                field: field.clone(),
+                prefix,
+                sets: pairs,
+            });
+        }
+    }
+    let order = match args.order.as_deref().or(file.order.as_deref()) {
+        None => crate::mapping::Order::Input,
+        Some(o) => o.parse().map_err(|e| anyhow!("--order: {e}"))?,
+    };
     let mut sets = std::mem::take(&mut file.set).into_vec("set")?;
     // --location-id is a --set locationId: before the flags' --set, so an explicit one wins.
     if let Some(id) = args
@@ -372,33 +604,52 @@ pub fn mapping_options(args: &MappingArgs, file: &mut FileConfig) -> Result<(Map
             anyhow!("--timezone {name}: {e}; expected an IANA zone such as Europe/Berlin, America/New_York or UTC")
         })?),
     };
-    let format = args
-        .date_format
-        .clone()
-        .or_else(|| file.date_format.clone());
-    if let Some(f) = &format {
-        // A format with no conversion at all is a typo, not a format.
-        if !f.contains('%') {
-            bail!(
-                "--date-format '{f}' has no % conversion: expected strftime codes such as '%d/%m/%Y %H:%M'"
-            );
-        }
-    }
+    let written = match args.date_format.is_empty() {
+        false => args.date_format.clone(),
+        true => file
+            .date_format
+            .clone()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default(),
+    };
+    // A format with no conversion at all is a typo, not a format.
+    let formats = written
+        .iter()
+        .map(|f| DateFormat::parse(f).map_err(|e| anyhow!(e)))
+        .collect::<Result<Vec<_>>>()?;
     Ok((
         MappingOptions {
             maps,
+            values,
+            prefixes,
+            skips,
+            order,
+            ignore_columns: file.ignore_columns.take().unwrap_or_default(),
             sets,
             list_sep,
             dates: DateReader {
-                format,
+                formats,
                 timezone,
                 timezone_name,
+                epoch_column: None,
             },
             key_column: args.key_column.clone().or_else(|| file.key_column.clone()),
             default_country,
         },
         delimiter,
     ))
+}
+
+/// `--encoding` from the flag over the file; `None`: UTF-8 (or UTF-16 by its BOM).
+pub fn input_encoding(
+    args: &MappingArgs,
+    file: &FileConfig,
+) -> Result<Option<&'static encoding_rs::Encoding>> {
+    args.encoding
+        .as_deref()
+        .or(file.encoding.as_deref())
+        .map(crate::source::encoding)
+        .transpose()
 }
 
 fn single_char(flag: &str, value: &str) -> Result<u8> {
@@ -447,9 +698,9 @@ mod tests {
         // The flag's --map comes last, so it wins for `message`.
         assert_eq!(
             opts.maps.last().unwrap(),
-            &("message".to_owned(), "Text".to_owned())
+            &ColumnMap::new("message", "Text")
         );
-        assert!(opts.maps.contains(&("type".to_owned(), "Kind".to_owned())));
+        assert!(opts.maps.contains(&ColumnMap::new("type", "Kind")));
         assert_eq!(
             opts.sets,
             vec![("direction".to_owned(), "inbound".to_owned())]
@@ -475,7 +726,7 @@ mod tests {
             ),
             (
                 MappingArgs {
-                    date_format: Some("dd/mm/yyyy".into()),
+                    date_format: vec!["dd/mm/yyyy".into()],
                     ..Default::default()
                 },
                 "no % conversion",

@@ -61,10 +61,12 @@ pub struct Deliver {
 }
 
 impl Deliver {
-    /// Sends one row until it has an outcome, recording it in the journal.
+    /// Sends one row until it has an outcome, recording it in the journal. `true` when the
+    /// row failed for want of a working server (retries exhausted, the run stopping): the
+    /// later rows of its conversation must then wait for it.
     /// (Takes the `Arc` itself, so the task the scheduler spawns is this future and nothing
     /// around it.)
-    pub async fn row(self: Arc<Self>, job: Job) {
+    pub async fn row(self: Arc<Self>, job: Job) -> bool {
         let fingerprint = job.fingerprint;
         let mut line = ResultLine {
             row: job.row,
@@ -83,7 +85,7 @@ impl Deliver {
             // per row with it inline).
             Payload::Pending(row) => match Box::pin(self.resolve_ids(*row, &mut line)).await {
                 Some(body) => body,
-                None => return,
+                None => return false,
             },
         };
         let mut last_error = String::new();
@@ -111,7 +113,7 @@ impl Deliver {
                         self.finish(&mut line, Status::Failed, why);
                     }
                     self.gate.stop_with(reason);
-                    return;
+                    return true;
                 }
             };
             // The first attempt's `sending` line is written while its time to leave comes.
@@ -126,7 +128,7 @@ impl Deliver {
                     let why = format!("the run stopped before retrying; last error: {last_error}");
                     self.finish(&mut line, Status::Failed, why);
                 }
-                return;
+                return line.attempts > 0;
             };
             if ahead {
                 ahead = false;
@@ -144,7 +146,7 @@ impl Deliver {
                         let why = format!("not sent: the results file could not be written: {e}");
                         self.finish(&mut line, Status::Failed, why);
                         self.gate.stop_with(self.journal_error(&e));
-                        return;
+                        return true;
                     }
                 };
                 // On disk before the first byte leaves: a power cut must not lose the line of a
@@ -155,7 +157,7 @@ impl Deliver {
                     let why = format!("not sent: the results file could not be synced: {e}");
                     self.finish(&mut line, Status::Failed, why);
                     self.gate.stop_with(self.journal_error(&e));
-                    return;
+                    return true;
                 }
             }
             // Leaves at its time, once it has a place on the wire; a sync or a full wire that
@@ -168,7 +170,7 @@ impl Deliver {
                     format!("the run stopped before retrying; last error: {last_error}")
                 };
                 self.finish(&mut line, Status::Failed, why);
-                return;
+                return true;
             };
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
@@ -191,7 +193,7 @@ impl Deliver {
                     && !replayed
                     && !self.not_stored_yet(&mut line, 401, "to be sent again with a renewed token")
                 {
-                    return;
+                    return true;
                 }
                 let words = crate::retry::describe(401, body);
                 match Box::pin(self.auth.rejected(&bearer, replayed, words)).await {
@@ -208,7 +210,7 @@ impl Deliver {
                         line.trace_id = crate::retry::trace_id(body);
                         self.finish(&mut line, Status::Failed, format!("not stored: {reason}"));
                         self.gate.stop_with(reason);
-                        return;
+                        return true;
                     }
                 }
             }
@@ -228,7 +230,7 @@ impl Deliver {
                     429,
                     "the daily budget is spent; sent again when it is back (--wait)",
                 ) {
-                    return;
+                    return true;
                 }
                 last_error = "HTTP 429: the daily budget is spent".into();
                 line.error.clear();
@@ -285,7 +287,8 @@ impl Deliver {
                     if let Some(reason) = decision.stop {
                         self.gate.stop_with(reason);
                     }
-                    return;
+                    // Stored, or in doubt and never resent: nothing for later rows to wait for.
+                    return false;
                 }
             }
             let (status, why) = match decision.next {
@@ -326,7 +329,28 @@ impl Deliver {
             if let Some(reason) = decision.stop {
                 self.gate.stop_with(reason);
             }
-            return;
+            // A refusal (4xx) is the row's own problem; a server that failed it may take the
+            // next row of the conversation, which would then land before it.
+            let server_failed = line.http_status.is_none_or(|s| s >= 500 || s == 429);
+            return status == Status::Failed && server_failed;
+        }
+    }
+
+    /// Records `job` as waiting for `failed_row` of the same conversation: not sent.
+    pub fn hold(&self, job: Job, failed_row: u64) {
+        let line = ResultLine {
+            row: job.row,
+            key: job.key,
+            status: Some(Status::Waiting),
+            error: format!(
+                "not sent: row {failed_row} of the same conversation failed, and this row goes after it; the next run sends it after that row"
+            ),
+            finished_at: now_rfc3339(),
+            ..Default::default()
+        };
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.journal.record(&line) {
+            self.gate.stop_with(self.journal_error(&e));
         }
     }
 

@@ -4,6 +4,8 @@
 //! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept; with
 //!   `--verify-unknown`, an `unknown` row read-back found is counted confirmed, and one it found
 //!   not stored becomes a job),
+//! - **done earlier** (an earlier run sent it, or left it `unknown`; its old line is kept),
+//! - **skipped** (a row filter leaves it out on purpose; recorded with the reason, not sent),
 //! - **invalid** (it breaks a rule; recorded with every problem, not sent),
 //! - **changed** (keyed by content, it looks like a row sent earlier that the input no longer
 //!   has: same conversation, direction, type and date, a cell edited; recorded, not sent unless
@@ -66,6 +68,9 @@ pub struct Intake {
     /// `--verify-unknown`: what read-back made of the rows an earlier run left `unknown`, by
     /// key (found stored, to send, or still unknown); empty without it.
     pub settled: HashMap<String, Verdict>,
+    /// `--order date`: the rows in the order to read them (each conversation oldest first);
+    /// `None`: the file's order.
+    pub order: Option<crate::order::SendOrder>,
 }
 
 /// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
@@ -96,26 +101,52 @@ impl Intake {
     fn read(&mut self, jobs: &mpsc::Sender<Vec<Job>>) -> Result<(), StopReason> {
         let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
         let mut handed = 0u64;
+        let mut order = self.order.take();
         loop {
             if self.stop.is_cancelled() {
                 return Ok(());
+            }
+            let read_error = |e: &dyn std::fmt::Display, input: &CsvInput| {
+                StopReason::Error(format!("cannot read {}: {e:#}", input.path().display()))
+            };
+            // In date order, the next row's place; it is then read from there.
+            let mut duplicate = None;
+            if let Some(order) = order.as_mut() {
+                let place = match order.next() {
+                    None => break,
+                    Some(Ok(place)) => place,
+                    Some(Err(e)) => {
+                        self.hand_over(jobs, &mut batch);
+                        return Err(read_error(&e, &self.input));
+                    }
+                };
+                if let Err(e) = self.input.seek_to(place.row, place.offset, place.line) {
+                    self.hand_over(jobs, &mut batch);
+                    return Err(read_error(&e, &self.input));
+                }
+                duplicate = Some(place.duplicate);
             }
             let record = match self.input.next_record() {
                 Ok(Some(record)) => record,
                 Ok(None) => break,
                 Err(e) => {
+                    let stop = read_error(&e, &self.input);
                     self.hand_over(jobs, &mut batch);
-                    return Err(StopReason::Error(format!(
-                        "cannot read {}: {e:#}",
-                        self.input.path().display()
-                    )));
+                    return Err(stop);
                 }
+            };
+            let is_duplicate = match duplicate {
+                Some(d) => d,
+                None => self
+                    .duplicates
+                    .contains(record.row)
+                    .map_err(|e| StopReason::Error(format!("{e:#}")))?,
             };
             let fate = fate(
                 record,
+                is_duplicate,
                 &self.mapping,
                 &mut self.prior,
-                &mut self.duplicates,
                 &self.journal,
                 &self.counters,
                 self.resend_unknown,
@@ -151,9 +182,9 @@ impl Intake {
 #[allow(clippy::too_many_arguments)]
 fn fate(
     record: Record<'_>,
+    is_duplicate: bool,
     mapping: &Mapping,
     prior: &mut Prior,
-    duplicates: &mut DuplicateRows,
     journal: &Journal,
     counters: &Counters,
     resend_unknown: bool,
@@ -165,9 +196,6 @@ fn fate(
     counters.rows.fetch_add(1, Ordering::Relaxed);
     let journal_error =
         |e: std::io::Error| StopReason::ResultsFile(format!("{}: {e}", journal.path().display()));
-    let is_duplicate = duplicates
-        .contains(row)
-        .map_err(|e| StopReason::Error(format!("{e:#}")))?;
     if is_duplicate {
         counters.duplicate.fetch_add(1, Ordering::Relaxed);
         journal
@@ -215,6 +243,22 @@ fn fate(
         // does not drop it from the record (an `unknown` row would then be sent as new).
         Some(p) => journal.keep_prior(row, p).map_err(journal_error)?,
         None => {}
+    }
+    if record.broken.is_none()
+        && let Some(reason) = mapping.skip_reason(record.cells, line_no)
+    {
+        counters.skipped.fetch_add(1, Ordering::Relaxed);
+        journal
+            .record(&ResultLine {
+                row,
+                key,
+                status: Some(Status::Skipped),
+                error: reason,
+                finished_at: now_rfc3339(),
+                ..Default::default()
+            })
+            .map_err(journal_error)?;
+        return Ok(Fate::Done);
     }
     // Mapped only now: a row sent in an earlier run costs no mapping on resume.
     let outcome = match record.broken {
@@ -273,14 +317,7 @@ fn fate(
                 serde_json::to_vec(&mapped.message).expect("a message serialises"),
             )),
         ),
-        Some(lookup) => {
-            let lane: Arc<str> = if mapped.message.conversation_id.is_empty() {
-                Arc::from(lookup.lane(&mapped.message.contact_id))
-            } else {
-                Arc::from(mapped.message.conversation_id.as_str())
-            };
-            (lane, Payload::Pending(Box::new(mapped)))
-        }
+        Some(_) => (Arc::from(mapped.lane()), Payload::Pending(Box::new(mapped))),
     };
     Ok(Fate::Job(Job {
         row,

@@ -22,6 +22,7 @@ pub mod gate;
 pub mod intake;
 pub mod mapping;
 pub mod message;
+pub mod order;
 pub mod preflight;
 pub mod progress;
 pub mod quota;
@@ -36,6 +37,7 @@ pub mod sandbox;
 pub mod schedule;
 pub mod sender;
 pub mod shutdown;
+pub mod source;
 pub mod summary;
 pub mod validate;
 
@@ -81,6 +83,7 @@ pub fn run(cli: cli::Cli) -> Exit {
         cli::Command::Sandbox(args) => sandbox::run_foreground(args),
         cli::Command::Report(args) => commands::report::run(args),
         cli::Command::Verify(args) => commands::verify::run(args),
+        cli::Command::Preset(args) => commands::preset::run(args),
     };
     exit_code(ended)
 }

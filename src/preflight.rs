@@ -12,6 +12,9 @@
 //! - for rows keyed by content, mark in the content index every key the input has: the rows
 //!   sent earlier whose keys it no longer has are the earlier versions of edited rows.
 //!
+//! An input that can be read only once (stdin, a FIFO, `<(…)`) is copied by this pass into a
+//! temp file beside the results file, which the import then reads (see `source`).
+//!
 //! An error here is a usage error (exit 2): nothing has been sent.
 
 use std::collections::HashSet;
@@ -23,16 +26,21 @@ use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::extsort::ExternalSort;
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, Order};
+use crate::order::{OrderIndex, SendOrder};
+
+use crate::progress::Progress;
 use crate::quota::Plan;
 use crate::readback::settle::Doubt;
 use crate::reader::CsvInput;
+use crate::reader::Utf8Hint;
 use crate::resolve::{IdMap, Resolver};
 use crate::results::content::{self, ContentLog, EarlierVersions};
 use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
 use crate::results::target::{self, Target};
 use crate::results::{Journal, Prior, Status};
+use crate::source::Source;
 
 /// What the pass found, ready for the run.
 pub struct Prepared {
@@ -55,11 +63,28 @@ pub struct Prepared {
     pub content: Option<(ContentLog, EarlierVersions)>,
     /// With `--verify-unknown`: the rows an earlier run left `unknown`, to settle first.
     pub doubts: Vec<Doubt>,
+    /// `--order date`: the rows in the order to read and send them (duplicates marked there,
+    /// not in `duplicates`). `None`: the file's order.
+    pub order: Option<SendOrder>,
 }
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
 pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Option<Prepared>> {
-    let input = CsvInput::open(&settings.input, settings.delimiter)?;
+    // A stream is read once: the pass reads it into a temp copy beside the results file, and
+    // the import reads the copy.
+    let mut source = Source::new(&settings.input, settings.encoding)?
+        .spool_in(&folder_of(&settings.results))
+        .stop_on(interrupt.clone());
+    // `--order date` reads the rows at the offsets the pass saw: in the file when it is plain
+    // UTF-8, else in a copy of the pass's decoded text (beside the results file, unnamed).
+    if settings.mapping.order == Order::Date {
+        source = source.seekable_text(&folder_of(&settings.results));
+    }
+    let reading = Progress::reading(&source);
+    let input = match CsvInput::open(&mut source, settings.delimiter) {
+        Err(_) if interrupt.is_cancelled() => return Ok(None),
+        opened => opened?,
+    };
     let mapping = Mapping::new(input.header(), &settings.mapping)
         .with_context(|| settings.input.display().to_string())?;
     for w in &mapping.warnings {
@@ -111,14 +136,27 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         conflicts: Vec::new(),
         locations: Vec::new(),
         doubts: Vec::new(),
+        doubt_conversations: HashSet::new(),
+        order: match mapping.order {
+            Order::Date => {
+                Some(OrderIndex::new(&temp).context("creating the send order's temp files")?)
+            }
+            Order::Input => None,
+        },
+        utf8: Utf8Hint::default(),
     };
     let plan = pass.run(input, &mut on_key);
+    reading.finish();
     if interrupt.is_cancelled() {
         return Ok(None);
     }
     let plan = plan?;
+    if let Some(hint) = pass.utf8.render(&settings.input) {
+        warn!("{hint}");
+    }
     let mut conflicts = std::mem::take(&mut pass.conflicts);
     let doubts = std::mem::take(&mut pass.doubts);
+    let order = pass.order.take();
     // The target is checked (and recorded) before any request, as the pass's last refusal.
     let target = Target {
         api: if settings.rehearsal {
@@ -134,7 +172,21 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
                 _ => None,
             }),
     };
-    let duplicates = DuplicateRows::from_pairs(pairs, &temp, &mut conflicts)?;
+    let mut duplicates = DuplicateRows::from_pairs(pairs, &temp, &mut conflicts)?;
+    let order = match order {
+        None => None,
+        Some(mut index) => {
+            // Rows are read out of file order: each is told whether it is a duplicate there.
+            let context = || "sorting rows by date in a temp file";
+            for row in 1..=plan.rows {
+                if duplicates.contains(row)? {
+                    index.mark_duplicate(row).with_context(context)?;
+                }
+            }
+            duplicates = DuplicateRows::none(&temp)?;
+            Some(index.finish().with_context(context)?)
+        }
+    };
     let content = match content {
         Some((log, index)) => {
             let gone = index.earlier_versions(&log)?;
@@ -166,7 +218,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     }
     target::check_and_record(journal.path(), &target, has_lines)?;
     Ok(Some(Prepared {
-        input: CsvInput::open(&settings.input, settings.delimiter)?,
+        input: CsvInput::open(&mut source, settings.delimiter)?,
         mapping,
         journal,
         prior,
@@ -175,6 +227,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         duplicates,
         content,
         doubts,
+        order,
     }))
 }
 
@@ -233,6 +286,12 @@ struct Pass<'a> {
     locations: Vec<String>,
     /// With `--verify-unknown`: the rows left `unknown`, valid, to settle before sending.
     doubts: Vec<Doubt>,
+    /// Conversations of rows in doubt: one read settles all of a conversation's.
+    doubt_conversations: HashSet<String>,
+    /// `--order date`: where each row starts and its date.
+    order: Option<OrderIndex>,
+    /// Cells that are not UTF-8, for one hint about the file's encoding.
+    utf8: Utf8Hint,
 }
 
 impl Pass<'_> {
@@ -241,85 +300,119 @@ impl Pass<'_> {
         mut input: CsvInput,
         on_key: &mut dyn FnMut(u64, &str) -> Result<()>,
     ) -> Result<Plan> {
-        let path = &self.settings.input;
+        let settings = self.settings;
+        let path = &settings.input;
         let mut plan = Plan {
             contact_cost: if self.settings.create_contacts { 2 } else { 1 },
             ..Plan::default()
         };
         let mut seen: HashSet<(String, String)> = HashSet::new();
-        // Conversations of rows in doubt: one read settles all of a conversation's.
-        let mut plan_conversations: HashSet<String> = HashSet::new();
         while let Some(record) = input
             .next_record()
             .with_context(|| format!("reading {}", path.display()))?
         {
-            plan.rows += 1;
-            // Every row's key goes to `on_key` (duplicate keys are found from them).
-            let key = self.mapping.record_key(&record);
-            on_key(record.row, &key)?;
-            if record.broken.is_some() {
-                continue;
-            }
-            match self.prior.get(&key) {
-                Some(p) if p.status == Status::Sent => {
-                    self.check_same_conversation(p.conversation, key, record.row, record.cells)?;
-                    plan.done_before += 1;
-                    continue;
-                }
-                Some(p) if p.status == Status::Unknown && !self.settings.resend_unknown => {
-                    plan.done_before += 1;
-                    if self.settings.verify_unknown
-                        && let Ok(row) = self.mapping.map_row(record.cells, record.line)
-                    {
-                        let c = &row.message.conversation_id;
-                        // A row whose conversation is to be found reads on its own.
-                        if c.is_empty() || plan_conversations.insert(c.clone()) {
-                            plan.settle_reads += 1;
-                        }
-                        plan.doubts += 1;
-                        self.doubts.push(Doubt {
-                            row: record.row,
-                            key,
-                            message: row.message,
-                            offset: p.offset,
-                        });
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            let Ok(row) = self.mapping.map_row(record.cells, record.line) else {
-                continue;
-            };
-            plan.messages += 1;
-            let (Some(lookup), Some(ids)) = (row.lookup, self.ids) else {
-                continue;
-            };
-            let m = &row.message;
-            let location = lookup.location_id.clone();
-            if self.locations.len() < 2 && !self.locations.contains(&location) {
-                self.locations.push(location.clone());
-            }
-            let key = lookup.key(&m.contact_id);
-            if !seen.insert((location.clone(), key.clone())) {
-                continue;
-            }
-            let contact = if m.contact_id.is_empty() {
-                let known = ids.contact(&location, &key).map(|k| k.id);
-                if known.is_none() {
-                    plan.contacts += 1;
-                }
-                known
-            } else {
-                Some(m.contact_id.clone())
-            };
-            if m.conversation_id.is_empty()
-                && contact.is_none_or(|c| ids.conversation(&location, &c).is_none())
-            {
-                plan.conversations += 1;
+            let (row, offset, line) = (record.row, record.offset, record.line);
+            let date = self.visit(record, &mut plan, &mut seen, on_key)?;
+            if let Some(order) = &mut self.order {
+                order
+                    .push(row, offset, line, date)
+                    .context("sorting rows by date in a temp file")?;
             }
         }
         Ok(plan)
+    }
+
+    /// One row of the pass; its date in milliseconds when it is to be sent.
+    fn visit(
+        &mut self,
+        record: crate::reader::Record<'_>,
+        plan: &mut Plan,
+        seen: &mut HashSet<(String, String)>,
+        on_key: &mut dyn FnMut(u64, &str) -> Result<()>,
+    ) -> Result<Option<i64>> {
+        plan.rows += 1;
+        // Every row's key goes to `on_key` (duplicate keys are found from them).
+        let key = self.mapping.record_key(&record);
+        on_key(record.row, &key)?;
+        if record.broken.is_some() {
+            return Ok(None);
+        }
+        match self.prior.get(&key) {
+            Some(p) if p.status == Status::Sent => {
+                self.check_same_conversation(p.conversation, key, record.row, record.cells)?;
+                plan.done_before += 1;
+                return Ok(None);
+            }
+            Some(p) if p.status == Status::Unknown && !self.settings.resend_unknown => {
+                plan.done_before += 1;
+                if self.settings.verify_unknown
+                    && let Ok(row) = self.mapping.map_row(record.cells, record.line)
+                {
+                    let c = &row.message.conversation_id;
+                    // A row whose conversation is to be found reads on its own.
+                    if c.is_empty() || self.doubt_conversations.insert(c.clone()) {
+                        plan.settle_reads += 1;
+                    }
+                    plan.doubts += 1;
+                    self.doubts.push(Doubt {
+                        row: record.row,
+                        key,
+                        message: row.message,
+                        offset: p.offset,
+                    });
+                }
+                return Ok(None);
+            }
+            _ => {}
+        }
+        if self
+            .mapping
+            .skip_reason(record.cells, record.line)
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let row = match self.mapping.map_row(record.cells, record.line) {
+            Ok(row) => row,
+            Err(errors) => {
+                self.utf8.observe(record.cells, &errors);
+                return Ok(None);
+            }
+        };
+        plan.messages += 1;
+        let date = row
+            .message
+            .date
+            .as_deref()
+            .and_then(|d| d.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond());
+        let (Some(lookup), Some(ids)) = (row.lookup, self.ids) else {
+            return Ok(date);
+        };
+        let m = &row.message;
+        let location = lookup.location_id.clone();
+        if self.locations.len() < 2 && !self.locations.contains(&location) {
+            self.locations.push(location.clone());
+        }
+        let key = lookup.key(&m.contact_id);
+        if !seen.insert((location.clone(), key.clone())) {
+            return Ok(date);
+        }
+        let contact = if m.contact_id.is_empty() {
+            let known = ids.contact(&location, &key).map(|k| k.id);
+            if known.is_none() {
+                plan.contacts += 1;
+            }
+            known
+        } else {
+            Some(m.contact_id.clone())
+        };
+        if m.conversation_id.is_empty()
+            && contact.is_none_or(|c| ids.conversation(&location, &c).is_none())
+        {
+            plan.conversations += 1;
+        }
+        Ok(date)
     }
 
     /// A key recorded as sent to another conversation is not this row, but a row of another
@@ -356,6 +449,16 @@ impl Pass<'_> {
 pub struct DuplicateRows(std::iter::Peekable<crate::extsort::Sorted>);
 
 impl DuplicateRows {
+    /// No duplicate rows (the send order marks them itself).
+    fn none(temp: &Path) -> Result<DuplicateRows> {
+        Ok(DuplicateRows(
+            ExternalSort::new(temp)
+                .finish()
+                .context("an empty sort")?
+                .peekable(),
+        ))
+    }
+
     /// Whether `row` is a duplicate; rows must be asked in ascending order.
     pub fn contains(&mut self, row: u64) -> Result<bool> {
         while let Some(next) = self.0.peek() {

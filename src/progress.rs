@@ -6,6 +6,10 @@
 //!
 //! It only reads the run's [`Counters`]; [`Progress::finish`] stops it and clears the bar before
 //! the summary is printed.
+//!
+//! Before that, while the pass before sending reads the input ([`Progress::reading`]), the rows
+//! are not known yet: it shows the bytes of the (decompressed) input read so far, which is all
+//! a pipe or a compressed file can tell.
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -17,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::quota::human;
+use crate::source::Source;
 use crate::summary::Counters;
 
 /// How far back the rate looks.
@@ -86,6 +91,77 @@ impl Progress {
     pub async fn finish(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// The display of [`Progress::reading`], on a thread of its own (the pass reads on a blocking
+/// thread). Dropping it stops it and clears the line.
+pub struct Reading {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Shows the bytes of `source` read so far until the returned value is dropped: a line on a
+    /// terminal, else a log line every 5 s (a pass that takes less shows nothing).
+    pub fn reading(source: &Source) -> Reading {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done, read) = (stop.clone(), source.bytes_read());
+        let name = source.name().display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || {
+                let bar = std::io::stderr().is_terminal().then(|| {
+                    let bar = indicatif::ProgressBar::new_spinner();
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} reading {msg}: {bytes} ({bytes_per_sec}) [{elapsed_precise}]",
+                        )
+                        .expect("a valid template"),
+                    );
+                    bar.set_message(name.clone());
+                    bar
+                });
+                let started = Instant::now();
+                for n in 1u64.. {
+                    std::thread::park_timeout(TICK);
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let bytes = read.load(Ordering::Relaxed);
+                    match &bar {
+                        Some(bar) => bar.set_position(bytes),
+                        None if n % LOG_EVERY == 0 => info!(
+                            "reading {name} before sending: {} read ({}/s)",
+                            indicatif::HumanBytes(bytes),
+                            indicatif::HumanBytes(
+                                (bytes as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64
+                            )
+                        ),
+                        None => {}
+                    }
+                }
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+            })
+            .ok();
+        Reading { stop, thread }
+    }
+}
+
+impl Reading {
+    /// Stops the display and clears its line.
+    pub fn finish(self) {}
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
     }
 }
 

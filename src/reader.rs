@@ -3,16 +3,22 @@
 //!
 //! A record whose shape is wrong (more or fewer cells than the header, a quote that runs on
 //! past the end of its row) is not an error of the reader: it is handed on with a
-//! [`RowError`] so that it is recorded and skipped, and reading goes on with the next record.
-//! Only I/O failures end the read.
+//! [`RowError`] so that it is recorded and skipped, and reading goes on with the next record;
+//! so is a record holding bytes the decoder of `--encoding` could not decode. Only I/O failures
+//! end the read. The bytes come from `source` (file or stream, decompressed, decoded to UTF-8).
+//!
+//! [`Utf8Hint`] gathers the cells that are not UTF-8 (row errors of the mapping) into one hint
+//! for the whole file, naming `--encoding windows-1252` when they read as that.
 
-use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use csv::ByteRecord;
 
+use crate::source::{Source, Text};
 use crate::validate::{Invalid, Problem};
 
 /// Where a problem is: the line of the input, and the cell when one is to blame.
@@ -58,10 +64,14 @@ impl std::fmt::Display for RowError {
 /// An open input: its header, and a cursor over its records.
 pub struct CsvInput {
     path: PathBuf,
-    reader: csv::Reader<BufReader<File>>,
+    reader: csv::Reader<BufReader<Text>>,
     header: Vec<String>,
     record: ByteRecord,
     row: u64,
+    /// Sequences the decoder could not decode, read as U+FFFD (see `source`), and the
+    /// encoding's name: once there are any, a row holding U+FFFD is a row error.
+    replaced: Arc<AtomicU64>,
+    encoding: &'static str,
 }
 
 /// One record as read, borrowed until the next call to [`CsvInput::next_record`].
@@ -70,6 +80,8 @@ pub struct Record<'a> {
     pub row: u64,
     /// 1-based line where the record starts.
     pub line: u64,
+    /// Byte offset where the record starts (to read it again with [`CsvInput::seek_to`]).
+    pub offset: u64,
     /// The record's cells, as bytes.
     pub cells: &'a ByteRecord,
     /// Set when the record's shape is broken; its cells are then not to be trusted.
@@ -77,11 +89,12 @@ pub struct Record<'a> {
 }
 
 impl CsvInput {
-    /// Opens `path` and reads its header row. A missing, unreadable or empty file, or a header
-    /// that is not UTF-8, is an error: nothing could be read from it.
-    pub fn open(path: &Path, delimiter: u8) -> Result<Self> {
-        let file =
-            File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
+    /// Opens `source` for a read and reads its header row. A missing, unreadable or empty file,
+    /// or a header that is not UTF-8, is an error: nothing could be read from it.
+    pub fn open(source: &mut Source, delimiter: u8) -> Result<Self> {
+        let text = source.open()?;
+        let path = source.name().to_owned();
+        let path = path.as_path();
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(true)
@@ -91,7 +104,7 @@ impl CsvInput {
             // default terminator the `\n` of a CRLF is counted at the start of the next record,
             // one line late). The `\r` this leaves on a row's last cell is removed below.
             .terminator(csv::Terminator::Any(b'\n'))
-            .from_reader(BufReader::with_capacity(256 * 1024, file));
+            .from_reader(BufReader::with_capacity(256 * 1024, text));
         let mut raw = reader
             .byte_headers()
             .with_context(|| format!("cannot read the header row of {}", path.display()))?
@@ -108,7 +121,7 @@ impl CsvInput {
             match std::str::from_utf8(name) {
                 Ok(name) => header.push(name.trim().to_owned()),
                 Err(e) => bail!(
-                    "{}: line 1, column {}: the header is not valid UTF-8 (byte {} of the name): save the export as UTF-8",
+                    "{}: line 1, column {}: the header is not valid UTF-8 (byte {} of the name): give the export's encoding with --encoding LABEL (windows-1252 for Excel on Windows), or save it as UTF-8",
                     path.display(),
                     i + 1,
                     e.valid_up_to() + 1
@@ -121,6 +134,8 @@ impl CsvInput {
             header,
             record: ByteRecord::new(),
             row: 0,
+            replaced: source.replacements(),
+            encoding: source.encoding_name(),
         })
     }
 
@@ -155,13 +170,30 @@ impl CsvInput {
         }
         self.row += 1;
         let line = self.record.position().map_or(0, |p| p.line());
-        let broken = self.shape_error(line);
+        let offset = self.record.position().map_or(0, |p| p.byte());
+        let broken = self.shape_error(line).or_else(|| self.undecoded(line));
         Ok(Some(Record {
             row: self.row,
             line,
+            offset,
             cells: &self.record,
             broken,
         }))
+    }
+
+    /// Positions the reader at the record of `row` that starts at `offset` on `line` (as an
+    /// earlier [`Record`] gave them): the next [`CsvInput::next_record`] reads that row.
+    pub fn seek_to(&mut self, row: u64, offset: u64, line: u64) -> io::Result<()> {
+        let mut position = csv::Position::new();
+        position.set_byte(offset).set_line(line).set_record(row);
+        self.reader
+            .seek(position)
+            .map_err(|e| match e.into_kind() {
+                csv::ErrorKind::Io(e) => e,
+                other => io::Error::other(format!("{other:?}")),
+            })?;
+        self.row = row - 1;
+        Ok(())
     }
 
     fn shape_error(&self, line: u64) -> Option<RowError> {
@@ -214,6 +246,30 @@ impl CsvInput {
         })
     }
 
+    /// A cell holding U+FFFD once the decoder has had to write one: bytes that are not text in
+    /// the encoding named. (A UTF-8 input is not decoded: its bad cells are the mapping's.)
+    fn undecoded(&self, line: u64) -> Option<RowError> {
+        if self.replaced.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        const FFFD: &[u8] = "\u{fffd}".as_bytes();
+        let i = self
+            .record
+            .iter()
+            .position(|cell| cell.windows(FFFD.len()).any(|w| w == FFFD))?;
+        Some(RowError {
+            line,
+            column: Some(Column::Csv(i, self.column_name(i))),
+            invalid: Invalid::new(
+                Problem::Encoding,
+                format!(
+                    "the cell holds bytes that are not {} text (read as U+FFFD): check the export's encoding (--encoding)",
+                    self.encoding
+                ),
+            ),
+        })
+    }
+
     fn column_name(&self, i: usize) -> String {
         self.header
             .get(i)
@@ -233,4 +289,71 @@ fn strip_cr(record: &mut ByteRecord) {
     record.truncate(n - 1);
     record.push_field(&last);
     record.set_position(position);
+}
+
+/// Cells that are not UTF-8 (each a row error of the mapping) turned into one hint for the
+/// file: when they read as Windows-1252 (letters and punctuation, no control characters), the
+/// export is most likely that, and `--encoding windows-1252` reads it.
+#[derive(Debug, Default)]
+pub struct Utf8Hint {
+    /// Rows with a cell that is not UTF-8.
+    rows: u64,
+    /// The first such cell: where, and its text read as Windows-1252.
+    first: Option<(String, String)>,
+    /// Every such cell read as Windows-1252 text.
+    all_1252: bool,
+}
+
+impl Utf8Hint {
+    /// Takes note of a row's errors: the cells that are not UTF-8 among them.
+    pub fn observe(&mut self, cells: &csv::ByteRecord, errors: &[RowError]) {
+        let mut counted = false;
+        for e in errors {
+            let (Problem::Encoding, Some(Column::Csv(i, name))) = (e.invalid.problem, &e.column)
+            else {
+                continue;
+            };
+            let Some(bytes) = cells.get(*i) else {
+                continue;
+            };
+            let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes);
+            let readable = !text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'));
+            if self.first.is_none() {
+                self.all_1252 = true;
+                self.first = Some((
+                    format!("line {}, column {} ({name})", e.line, i + 1),
+                    text.into_owned(),
+                ));
+            }
+            self.all_1252 &= readable;
+            if !counted {
+                self.rows += 1;
+                counted = true;
+            }
+        }
+    }
+
+    /// The hint for `input`, when some cell was not UTF-8.
+    pub fn render(&self, input: &Path) -> Option<String> {
+        let (at, text) = self.first.as_ref()?;
+        let mut shown: String = text.chars().take(60).collect();
+        if shown.len() < text.len() {
+            shown.push('…');
+        }
+        Some(if self.all_1252 {
+            format!(
+                "{}: {} row(s) have cells that are not UTF-8, and they read as Windows-1252 ({at}: {shown:?}): the export is most likely Windows-1252 (Excel on Windows); run again with --encoding windows-1252",
+                input.display(),
+                self.rows
+            )
+        } else {
+            format!(
+                "{}: {} row(s) have cells that are not UTF-8 (first at {at}): give the export's encoding with --encoding LABEL (windows-1252, iso-8859-15, macintosh, shift_jis, …), or save it as UTF-8",
+                input.display(),
+                self.rows
+            )
+        })
+    }
 }

@@ -8,6 +8,10 @@
 //! rows in memory and spills the rest, in order, to an unnamed temp file that it reads back as it
 //! drains. So one conversation holding half of a ten-million-row export neither fills memory nor
 //! stops the reader: the other conversations' rows keep flowing while it is served one at a time.
+//!
+//! A row that fails for want of a working server (retries exhausted) holds its lane back: the
+//! lane's later rows, queued or still to come, are handed to `hold` (recorded `waiting`, not
+//! sent), so the next run sends them in order after it.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -65,6 +69,8 @@ pub struct Lanes {
     /// Rows held in memory (ready or queued in a lane), not counting spilled ones.
     in_memory: usize,
     spill_dir: PathBuf,
+    /// Lanes held back behind a failed row (its number): their later rows are not sent.
+    held: HashMap<Arc<str>, u64, Xxh3DefaultBuilder>,
 }
 
 #[derive(Default)]
@@ -83,11 +89,16 @@ impl Lanes {
             ready: VecDeque::new(),
             in_memory: 0,
             spill_dir: spill_dir.to_owned(),
+            held: HashMap::default(),
         }
     }
 
-    /// Takes a row in input order.
-    pub fn push(&mut self, job: Job) -> io::Result<()> {
+    /// Takes a row in input order. A row of a lane held back is handed back, with the row it
+    /// waits for, to be recorded as waiting.
+    pub fn push(&mut self, job: Job) -> io::Result<Option<(Job, u64)>> {
+        if let Some(failed) = self.held.get(&job.conversation_id) {
+            return Ok(Some((job, *failed)));
+        }
         match self.lanes.get_mut(&job.conversation_id) {
             None => {
                 self.lanes
@@ -108,7 +119,24 @@ impl Lanes {
                 }
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The row of `lane` in flight failed as `failed_row`: the lane is held back, and its
+    /// queued rows (in memory and spilled) are handed back, in order, to be recorded waiting.
+    pub fn hold(&mut self, lane: &Arc<str>, failed_row: u64) -> io::Result<Vec<Job>> {
+        self.held.insert(lane.clone(), failed_row);
+        let Some(mut entry) = self.lanes.remove(lane) else {
+            return Ok(Vec::new());
+        };
+        self.in_memory -= entry.queue.len();
+        let mut rows: Vec<Job> = entry.queue.drain(..).collect();
+        if let Some(spill) = &mut entry.spill {
+            while let Some(job) = spill.pop(lane)? {
+                rows.push(job);
+            }
+        }
+        Ok(rows)
     }
 
     /// The next row whose lane is free, to send now.
@@ -298,16 +326,18 @@ impl Spill {
 /// at most `concurrency` at once, at most `max_queued` rows held in memory (a busy lane spills
 /// the rest to `spill_dir`). Returns when every job is delivered, or, once the run stops, when
 /// the deliveries in flight have finished (rows still queued stay unrecorded for the next run).
-pub async fn run<F, Fut>(
+pub async fn run<F, Fut, H>(
     mut jobs: mpsc::Receiver<Vec<Job>>,
     gate: &Gate,
     deliver: F,
+    hold: H,
     concurrency: usize,
     max_queued: usize,
     spill_dir: &Path,
 ) where
     F: Fn(Job) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+    H: Fn(Job, u64),
 {
     let mut lanes = Lanes::new(spill_dir);
     let mut reader_done = false;
@@ -316,7 +346,8 @@ pub async fn run<F, Fut>(
     // future (to report its lane) would make each task twice the size, and every spawn moves
     // the whole task (measured: 7 % more instructions per row).
     let mut tasks = tokio::task::JoinSet::new();
-    let mut lane_of: HashMap<tokio::task::Id, Arc<str>, Xxh3DefaultBuilder> = HashMap::default();
+    let mut lane_of: HashMap<tokio::task::Id, (Arc<str>, u64), Xxh3DefaultBuilder> =
+        HashMap::default();
     let spill_failed = |e: io::Error| {
         gate.stop_with(StopReason::Error(format!(
             "cannot spill queued rows to a temp file in {}: {e}",
@@ -328,8 +359,9 @@ pub async fn run<F, Fut>(
         while tasks.len() < concurrency && !stopping {
             let Some(job) = lanes.next_ready() else { break };
             let lane = job.conversation_id.clone();
+            let row = job.row;
             let task = tasks.spawn(deliver(job));
-            lane_of.insert(task.id(), lane);
+            lane_of.insert(task.id(), (lane, row));
         }
         if tasks.is_empty() && (stopping || (reader_done && lanes.is_idle())) {
             break;
@@ -338,11 +370,17 @@ pub async fn run<F, Fut>(
         tokio::select! {
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 let id = match &done {
-                    Ok((id, ())) => *id,
+                    Ok((id, _)) => *id,
                     Err(e) => e.id(),
                 };
-                let lane = lane_of.remove(&id).expect("every task has its lane");
+                let (lane, row) = lane_of.remove(&id).expect("every task has its lane");
                 match done {
+                    // Its later rows wait for it: sent before it, they would land before it.
+                    // (When the run is stopping they are left unrecorded, for the next run.)
+                    Ok((_, true)) if !gate.is_stopping() => match lanes.hold(&lane, row) {
+                        Ok(waiting) => waiting.into_iter().for_each(|job| hold(job, row)),
+                        Err(e) => spill_failed(e),
+                    },
                     Ok(_) => {
                         if let Err(e) = lanes.done(&lane) {
                             spill_failed(e);
@@ -358,8 +396,10 @@ pub async fn run<F, Fut>(
             batch = jobs.recv(), if accepting => match batch {
                 Some(batch) => {
                     for job in batch {
-                        if let Err(e) = lanes.push(job) {
-                            spill_failed(e);
+                        match lanes.push(job) {
+                            Ok(Some((job, failed))) => hold(job, failed),
+                            Ok(None) => {}
+                            Err(e) => spill_failed(e),
                         }
                     }
                 }

@@ -78,6 +78,10 @@ pub struct Counters {
     pub resume_at_ms: AtomicU64,
     /// Rows left `unknown` earlier that read-back found stored (`--verify-unknown`).
     pub confirmed: AtomicU64,
+    /// Rows a row filter left out on purpose; recorded `skipped`, not sent.
+    pub skipped: AtomicU64,
+    /// Rows held back behind a failed row of their conversation; recorded `waiting`, not sent.
+    pub waiting: AtomicU64,
 }
 
 impl Counters {
@@ -117,6 +121,10 @@ pub struct Report {
     pub confirmed: u64,
     /// Read-back requests among the requests.
     pub reads: u64,
+    /// Rows a row filter left out on purpose; not sent.
+    pub skipped: u64,
+    /// Rows held back behind a failed row of their conversation; not sent.
+    pub waiting: u64,
     /// Requests of every kind; `lookups` of them were contact and conversation lookups.
     pub requests: u64,
     /// Contact and conversation lookups among the requests.
@@ -157,6 +165,8 @@ impl Report {
             changed: n(&c.changed),
             confirmed: n(&c.confirmed),
             reads: 0,
+            skipped: n(&c.skipped),
+            waiting: n(&c.waiting),
             requests,
             lookups: 0,
             token_refreshes: 0,
@@ -178,6 +188,8 @@ impl Report {
             + self.duplicate
             + self.changed
             + self.confirmed
+            + self.skipped
+            + self.waiting
     }
 
     /// Message requests among the requests (the rest are lookups and reads).
@@ -193,7 +205,8 @@ impl Report {
                 + self.failed
                 + self.unknown
                 + self.unknown_before
-                + self.changed,
+                + self.changed
+                + self.waiting,
             summary: None,
         }
     }
@@ -224,6 +237,8 @@ impl Report {
                 "duplicate": self.duplicate,
                 "changed": self.changed,
                 "confirmed_by_read_back": self.confirmed,
+                "skipped": self.skipped,
+                "waiting": self.waiting,
                 "sent_earlier_not_in_input": self.gone,
             },
             "requests": {
@@ -270,6 +285,20 @@ impl Report {
         );
         let _ = writeln!(out, "  duplicate     {:>9}", r.duplicate);
         let _ = writeln!(out, "  changed       {:>9}", r.changed);
+        if r.waiting > 0 {
+            let _ = writeln!(
+                out,
+                "  waiting       {:>9}   (not sent: an earlier row of their conversation failed; the next run sends them after it)",
+                r.waiting
+            );
+        }
+        if r.skipped > 0 {
+            let _ = writeln!(
+                out,
+                "  skipped       {:>9}   (left out on purpose by a row filter; each is in the results file with its reason)",
+                r.skipped
+            );
+        }
         let secs = r.elapsed.as_secs_f64();
         let _ = writeln!(
             out,
@@ -304,7 +333,10 @@ impl Report {
                 }
             );
         }
-        let again = resume_command();
+        let mut again = resume_command();
+        if read_from_pipe(input) {
+            again.push_str("\n  (with the same input fed to it again: this one was read from a pipe; the rows sent are known by their keys)");
+        }
         match &r.stopped {
             Some(reason) => {
                 let _ = writeln!(out, "stopped early: {reason}.");
@@ -347,6 +379,12 @@ impl Report {
         }
         out
     }
+}
+
+/// Whether `input` was a pipe the resume command cannot name: stdin, or a process substitution
+/// (`<(…)`, which the shell passes as `/dev/fd/N`).
+fn read_from_pipe(input: &Path) -> bool {
+    input == Path::new("-") || input.starts_with("/dev/fd") || input.starts_with("/proc/self/fd")
 }
 
 /// An argument holding a URL with a password (`--base-url https://user:pw@host`), with the

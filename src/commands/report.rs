@@ -27,14 +27,20 @@ pub struct Summary {
     pub errors: HashMap<String, (u64, String)>,
 }
 
-/// `lc-import report`: prints the summary; rows not `sent`, `valid` or `duplicate` need attention.
+/// `lc-import report`: prints the summary; rows not `sent`, `valid`, `duplicate` or `skipped`
+/// need attention.
 pub fn run(args: ReportArgs) -> Result<Ending> {
     let summary = summarise(&args.results)?;
     let _ = print(&args.results, &summary, &mut crate::summary::Stdout);
-    let done = [Status::Sent, Status::Valid, Status::Duplicate]
-        .iter()
-        .map(|s| summary.by_status.get(s).copied().unwrap_or(0))
-        .sum::<u64>();
+    let done = [
+        Status::Sent,
+        Status::Valid,
+        Status::Duplicate,
+        Status::Skipped,
+    ]
+    .iter()
+    .map(|s| summary.by_status.get(s).copied().unwrap_or(0))
+    .sum::<u64>();
     Ok(Ending {
         stopped: None,
         attention: summary.rows.saturating_sub(done),
@@ -167,6 +173,8 @@ pub fn print(path: &Path, s: &Summary, out: &mut impl Write) -> std::io::Result<
         Status::Invalid,
         Status::Duplicate,
         Status::Changed,
+        Status::Skipped,
+        Status::Waiting,
     ];
     for status in order {
         if let Some(n) = s.by_status.get(&status) {

@@ -74,7 +74,14 @@ pub fn run(args: RunArgs) -> Result<Ending> {
     let task = runtime.spawn(async move {
         let shutdown = Shutdown::listen()?;
         let sandbox = match args.sandbox {
-            true => Some(start_sandbox(&args.input).await?),
+            // A stream has no name to put the record beside: the results file's.
+            true => Some(
+                start_sandbox(match crate::source::is_stream(&args.input) {
+                    true => args.results.as_deref().unwrap_or(Path::new("stdin")),
+                    false => &args.input,
+                })
+                .await?,
+            ),
             false => None,
         };
         let target = sandbox.as_ref().map(|s| Endpoint {
@@ -176,6 +183,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         duplicates,
         content,
         doubts,
+        order,
     } = prepared;
     let (content_log, content_index) = content.unzip();
     say(&plan.describe(settings.rate, settings.max_requests, settings.wait));
@@ -259,6 +267,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         content: content_index,
         send_changed: settings.send_changed,
         settled: std::mem::take(&mut settled.verdicts),
+        order,
     };
     let reader = std::thread::Builder::new()
         .name("reader".into())
@@ -273,6 +282,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         job_rx,
         &deliver.gate,
         |job| deliver.clone().row(job),
+        |job, failed| deliver.hold(job, failed),
         // Rows beyond those on the wire write and sync their `sending` lines meanwhile, so a
         // sync's wait is not the pace of a fast server (see deliver's LOOK_AHEAD).
         settings.concurrency * crate::deliver::LOOK_AHEAD,

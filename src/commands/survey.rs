@@ -23,6 +23,7 @@ use crate::mapping::Mapping;
 use crate::reader::CsvInput;
 use crate::resolve::{Env, Failure, IdMap, Known, Lookup, Origin, Resolver};
 use crate::retry::{Policy, StopReason};
+use crate::source::Source;
 use crate::summary::{Ending, say};
 
 /// One distinct contact of the input.
@@ -60,7 +61,8 @@ fn k(f: Finding) -> FindingKey {
 /// Runs the survey; the exit code is 0 when every contact and conversation exists or will be
 /// created by the run, 1 when some are ambiguous or missing without `--create-contacts`.
 pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result<Ending> {
-    let mut input = CsvInput::open(&settings.input, settings.delimiter)?;
+    let mut source = Source::new(&settings.input, settings.encoding)?.stop_on(interrupt.clone());
+    let mut input = CsvInput::open(&mut source, settings.delimiter)?;
     let mapping = Mapping::new(input.header(), &settings.mapping)
         .with_context(|| settings.input.display().to_string())?;
     if !mapping.resolving() {

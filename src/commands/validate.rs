@@ -1,7 +1,7 @@
 //! `lc-import validate`: maps and checks every row offline, writes a results file with one
 //! line per row (`valid` or `invalid` and why), and ends with a summary. No network.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -11,10 +11,12 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::ValidateArgs;
 use crate::config::{self, FileConfig};
-use crate::mapping::{Mapping, MappingOptions};
+use crate::mapping::{MappedRow, Mapping, MappingOptions, Order};
 use crate::reader::CsvInput;
+use crate::reader::Utf8Hint;
 use crate::results::line::{ResultsWriter, col, folder_of, text};
 use crate::results::{ResultLine, Status};
+use crate::source::Source;
 use crate::summary::{Ending, ErrorTally, Stdout};
 
 /// What a validation found.
@@ -26,6 +28,11 @@ pub struct Report {
     pub valid: u64,
     /// Rows with at least one error.
     pub invalid: u64,
+    /// Rows a row filter leaves out on purpose.
+    pub skipped: u64,
+    /// Conversations whose dates run backwards somewhere in the file (sent in file order, their
+    /// timeline would be built backwards: `--order date` sends each oldest first).
+    pub backwards: u64,
     /// The invalid rows' errors, by kind, with an example of each.
     pub errors: ErrorTally,
     /// The results file written.
@@ -52,7 +59,7 @@ fn refuse_run_outcomes(results: &Path, input: &Path) -> Result<Option<File>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", results.display())),
     };
-    let instead = config::beside_input(input, ".validation.csv");
+    let instead = default_results(input);
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -71,7 +78,7 @@ fn refuse_run_outcomes(results: &Path, input: &Path) -> Result<Option<File>> {
     for record in reader.byte_records() {
         let Ok(record) = record else { break };
         let status = text(&record, col::STATUS).unwrap_or("");
-        if !matches!(status, "valid" | "invalid" | "") {
+        if !matches!(status, "valid" | "invalid" | "skipped" | "") {
             *outcomes.entry(status.to_owned()).or_default() += 1;
         }
     }
@@ -95,12 +102,23 @@ fn refuse_run_outcomes(results: &Path, input: &Path) -> Result<Option<File>> {
     )
 }
 
+/// `<INPUT stem>.validation.csv` beside the input; `stdin.validation.csv` in the current folder
+/// for a stream (`-`, a pipe, `<(…)`), which has no name of its own.
+fn default_results(input: &Path) -> PathBuf {
+    match crate::source::is_stream(input) {
+        true => PathBuf::from("stdin.validation.csv"),
+        false => config::beside_input(input, ".validation.csv"),
+    }
+}
+
 /// Validates `args.input`, printing bodies (`--show`) and the summary to `out`.
 pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let started = Instant::now();
-    let mut file = FileConfig::load(args.mapping.config.as_deref())?;
+    let mut file = FileConfig::for_args(&args.mapping)?;
     let (options, delimiter) = config::mapping_options(&args.mapping, &mut file)?;
-    let mut input = CsvInput::open(&args.input, delimiter)?;
+    let encoding = config::input_encoding(&args.mapping, &file)?;
+    let mut source = Source::new(&args.input, encoding)?;
+    let mut input = CsvInput::open(&mut source, delimiter)?;
     let mapping = Mapping::new(input.header(), &options)
         .with_context(|| format!("{}", args.input.display()))?;
     for warning in &mapping.warnings {
@@ -110,7 +128,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let results = args
         .results
         .clone()
-        .unwrap_or_else(|| config::beside_input(&args.input, ".validation.csv"));
+        .unwrap_or_else(|| default_results(&args.input));
     // Held until the new file replaces it: a run that starts meanwhile waits for the lock.
     let _held = refuse_run_outcomes(&results, &args.input)?;
     let dir = folder_of(&results);
@@ -126,7 +144,12 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
         ..Default::default()
     };
     let mut shown = 0;
+    if args.show > 0 {
+        writeln!(out, "{}", mapping.describe().trim_end())?;
+    }
+    let mut order = OrderCheck::default();
     let mut line_out = ResultLine::default();
+    let mut utf8 = Utf8Hint::default();
     while let Some(record) = input
         .next_record()
         .with_context(|| format!("reading {}", args.input.display()))?
@@ -135,14 +158,30 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
         line_out.row = record.row;
         line_out.key = mapping.record_key(&record);
         line_out.error.clear();
+        let skip = match record.broken {
+            Some(_) => None,
+            None => mapping.skip_reason(record.cells, record.line),
+        };
+        if let Some(reason) = skip {
+            report.skipped += 1;
+            line_out.status = Some(Status::Skipped);
+            line_out.error = reason;
+            writer
+                .write(&line_out)
+                .with_context(|| format!("writing {}", results.display()))?;
+            continue;
+        }
         let outcome = match record.broken {
             Some(e) => Err(vec![e]),
-            None => mapping.map(record.cells, record.line),
+            None => mapping.map_row(record.cells, record.line),
         };
         match outcome {
-            Ok(message) => {
+            Ok(row) => {
                 report.valid += 1;
                 line_out.status = Some(Status::Valid);
+                if mapping.order == Order::Input {
+                    order.see(&row, record.line);
+                }
                 if shown < args.show {
                     shown += 1;
                     writeln!(
@@ -150,12 +189,13 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
                         "row {} (line {}):\n{}",
                         record.row,
                         record.line,
-                        serde_json::to_string_pretty(&message)?
+                        preview(&row)?
                     )?;
                 }
             }
             Err(errors) => {
                 report.invalid += 1;
+                utf8.observe(record.cells, &errors);
                 line_out.status = Some(Status::Invalid);
                 for (i, e) in errors.iter().enumerate() {
                     report.errors.add(e);
@@ -170,6 +210,14 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
             .write(&line_out)
             .with_context(|| format!("writing {}", results.display()))?;
     }
+    report.backwards = order.backwards;
+    if let Some((line, earlier)) = order.first {
+        tracing::warn!(
+            "{}: the dates of {} conversation(s) run backwards (first at line {line}, older than line {earlier} of the same conversation): sent in file order, their timelines would be built backwards. Give --order date to send each conversation oldest first",
+            args.input.display(),
+            order.backwards
+        );
+    }
     let temp = writer
         .into_inner()
         .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
@@ -179,22 +227,145 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
 
     writeln!(
         out,
-        "{}: {} rows checked in {:.2}s: {} valid, {} invalid",
+        "{}: {} rows checked in {:.2}s: {} valid, {} invalid{}",
         args.input.display(),
         report.rows,
         started.elapsed().as_secs_f64(),
         report.valid,
-        report.invalid
+        report.invalid,
+        match report.skipped {
+            0 => String::new(),
+            n => format!(", {n} skipped by a row filter"),
+        }
     )?;
     if !report.errors.is_empty() {
         writeln!(
             out,
-            "most frequent errors:\n{}",
+            "most frequent errors in {}:\n{}",
+            args.input.display(),
             report.errors.render(5).trim_end()
         )?;
     }
+    if let Some(hint) = utf8.render(&args.input) {
+        writeln!(out, "hint: {hint}")?;
+    }
     writeln!(out, "results: {}", results.display())?;
     Ok(report)
+}
+
+/// The request body of a row, and for a row whose IDs are to be looked up, what it will be
+/// looked up by (the normalised phone and e-mail, the location) instead of empty IDs.
+fn preview(row: &MappedRow) -> Result<String> {
+    let mut body = serde_json::to_value(&row.message)?;
+    if let Some(lookup) = &row.lookup
+        && let Some(fields) = body.as_object_mut()
+    {
+        let pending = "(looked up)";
+        for id in ["conversationId", "contactId"] {
+            if fields.get(id).and_then(|v| v.as_str()) == Some("") {
+                fields.insert(id.to_owned(), pending.into());
+            }
+        }
+        let mut by = serde_json::Map::new();
+        by.insert("locationId".into(), lookup.location_id.clone().into());
+        if let Some(p) = &lookup.phone {
+            by.insert("phone".into(), p.clone().into());
+        }
+        if let Some(e) = &lookup.email {
+            by.insert("email".into(), e.clone().into());
+        }
+        return Ok(format!(
+            "{}\nlooked up by (not sent): {}",
+            serde_json::to_string_pretty(&body)?,
+            serde_json::Value::Object(by)
+        ));
+    }
+    Ok(serde_json::to_string_pretty(&body)?)
+}
+
+/// Conversations tracked at most for [`OrderCheck`], so memory stays bounded.
+const ORDER_TRACKED: usize = 200_000;
+
+/// Finds conversations whose dates run backwards in the file: the last date and line seen per
+/// conversation (a hash of its lane), for at most [`ORDER_TRACKED`] conversations. Cheap per
+/// row (validate's pace is measured): no allocation, no second parse of the date.
+#[derive(Default)]
+struct OrderCheck {
+    last: HashMap<u64, (DateKey, u64, bool), std::hash::BuildHasherDefault<LaneHash>>,
+    backwards: u64,
+    /// The first backwards row: its line, and the line of the later-dated row before it.
+    first: Option<(u64, u64)>,
+}
+
+/// The keys of [`OrderCheck`] are xxh3 hashes already: used as they are.
+#[derive(Default)]
+struct LaneHash(u64);
+
+impl std::hash::Hasher for LaneHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// An RFC 3339 UTC date as the mapping writes it (`2024-03-05T14:22:01.25Z`), as numbers that
+/// sort as the instants do: the 14 digits to the second, and the fraction in nanoseconds.
+type DateKey = (u64, u32);
+
+fn date_key(date: &str) -> DateKey {
+    let b = date.as_bytes();
+    let digit = |i: usize| u64::from(b.get(i).map_or(0, |d| d.wrapping_sub(b'0')) % 10);
+    // YYYY-MM-DDTHH:MM:SS: the digits at their fixed places.
+    let seconds = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+        .iter()
+        .fold(0u64, |n, i| n * 10 + digit(*i));
+    let mut nanos = 0u32;
+    let mut digits = 0;
+    if b.get(19) == Some(&b'.') {
+        for d in b[20..].iter().take_while(|d| d.is_ascii_digit()).take(9) {
+            nanos = nanos * 10 + u32::from(d - b'0');
+            digits += 1;
+        }
+    }
+    (seconds, nanos * 10u32.pow(9 - digits))
+}
+
+impl OrderCheck {
+    fn see(&mut self, row: &MappedRow, line: u64) {
+        let Some(date) = row.message.date.as_deref() else {
+            return;
+        };
+        let date = date_key(date);
+        let lane = match &row.lookup {
+            Some(lookup) if row.message.conversation_id.is_empty() => {
+                xxhash_rust::xxh3::xxh3_64(lookup.lane(&row.message.contact_id).as_bytes())
+            }
+            _ => xxhash_rust::xxh3::xxh3_64(row.message.conversation_id.as_bytes()),
+        };
+        let tracked = self.last.len();
+        match self.last.get_mut(&lane) {
+            Some((last, last_line, counted)) => {
+                if date < *last && !*counted {
+                    *counted = true;
+                    self.backwards += 1;
+                    self.first.get_or_insert((line, *last_line));
+                }
+                *last = date;
+                *last_line = line;
+            }
+            None if tracked < ORDER_TRACKED => {
+                self.last.insert(lane, (date, line, false));
+            }
+            None => {}
+        }
+    }
 }
 
 /// What [`check_bytes`] found: rows that map to a request body, and rows with errors.
@@ -214,7 +385,7 @@ pub fn check_bytes(bytes: &[u8], options: &MappingOptions, delimiter: u8) -> Res
     // The reader streams from a file, as in a real run; a temp file keeps that path exercised.
     let mut file = tempfile::NamedTempFile::new().context("creating a temp file")?;
     file.write_all(bytes).context("writing the temp file")?;
-    let mut input = CsvInput::open(file.path(), delimiter)?;
+    let mut input = CsvInput::open(&mut Source::new(file.path(), None)?, delimiter)?;
     let mapping = Mapping::new(input.header(), options)?;
     let mut checked = Checked::default();
     while let Some(record) = input.next_record()? {
@@ -254,13 +425,36 @@ pub fn check_fuzz_case(data: &[u8]) -> Result<Checked> {
     }
     if choice & 8 != 0 {
         options.dates = crate::validate::DateReader {
-            format: Some("%d/%m/%Y %H:%M".into()),
+            formats: vec![crate::validate::DateFormat::Strftime(
+                "%d/%m/%Y %H:%M".into(),
+            )],
             timezone: jiff::tz::TimeZone::get("Europe/Berlin").ok(),
             timezone_name: Some("Europe/Berlin".into()),
+            epoch_column: None,
         };
     }
     if choice & 16 != 0 {
         options.key_column = Some("altId".into());
     }
     check_bytes(csv, &options, delimiter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::date_key;
+
+    #[test]
+    fn date_keys_sort_as_the_instants() {
+        let dates = [
+            "2024-03-05T14:22:00Z",
+            "2024-03-05T14:22:01Z",
+            "2024-03-05T14:22:01.25Z",
+            "2024-03-05T14:22:01.5Z",
+            "2024-03-05T14:23:00Z",
+            "2025-01-01T00:00:00Z",
+        ];
+        for pair in dates.windows(2) {
+            assert!(date_key(pair[0]) < date_key(pair[1]), "{pair:?}");
+        }
+    }
 }

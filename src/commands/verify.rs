@@ -123,7 +123,8 @@ fn sent_rows(settings: &Settings, sample: Option<u64>) -> Result<Vec<Sent>> {
         Some(n) => (ids.len() as u64).div_ceil(n).max(1),
         None => 1,
     };
-    let mut input = CsvInput::open(&settings.input, settings.delimiter)?;
+    let mut source = crate::source::Source::new(&settings.input, settings.encoding)?;
+    let mut input = CsvInput::open(&mut source, settings.delimiter)?;
     let mapping = Mapping::new(input.header(), &settings.mapping)
         .with_context(|| settings.input.display().to_string())?;
     let mut sent = Vec::new();

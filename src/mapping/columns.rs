@@ -4,12 +4,14 @@
 //! folded name, `--set` constants, the required fields, the key column, the warning for unused
 //! columns, the sub-account check, and last the `--set` values checked as a cell would be.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{CONTACT_DETAILS, Field, Mapping, MappingOptions, REQUIRED, RESOLUTION, Source};
-use crate::message::{MessageType, SpecEnum, fold};
+use super::{
+    CONTACT_DETAILS, ColumnMap, Field, Mapping, MappingOptions, REQUIRED, RESOLUTION, Source,
+};
+use crate::message::{Direction, MessageType, SpecEnum, fold};
 
 impl Mapping {
     /// Builds the plan from a header. Errors are the user's configuration (exit 2): a `--map`
@@ -22,20 +24,84 @@ impl Mapping {
         let constants = draft.apply_sets(&options.sets)?;
         draft.check_required(resolving)?;
         let key = draft.key_column(options.key_column.as_deref())?;
+        let skips = draft.skips(&options.skips)?;
+        draft.ignore(&options.ignore_columns);
         draft.warn_unused();
         draft.check_location(resolving)?;
+        let mut values = vec![Vec::new(); Field::ALL.len()];
+        for v in &options.values {
+            let field = Field::from_user(&v.field)
+                .map_err(|e| anyhow!("--value {}:{}={}: {e}", v.field, v.from, v.to))?;
+            let list: &mut Vec<(String, String)> = &mut values[field.index()];
+            let from = v.from.trim().to_ascii_lowercase();
+            list.retain(|(f, _)| *f != from);
+            list.push((from, v.to.trim().to_owned()));
+        }
+        let mut prefixes = vec![Vec::new(); Field::ALL.len()];
+        for p in &options.prefixes {
+            let field = Field::from_user(&p.field)
+                .map_err(|e| anyhow!("prefix {:?} of {}: {e}", p.prefix, p.field))?;
+            let mut sets = Vec::new();
+            for (f, v) in &p.sets {
+                let f = Field::from_user(f)
+                    .map_err(|e| anyhow!("prefix {:?} of {}: {e}", p.prefix, p.field))?;
+                sets.push((f, v.trim().to_owned()));
+            }
+            let list: &mut Vec<super::Prefix> = &mut prefixes[field.index()];
+            list.push((p.prefix.to_ascii_lowercase(), sets));
+        }
+        let by_direction = draft
+            .sources
+            .iter()
+            .any(|s| matches!(s, Some(Source::ByDirection { .. })));
+        let mut dates = options.dates.clone();
+        if dates.formats.is_empty()
+            && let Some(Source::Column(i)) = draft.source(Field::Date)
+        {
+            dates.epoch_column = crate::validate::DateFormat::from_column_name(&header[*i]);
+        }
         let mapping = Mapping {
             header: header.to_vec(),
             sources: draft.sources,
             key,
             list_sep: options.list_sep,
-            dates: options.dates.clone(),
+            dates,
             default_country: options.default_country,
             resolving,
             warnings: draft.warnings,
+            values,
+            prefixes,
+            skips,
+            by_direction,
+            order: options.order,
         };
         mapping.check_constants(&constants)?;
+        mapping.check_translations()?;
         Ok(mapping)
+    }
+
+    /// Each value a `--value` map or a prefix gives is checked once, as a cell would be: a bad
+    /// one would otherwise make every row it touches invalid.
+    fn check_translations(&self) -> Result<()> {
+        for field in Field::ALL {
+            for (from, to) in &self.values[field.index()] {
+                if let Err(e) = self.convert(*field, to) {
+                    bail!("--value {}:{from}={to}: {e}", field.name());
+                }
+            }
+            for (prefix, sets) in &self.prefixes[field.index()] {
+                for (f, v) in sets {
+                    if let Err(e) = self.convert(*f, v) {
+                        bail!(
+                            "prefix {prefix:?} of {}: {}={v}: {e}",
+                            field.name(),
+                            f.name()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Last step: each `--set` value is checked once, as a cell would be, so a bad one stops the
@@ -77,29 +143,87 @@ impl<'a> Draft<'a> {
         self.sources[field.index()].as_ref()
     }
 
-    /// Explicit `--map` first: they take a column away from default matching. A later one for
-    /// the same field wins.
-    fn explicit_maps(&mut self, maps: &[(String, String)]) -> Result<HashMap<Field, usize>> {
-        let mut mapped: HashMap<Field, usize> = HashMap::new();
-        for (field, column) in maps {
+    /// Explicit `--map` (and `--map-inbound` / `--map-outbound`) first: they take a column
+    /// away from default matching. A later one for the same field (and direction) wins.
+    fn explicit_maps(&mut self, maps: &[ColumnMap]) -> Result<HashSet<Field>> {
+        let mut mapped: HashSet<Field> = HashSet::new();
+        for m in maps {
+            let flag = match m.only {
+                None => "--map",
+                Some(Direction::Inbound) => "--map-inbound",
+                Some(Direction::Outbound) => "--map-outbound",
+            };
+            let (field, column) = (&m.field, &m.column);
             let field =
-                Field::from_user(field).map_err(|e| anyhow!("--map {field}={column}: {e}"))?;
+                Field::from_user(field).map_err(|e| anyhow!("{flag} {field}={column}: {e}"))?;
             let index = find_column(self.header, column)
-                .map_err(|e| anyhow!("--map {}={column}: {e}", field.name()))?;
-            mapped.insert(field, index);
+                .map_err(|e| anyhow!("{flag} {}={column}: {e}", field.name()))?;
+            let source = match m.only {
+                None => Source::Column(index),
+                Some(_) if field == Field::Direction => bail!(
+                    "{flag} direction={column}: the direction is what chooses the column; map it with --map direction=COLUMN"
+                ),
+                Some(direction) => {
+                    let (mut inbound, mut outbound) = match &self.sources[field.index()] {
+                        Some(Source::Column(c)) if mapped.contains(&field) => (Some(*c), Some(*c)),
+                        Some(Source::ByDirection { inbound, outbound }) => (*inbound, *outbound),
+                        _ => (None, None),
+                    };
+                    match direction {
+                        Direction::Inbound => inbound = Some(index),
+                        Direction::Outbound => outbound = Some(index),
+                    }
+                    Source::ByDirection { inbound, outbound }
+                }
+            };
+            self.sources[field.index()] = Some(source);
+            mapped.insert(field);
         }
-        for (field, index) in &mapped {
-            self.sources[field.index()] = Some(Source::Column(*index));
-            self.used[*index] = true;
+        for source in self.sources.iter().flatten() {
+            match source {
+                Source::Column(i) => self.used[*i] = true,
+                Source::ByDirection { inbound, outbound } => {
+                    for i in inbound.iter().chain(outbound) {
+                        self.used[*i] = true;
+                    }
+                }
+                Source::Constant(_) => {}
+            }
         }
         Ok(mapped)
     }
 
+    /// `--skip-if COLUMN=VALUE`, grouped by column; the columns count as used.
+    fn skips(&mut self, skips: &[(String, String)]) -> Result<Vec<(usize, Vec<String>)>> {
+        let mut out: Vec<(usize, Vec<String>)> = Vec::new();
+        for (column, value) in skips {
+            let i = find_column(self.header, column)
+                .map_err(|e| anyhow!("--skip-if {column}={value}: {e}"))?;
+            self.used[i] = true;
+            let value = value.trim().to_ascii_lowercase();
+            match out.iter_mut().find(|(c, _)| *c == i) {
+                Some((_, values)) => values.push(value),
+                None => out.push((i, vec![value])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Columns named to be left out without a warning (a preset's price and account columns);
+    /// a name the header does not have is no error, as exports drop columns.
+    fn ignore(&mut self, columns: &[String]) {
+        for column in columns {
+            if let Ok(i) = find_column(self.header, column) {
+                self.used[i] = true;
+            }
+        }
+    }
+
     /// Default matching: a column whose folded name is a field's folded name. Two such columns
     /// for one field are an error, as guessing would send the wrong one.
-    fn match_by_name(&mut self, mapped: &HashMap<Field, usize>, resolving: bool) -> Result<()> {
+    fn match_by_name(&mut self, mapped: &HashSet<Field>, resolving: bool) -> Result<()> {
         for field in Field::ALL {
-            if mapped.contains_key(field) || (!resolving && CONTACT_DETAILS.contains(field)) {
+            if mapped.contains(field) || (!resolving && CONTACT_DETAILS.contains(field)) {
                 continue;
             }
             let folded = fold(field.name());
@@ -256,13 +380,9 @@ impl<'a> Draft<'a> {
 
 /// Resolution is on when the user maps or sets a field that names the contact, or a column of
 /// that name exists.
-fn resolution_on(
-    header: &[String],
-    options: &MappingOptions,
-    mapped: &HashMap<Field, usize>,
-) -> bool {
+fn resolution_on(header: &[String], options: &MappingOptions, mapped: &HashSet<Field>) -> bool {
     RESOLUTION.iter().any(|f| {
-        mapped.contains_key(f)
+        mapped.contains(f)
             || options
                 .sets
                 .iter()
@@ -336,7 +456,7 @@ mod tests {
     #[test]
     fn map_and_set() {
         let m = mapping(MappingOptions {
-            maps: vec![("message".into(), "notes".into())],
+            maps: vec![ColumnMap::new("message", "notes")],
             sets: vec![
                 ("type".into(), "email".into()),
                 ("conversationProviderId".into(), "".into()),
@@ -376,14 +496,14 @@ mod tests {
         let cases: &[(MappingOptions, &str)] = &[
             (
                 MappingOptions {
-                    maps: vec![("mesage".into(), "notes".into())],
+                    maps: vec![ColumnMap::new("mesage", "notes")],
                     ..Default::default()
                 },
                 "--map mesage=notes: 'mesage' is not a field of the request body; did you mean message?",
             ),
             (
                 MappingOptions {
-                    maps: vec![("message".into(), "Body".into())],
+                    maps: vec![ColumnMap::new("message", "Body")],
                     ..Default::default()
                 },
                 "--map message=Body: the input has no column 'Body' Columns: Conversation ID, contact_id",

@@ -15,7 +15,7 @@ use csv::ByteRecord;
 
 pub use key::record_hash;
 
-use crate::message::{InboundMessage, fold};
+use crate::message::{Direction, InboundMessage, fold};
 use crate::reader::Column;
 use crate::validate::DateReader;
 
@@ -147,11 +147,106 @@ pub struct MappedRow {
     pub lookup: Option<Box<crate::resolve::Lookup>>,
 }
 
+/// `--map FIELD=COLUMN` (every row), `--map-inbound` / `--map-outbound` (rows of that
+/// direction only): a field taken from a named column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnMap {
+    /// The field, as the user wrote it.
+    pub field: String,
+    /// The column, as the user wrote it.
+    pub column: String,
+    /// `Some`: only rows of this direction read the field from this column.
+    pub only: Option<Direction>,
+}
+
+impl ColumnMap {
+    /// `--map FIELD=COLUMN`: every row.
+    pub fn new(field: &str, column: &str) -> ColumnMap {
+        ColumnMap {
+            field: field.to_owned(),
+            column: column.to_owned(),
+            only: None,
+        }
+    }
+}
+
+/// `--value FIELD:FROM=TO`: a cell of `field` written `from` (ignoring ASCII case and the
+/// spaces around it) is read as `to`, the API's spelling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueMap {
+    /// The field, as the user wrote it.
+    pub field: String,
+    /// The export's spelling.
+    pub from: String,
+    /// What it means, as the field accepts it.
+    pub to: String,
+}
+
+/// A cell of `field` that starts with `prefix` (ASCII case ignored) loses the prefix and gives
+/// the row the `sets` (`[prefix.contactPhone] "whatsapp:" = { type = "WhatsApp" }`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixRule {
+    /// The field whose cells carry the prefix.
+    pub field: String,
+    /// The prefix, such as `whatsapp:`.
+    pub prefix: String,
+    /// `FIELD = VALUE` pairs the row takes instead of its own.
+    pub sets: Vec<(String, String)>,
+}
+
+/// In what order rows are sent (`--order`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// As the file lists them (the default).
+    #[default]
+    Input,
+    /// Oldest first, whatever the file's order (for exports that list newest first).
+    Date,
+}
+
+impl std::str::FromStr for Order {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "input" | "file" => Ok(Order::Input),
+            "date" | "oldest-first" => Ok(Order::Date),
+            other => Err(format!(
+                "order '{other}' is not one of input (as the file lists rows), date (each conversation oldest first)"
+            )),
+        }
+    }
+}
+
+impl MappedRow {
+    /// The scheduler lane of the row: its conversation ID, else (IDs to be looked up) its
+    /// contact's key in its location, so rows of one contact go one at a time, in order.
+    pub fn lane(&self) -> String {
+        match &self.lookup {
+            Some(lookup) if self.message.conversation_id.is_empty() => {
+                lookup.lane(&self.message.contact_id)
+            }
+            _ => self.message.conversation_id.clone(),
+        }
+    }
+}
+
 /// What the user said about columns: the raw `--map`, `--set` and reading options.
 #[derive(Clone, Debug)]
 pub struct MappingOptions {
-    /// `--map FIELD=COLUMN`, in order; a later one for the same field wins.
-    pub maps: Vec<(String, String)>,
+    /// `--map FIELD=COLUMN` and the per-direction maps, in order; a later one for the same field
+    /// (and direction) wins.
+    pub maps: Vec<ColumnMap>,
+    /// `--value FIELD:FROM=TO`, in order; a later one for the same spelling wins.
+    pub values: Vec<ValueMap>,
+    /// Prefixes that say something about the row (`whatsapp:` numbers are WhatsApp messages).
+    pub prefixes: Vec<PrefixRule>,
+    /// `--skip-if COLUMN=VALUE`: rows whose cell in COLUMN is VALUE (ASCII case ignored) are
+    /// left out on purpose, recorded `skipped`.
+    pub skips: Vec<(String, String)>,
+    /// `--order`: as the file lists rows, or each conversation oldest first.
+    pub order: Order,
+    /// Columns left out without a warning (`ignore-columns` in the file; presets use it).
+    pub ignore_columns: Vec<String>,
     /// `--set FIELD=VALUE`, in order; a later one for the same field wins.
     pub sets: Vec<(String, String)>,
     /// `--list-sep`: what separates the items of a list cell that is not a JSON array.
@@ -168,6 +263,11 @@ impl Default for MappingOptions {
     fn default() -> Self {
         MappingOptions {
             maps: Vec::new(),
+            values: Vec::new(),
+            prefixes: Vec::new(),
+            skips: Vec::new(),
+            order: Order::Input,
+            ignore_columns: Vec::new(),
             sets: Vec::new(),
             list_sep: ';',
             dates: DateReader::default(),
@@ -177,10 +277,18 @@ impl Default for MappingOptions {
     }
 }
 
+/// A prefix (ASCII-lowercased) and the fields it sets on the row.
+type Prefix = (String, Vec<(Field, String)>);
+
 /// Where a field's value comes from.
 #[derive(Clone, Debug)]
 enum Source {
     Column(usize),
+    /// One column on inbound rows, another on outbound rows (`None`: the field is empty there).
+    ByDirection {
+        inbound: Option<usize>,
+        outbound: Option<usize>,
+    },
     /// A `--set` value, already checked.
     Constant(String),
 }
@@ -235,10 +343,21 @@ pub struct Mapping {
     resolving: bool,
     /// Said once, before the first row: columns that map to nothing, and similar.
     pub warnings: Vec<String>,
+    /// Per field (by [`Field::index`]): the export's spellings, ASCII-lowercased, and the value
+    /// each stands for. Empty for most fields, which then cost nothing.
+    values: Vec<Vec<(String, String)>>,
+    /// Per field: prefixes (ASCII-lowercased) and the fields they set on the row.
+    prefixes: Vec<Vec<Prefix>>,
+    /// Row filters: a column and the values (ASCII-lowercased) that leave a row out.
+    skips: Vec<(usize, Vec<String>)>,
+    /// Some field is read by direction: the row's direction is read first.
+    by_direction: bool,
+    /// `--order`.
+    pub order: Order,
 }
 
 impl Mapping {
-    /// The column a field is read from, if any.
+    /// The column a field is read from, if any (on every row).
     pub fn column_of(&self, field: Field) -> Option<&str> {
         match &self.sources[field.index()] {
             Some(Source::Column(i)) => Some(&self.header[*i]),
@@ -246,11 +365,92 @@ impl Mapping {
         }
     }
 
+    /// The column → field table, as `validate --show` prints it: every field with a source,
+    /// its per-direction columns, value maps and prefixes resolved; then the row filters.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let name = |i: &Option<usize>| match i {
+            Some(i) => format!("column {:?}", self.header[*i]),
+            None => "(empty)".to_owned(),
+        };
+        let mut out = String::from("columns → fields:\n");
+        for field in Field::ALL {
+            let Some(source) = &self.sources[field.index()] else {
+                continue;
+            };
+            let from = match source {
+                Source::Column(i) => name(&Some(*i)),
+                Source::Constant(v) => format!("{v:?} on every row (--set)"),
+                Source::ByDirection { inbound, outbound } => format!(
+                    "{} on inbound rows, {} on outbound rows",
+                    name(inbound),
+                    name(outbound)
+                ),
+            };
+            let _ = write!(out, "  {:<22} ← {from}", field.name());
+            let values = &self.values[field.index()];
+            if !values.is_empty() {
+                let list: Vec<String> = values
+                    .iter()
+                    .map(|(from, to)| format!("{from:?} → {to:?}"))
+                    .collect();
+                let _ = write!(out, "; values {}", list.join(", "));
+            }
+            for (prefix, sets) in &self.prefixes[field.index()] {
+                let list: Vec<String> = sets
+                    .iter()
+                    .map(|(f, v)| format!("{}={v}", f.name()))
+                    .collect();
+                let _ = write!(
+                    out,
+                    "; {prefix:?} prefix removed, the row gets {}",
+                    list.join(", ")
+                );
+            }
+            out.push('\n');
+        }
+        if let Some(k) = self.key {
+            let _ = writeln!(out, "  {:<22} ← column {:?}", "(row key)", self.header[k]);
+        }
+        for (column, values) in &self.skips {
+            let _ = writeln!(
+                out,
+                "  rows whose {:?} is {} are skipped",
+                self.header[*column],
+                values.join(" or ")
+            );
+        }
+        if self.order == Order::Date {
+            out.push_str("  rows are sent oldest first in each conversation (--order date)\n");
+        }
+        out
+    }
+
+    /// Why the row is left out on purpose (a `--skip-if` filter matched), if it is.
+    pub fn skip_reason(&self, cells: &ByteRecord, line: u64) -> Option<String> {
+        for (column, values) in &self.skips {
+            let Some(cell) = cells.get(*column).and_then(|c| std::str::from_utf8(c).ok()) else {
+                continue;
+            };
+            let cell = cell.trim();
+            if values.iter().any(|v| v.eq_ignore_ascii_case(cell)) {
+                return Some(format!(
+                    "line {line}: {} is {cell:?}: left out by the row filter (skip-if {}={})",
+                    self.header[*column],
+                    self.header[*column],
+                    values.join("|")
+                ));
+            }
+        }
+        None
+    }
+
     /// The row's `conversationId` as written in its cell (or `--set`), trimmed; not checked.
     pub fn conversation_cell<'a>(&'a self, cells: &'a ByteRecord) -> Option<&'a str> {
         match self.sources[Field::ConversationId.index()].as_ref()? {
             Source::Constant(v) => Some(v.as_str()),
             Source::Column(i) => std::str::from_utf8(cells.get(*i)?).ok().map(str::trim),
+            Source::ByDirection { .. } => None,
         }
     }
 

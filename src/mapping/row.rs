@@ -22,9 +22,17 @@ impl Mapping {
         let mut m = InboundMessage::default();
         let mut call = CallData::default();
         let mut lookup = crate::resolve::Lookup::default();
+        let direction = self
+            .by_direction
+            .then(|| self.row_direction(cells))
+            .flatten();
+        let mut row = RowState {
+            direction,
+            overrides: Vec::new(),
+        };
         for field in Field::ALL {
             let before = errors.len();
-            let Some(value) = self.read_field(cells, line, *field, &mut errors) else {
+            let Some(value) = self.read_field(cells, line, *field, &mut row, &mut errors) else {
                 let resolved =
                     self.resolving && matches!(field, Field::ConversationId | Field::ContactId);
                 if errors.len() == before && REQUIRED.contains(field) && !resolved {
@@ -32,42 +40,27 @@ impl Mapping {
                 }
                 continue;
             };
-            match value {
-                Value::Text(text) => match field {
-                    Field::ContactPhone => lookup.phone = Some(text),
-                    Field::ContactEmail => lookup.email = Some(text),
-                    Field::ContactName => lookup.name = Some(text),
-                    Field::FirstName => lookup.first_name = Some(text),
-                    Field::LastName => lookup.last_name = Some(text),
-                    Field::LocationId => lookup.location_id = text,
-                    Field::ConversationId => m.conversation_id = text,
-                    Field::ContactId => m.contact_id = text,
-                    Field::ConversationProviderId => m.conversation_provider_id = Some(text),
-                    Field::Message => m.message = Some(text),
-                    Field::Html => m.html = Some(text),
-                    Field::Subject => m.subject = Some(text),
-                    Field::EmailFrom => m.email_from = Some(text),
-                    Field::EmailTo => m.email_to = Some(text),
-                    Field::EmailMessageId => m.email_message_id = Some(text),
-                    Field::AltId => m.alt_id = Some(text),
-                    Field::Date => m.date = Some(text),
-                    Field::CallTo => call.to = Some(text),
-                    Field::CallFrom => call.from = Some(text),
-                    _ => unreachable!("read_field gives text only for text fields"),
-                },
-                Value::List(items) => match field {
-                    Field::Attachments => m.attachments = items,
-                    Field::EmailCc => m.email_cc = items,
-                    Field::EmailBcc => m.email_bcc = items,
-                    _ => unreachable!("read_field gives lists only for list fields"),
-                },
-                Value::Type(t) => m.kind = t,
-                Value::Direction(d) => m.direction = d,
-                Value::CallStatus(s) => call.status = Some(s),
+            put(*field, value, &mut m, &mut call, &mut lookup);
+        }
+        // What a prefix said about the row (a `whatsapp:` number: a WhatsApp message) replaces
+        // what its columns or `--set` said; the values were checked when the mapping was built.
+        for (field, value) in row.overrides {
+            if let Ok(value) = self.convert(field, value) {
+                put(field, value, &mut m, &mut call, &mut lookup);
             }
         }
         if call != CallData::default() {
             m.call = Some(call);
+        }
+        if self.order == super::Order::Date && m.date.is_none() && errors.is_empty() {
+            errors.push(RowError {
+                line,
+                column: self.column(Field::Date),
+                invalid: Invalid::new(
+                    Problem::Missing,
+                    "date is empty: --order date sends each conversation's rows oldest first, and this row has no date to place it by",
+                ),
+            });
         }
         let lookup = if self.resolving && errors.is_empty() {
             self.check_lookup(&m, lookup, line, &mut errors)
@@ -149,19 +142,59 @@ impl Mapping {
         }
     }
 
+    /// The row's direction as its cell (or `--set`) and value maps say, for the fields read
+    /// by direction; `None` when it is empty or not a direction (its own error says so).
+    fn row_direction(&self, cells: &ByteRecord) -> Option<Direction> {
+        let raw = match self.sources[Field::Direction.index()].as_ref()? {
+            Source::Constant(v) => v.as_str(),
+            Source::Column(i) => std::str::from_utf8(cells.get(*i)?).ok()?,
+            Source::ByDirection { .. } => return None,
+        };
+        let value = self.translate(Field::Direction.index(), raw.trim());
+        match self.convert(Field::Direction, value) {
+            Ok(Value::Direction(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The value a `--value` map of the field at `at` gives the cell, else the cell.
+    fn translate<'a>(&'a self, at: usize, value: &'a str) -> &'a str {
+        let map = &self.values[at];
+        if map.is_empty() {
+            return value;
+        }
+        let trimmed = value.trim();
+        map.iter()
+            .find(|(from, _)| from.eq_ignore_ascii_case(trimmed))
+            .map_or(value, |(_, to)| to.as_str())
+    }
+
     /// Reads, normalises and checks one field. `None` when empty or broken (then `errors` has it).
-    fn read_field(
-        &self,
+    fn read_field<'m>(
+        &'m self,
         cells: &ByteRecord,
         line: u64,
         field: Field,
+        row: &mut RowState<'m>,
         errors: &mut Vec<RowError>,
     ) -> Option<Value> {
-        let (raw, column) = match self.sources[field.index()].as_ref()? {
+        let column_at = |i: usize| -> Option<(&[u8], Column)> {
+            Some((cells.get(i)?, Column::Csv(i, self.header[i].clone())))
+        };
+        // Found once: `index` is a search of `Field::ALL`.
+        let at = field.index();
+        let (raw, column) = match self.sources[at].as_ref()? {
             Source::Constant(v) => (v.as_str(), Column::Set(field.name())),
-            Source::Column(i) => {
-                let bytes = cells.get(*i)?;
-                let column = Column::Csv(*i, self.header[*i].clone());
+            source => {
+                let i = match source {
+                    Source::Column(i) => *i,
+                    Source::ByDirection { inbound, outbound } => match row.direction? {
+                        Direction::Inbound => (*inbound)?,
+                        Direction::Outbound => (*outbound)?,
+                    },
+                    Source::Constant(_) => unreachable!("matched above"),
+                };
+                let (bytes, column) = column_at(i)?;
                 match std::str::from_utf8(bytes) {
                     Ok(s) => (s, column),
                     Err(e) => {
@@ -171,7 +204,7 @@ impl Mapping {
                             invalid: Invalid::new(
                                 Problem::Encoding,
                                 format!(
-                                    "the cell is not valid UTF-8 (byte {} of the cell is not): save the export as UTF-8",
+                                    "the cell is not valid UTF-8 (byte {} of the cell is not): give the export's encoding with --encoding LABEL, or save it as UTF-8",
                                     e.valid_up_to() + 1
                                 ),
                             ),
@@ -198,6 +231,17 @@ impl Mapping {
                 t
             }
         };
+        let mut value = self.translate(at, value);
+        for (prefix, sets) in &self.prefixes[at] {
+            if let Some(head) = value.get(..prefix.len())
+                && head.eq_ignore_ascii_case(prefix)
+            {
+                value = value[prefix.len()..].trim_start();
+                row.overrides
+                    .extend(sets.iter().map(|(f, v)| (*f, v.as_str())));
+                break;
+            }
+        }
         let result = self.convert(field, value);
         match result {
             Ok(v) => Some(v),
@@ -231,17 +275,16 @@ impl Mapping {
                 validate::check_id(name, value)?;
                 Value::Text(value.to_owned())
             }
+            // `Ann Lee <ann@example.com>` is sent as the address alone.
             Field::EmailFrom | Field::EmailTo => {
-                validate::check_email(name, value)?;
-                Value::Text(value.to_owned())
+                Value::Text(validate::normalize_email(name, value)?)
             }
-            Field::EmailCc | Field::EmailBcc => {
-                let items = validate::split_list(name, value, self.list_sep)?;
-                for item in &items {
-                    validate::check_email(name, item)?;
-                }
-                Value::List(items)
-            }
+            Field::EmailCc | Field::EmailBcc => Value::List(
+                validate::split_addresses(name, value, self.list_sep)?
+                    .iter()
+                    .map(|item| validate::normalize_email(name, item))
+                    .collect::<Result<_, _>>()?,
+            ),
             Field::Attachments => {
                 let items = validate::split_list(name, value, self.list_sep)?;
                 for item in &items {
@@ -257,9 +300,8 @@ impl Mapping {
                 self.default_country,
             )?),
             Field::ContactEmail => {
-                validate::check_email(name, value)?;
                 // The key of the ID map; HighLevel matches addresses without regard to case.
-                Value::Text(value.to_lowercase())
+                Value::Text(validate::normalize_email(name, value)?.to_lowercase())
             }
             Field::ContactName | Field::FirstName | Field::LastName => {
                 Value::Text(value.to_owned())
@@ -270,6 +312,58 @@ impl Mapping {
             | Field::EmailMessageId
             | Field::AltId => Value::Text(value.to_owned()),
         })
+    }
+}
+
+/// What [`Mapping::map_row`] carries across the fields of one row.
+struct RowState<'m> {
+    /// The row's direction, read first when some field is read by direction.
+    direction: Option<Direction>,
+    /// Fields a prefix set (`type = WhatsApp` for a `whatsapp:` number), applied last.
+    overrides: Vec<(Field, &'m str)>,
+}
+
+/// Puts one field's value where it goes: the body, the call object, or the contact lookup.
+#[inline]
+fn put(
+    field: Field,
+    value: Value,
+    m: &mut InboundMessage,
+    call: &mut CallData,
+    lookup: &mut crate::resolve::Lookup,
+) {
+    match value {
+        Value::Text(text) => match field {
+            Field::ContactPhone => lookup.phone = Some(text),
+            Field::ContactEmail => lookup.email = Some(text),
+            Field::ContactName => lookup.name = Some(text),
+            Field::FirstName => lookup.first_name = Some(text),
+            Field::LastName => lookup.last_name = Some(text),
+            Field::LocationId => lookup.location_id = text,
+            Field::ConversationId => m.conversation_id = text,
+            Field::ContactId => m.contact_id = text,
+            Field::ConversationProviderId => m.conversation_provider_id = Some(text),
+            Field::Message => m.message = Some(text),
+            Field::Html => m.html = Some(text),
+            Field::Subject => m.subject = Some(text),
+            Field::EmailFrom => m.email_from = Some(text),
+            Field::EmailTo => m.email_to = Some(text),
+            Field::EmailMessageId => m.email_message_id = Some(text),
+            Field::AltId => m.alt_id = Some(text),
+            Field::Date => m.date = Some(text),
+            Field::CallTo => call.to = Some(text),
+            Field::CallFrom => call.from = Some(text),
+            _ => unreachable!("read_field gives text only for text fields"),
+        },
+        Value::List(items) => match field {
+            Field::Attachments => m.attachments = items,
+            Field::EmailCc => m.email_cc = items,
+            Field::EmailBcc => m.email_bcc = items,
+            _ => unreachable!("read_field gives lists only for list fields"),
+        },
+        Value::Type(t) => m.kind = t,
+        Value::Direction(d) => m.direction = d,
+        Value::CallStatus(s) => call.status = Some(s),
     }
 }
 
@@ -287,10 +381,14 @@ fn enum_value<E: SpecEnum>(name: &str, value: &str, problem: Problem) -> Result<
         let hint = suggestion
             .map(|s| format!("; did you mean {}?", s.as_str()))
             .unwrap_or_default();
+        let translate = format!(
+            " (an export's own spelling can be translated: --value {name}:{}=VALUE)",
+            value.trim()
+        );
         Invalid::new(
             problem,
             format!(
-                "{name} {} is not one of {}{hint}",
+                "{name} {} is not one of {}{hint}{translate}",
                 validate::quote(value),
                 E::list()
             ),
@@ -477,7 +575,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "line 3, column 5 (message): the cell is not valid UTF-8 (byte 4 of the cell is not): save the export as UTF-8"
+                "line 3, column 5 (message): the cell is not valid UTF-8 (byte 4 of the cell is not): give the export's encoding with --encoding LABEL, or save it as UTF-8"
             ]
         );
     }

@@ -202,7 +202,7 @@ impl Journal {
                 );
             };
             // A duplicate line says nothing about its key: the first row with it does.
-            if matches!(status, Status::Duplicate | Status::Valid) {
+            if matches!(status, Status::Duplicate | Status::Valid | Status::Skipped) {
                 continue;
             }
             let id = key_id(&key);
@@ -272,7 +272,14 @@ impl Journal {
             // The outcome is known; only the details after it were lost.
             Some(status @ (Status::Sent | Status::Failed)) => Some(status),
             // Nothing was in flight after such a line; the row is looked at afresh.
-            Some(Status::Invalid | Status::Duplicate | Status::Valid | Status::Changed) => None,
+            Some(
+                Status::Invalid
+                | Status::Duplicate
+                | Status::Valid
+                | Status::Changed
+                | Status::Skipped
+                | Status::Waiting,
+            ) => None,
             // A row recorded sent is never attempted again: the cut line was a duplicate's.
             _ if earlier == Some(Status::Sent) => None,
             // `sending`, `unknown`, or a status cut in half: a request may have left.

@@ -75,6 +75,13 @@ pub enum Status {
     /// Keyed by content, it looks like a row sent earlier with a cell edited; not sent (unless
     /// `--send-changed`). Tried again on the next run, like `failed`.
     Changed,
+    /// Left out on purpose by a row filter (`--skip-if`, a preset's `[skip]`); not sent. Looked
+    /// at afresh on the next run, like `invalid` (the filter may have changed).
+    Skipped,
+    /// Not sent: an earlier row of its conversation failed (the server failing, retries
+    /// exhausted), and sending this one first would put the timeline out of order. Sent on the
+    /// next run, after that row, like `failed`.
+    Waiting,
 }
 
 impl Status {
@@ -89,6 +96,8 @@ impl Status {
             Status::Unknown => "unknown",
             Status::Duplicate => "duplicate",
             Status::Changed => "changed",
+            Status::Skipped => "skipped",
+            Status::Waiting => "waiting",
         }
     }
 }
@@ -111,6 +120,8 @@ impl FromStr for Status {
             "unknown" => Status::Unknown,
             "duplicate" => Status::Duplicate,
             "changed" => Status::Changed,
+            "skipped" => Status::Skipped,
+            "waiting" => Status::Waiting,
             other => return Err(format!("'{other}' is not a status")),
         })
     }
@@ -374,6 +385,8 @@ mod tests {
             Status::Unknown,
             Status::Duplicate,
             Status::Changed,
+            Status::Skipped,
+            Status::Waiting,
         ] {
             assert_eq!(s.as_str().parse::<Status>(), Ok(s));
         }

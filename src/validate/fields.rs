@@ -34,25 +34,105 @@ pub fn check_id(field: &str, value: &str) -> Result<(), Invalid> {
     ))
 }
 
-/// An e-mail address, plain (`ann@example.com`). `Ann <ann@example.com>` is refused with the
-/// address suggested, because the API takes addresses, not display names.
-pub fn check_email(field: &str, value: &str) -> Result<(), Invalid> {
+/// An e-mail address: plain (`ann@example.com`), or with a display name as mail programs and
+/// exports write it (`Ann Lee <ann@example.com>`, `"Lee, Ann" <ann@example.com>`,
+/// `<ann@example.com>`). Answers with the bare address, which is what the API takes.
+pub fn normalize_email(field: &str, value: &str) -> Result<String, Invalid> {
+    let value = value.trim();
     if is_plain_address(value) {
-        return Ok(());
+        return Ok(value.to_owned());
+    }
+    if let Some(address) = named_address(value) {
+        return Ok(address.to_owned());
     }
     let suggestion = match (value.find('<'), value.rfind('>')) {
-        (Some(a), Some(b)) if a < b && is_plain_address(value[a + 1..b].trim()) => {
-            format!("; did you mean {}?", value[a + 1..b].trim())
-        }
+        (Some(a), Some(b)) if a < b && is_plain_address(value[a + 1..b].trim()) => format!(
+            "; did you mean {}? (a display name goes before the <address>, in quotes when it holds < > or \")",
+            value[a + 1..b].trim()
+        ),
         _ => String::new(),
     };
     Err(Invalid::new(
         Problem::Email,
         format!(
-            "{field} {} is not an e-mail address: expected one address such as ann@example.com{suggestion}",
+            "{field} {} is not an e-mail address: expected one address such as ann@example.com or Ann Lee <ann@example.com>{suggestion}",
             quote(value)
         ),
     ))
+}
+
+/// The address of `Display Name <address>`: the name plain text (no `<`, `>` or `"`), or a
+/// quoted string (`"Lee, Ann"`, with `\"` for a quote), or absent.
+fn named_address(value: &str) -> Option<&str> {
+    let inner = value.strip_suffix('>')?;
+    let open = inner.rfind('<')?;
+    let (name, address) = (inner[..open].trim(), inner[open + 1..].trim());
+    if !is_plain_address(address) {
+        return None;
+    }
+    let name_ok = match name.strip_prefix('"') {
+        Some(rest) => rest
+            .strip_suffix('"')
+            .is_some_and(|quoted| !unescaped_quote(quoted)),
+        None => !name.contains(['<', '>', '"']),
+    };
+    name_ok.then_some(address)
+}
+
+/// Whether `s` holds a `"` not escaped by a backslash.
+fn unescaped_quote(s: &str) -> bool {
+    let mut escaped = false;
+    for c in s.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// An address list cell (`emailCc`, `emailBcc`): a JSON array, or addresses separated by `sep`,
+/// where a separator inside a quoted display name or inside `<…>` does not count
+/// (`"Lee, Ann" <ann@example.com>, Bob <bob@example.com>` with `--list-sep ,`).
+pub fn split_addresses(field: &str, value: &str, sep: char) -> Result<Vec<String>, Invalid> {
+    if value.trim().starts_with('[') {
+        return split_list(field, value, sep);
+    }
+    let mut items = Vec::new();
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' if !angle => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            c if c == sep && !quoted && !angle => {
+                items.push(&value[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return Err(Invalid::new(
+            Problem::List,
+            format!(
+                "{field} {} has a quote that is not closed: expected addresses separated by '{sep}', a display name in quotes such as \"Lee, Ann\" <ann@example.com>",
+                quote(value)
+            ),
+        ));
+    }
+    items.push(&value[start..]);
+    Ok(items
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 fn is_plain_address(value: &str) -> bool {
@@ -215,27 +295,74 @@ mod tests {
 
     #[test]
     fn emails() {
-        let cases: &[(&str, Result<(), &str>)] = &[
-            ("ann@example.com", Ok(())),
-            ("ann.lee+tag@mail.example.co.uk", Ok(())),
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("ann@example.com", Ok("ann@example.com")),
+            (
+                " ann.lee+tag@mail.example.co.uk ",
+                Ok("ann.lee+tag@mail.example.co.uk"),
+            ),
+            ("Ann Lee <ann@example.com>", Ok("ann@example.com")),
+            ("\"Lee, Ann\" <ann@example.com>", Ok("ann@example.com")),
+            (
+                "\"Ann \\\"the\\\" Lee\" <ann@example.com>",
+                Ok("ann@example.com"),
+            ),
+            ("<ann@example.com>", Ok("ann@example.com")),
+            ("Zoë Ñandú < zoe@example.com >", Ok("zoe@example.com")),
             ("ann@localhost", Err("not an e-mail address")),
             ("ann.example.com", Err("not an e-mail address")),
             ("ann @example.com", Err("not an e-mail address")),
             ("@example.com", Err("not an e-mail address")),
             ("ann@@example.com", Err("not an e-mail address")),
             ("ann@example..com", Err("not an e-mail address")),
+            ("Ann <ann@localhost>", Err("not an e-mail address")),
             (
-                "Ann Lee <ann@example.com>",
+                "Ann \"Lee <ann@example.com>",
+                Err("did you mean ann@example.com?"),
+            ),
+            (
+                "Ann <ann@example.com> trailing",
                 Err("did you mean ann@example.com?"),
             ),
         ];
         for (input, want) in cases {
-            match (check_email("emailTo", input), want) {
-                (Ok(()), Ok(())) => {}
+            match (normalize_email("emailTo", input), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, *w, "{input}"),
                 (Err(e), Err(text)) => {
                     assert_eq!(e.problem, Problem::Email);
                     assert!(e.message.contains(text), "{input}: {}", e.message);
                 }
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn address_lists() {
+        type Case<'a> = (&'a str, char, Result<Vec<&'a str>, Problem>);
+        let cases: &[Case] = &[
+            ("a@x.com; b@x.com", ';', Ok(vec!["a@x.com", "b@x.com"])),
+            (
+                "\"Lee, Ann\" <ann@x.com>, Bob <bob@x.com>",
+                ',',
+                Ok(vec!["\"Lee, Ann\" <ann@x.com>", "Bob <bob@x.com>"]),
+            ),
+            (
+                "\"Lee; Ann\" <ann@x.com>;bob@x.com;",
+                ';',
+                Ok(vec!["\"Lee; Ann\" <ann@x.com>", "bob@x.com"]),
+            ),
+            (
+                r#"["Ann <a@x.com>","b@x.com"]"#,
+                ';',
+                Ok(vec!["Ann <a@x.com>", "b@x.com"]),
+            ),
+            ("\"Lee, Ann <ann@x.com>", ',', Err(Problem::List)),
+        ];
+        for (input, sep, want) in cases {
+            match (split_addresses("emailCc", input, *sep), want) {
+                (Ok(items), Ok(w)) => assert_eq!(items, *w, "{input}"),
+                (Err(e), Err(p)) => assert_eq!(e.problem, *p, "{input}"),
                 (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
             }
         }

@@ -11,9 +11,10 @@ mod fields;
 
 use std::fmt;
 
-pub use date::DateReader;
+pub use date::{DateFormat, DateReader};
 pub use fields::{
-    check_attachment, check_email, check_id, check_message, normalize_phone, split_list,
+    check_attachment, check_id, check_message, normalize_email, normalize_phone, split_addresses,
+    split_list,
 };
 
 /// The kind of a row error, for grouping in the summary.

@@ -86,16 +86,7 @@ async fn sigterm_with_stderr_a_closed_pipe_stops_within_seconds() {
     .await;
     scenario::signal(&child, "TERM");
     let signalled = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            break status.code();
-        }
-        if signalled.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("still running 20 s after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = scenario::exit_within(&mut child, Duration::from_secs(20), "SIGTERM").await;
     assert_eq!(code, Some(3), "stopped early, resumable");
     assert!(
         signalled.elapsed() < Duration::from_secs(10),

@@ -205,9 +205,12 @@ fn hostile_files_are_rows_with_errors_not_crashes() {
 fn dst_gaps_and_folds_with_a_timezone() {
     let options = MappingOptions {
         dates: DateReader {
-            format: Some("%d/%m/%Y %H:%M".into()),
+            formats: vec![lc_import::validate::DateFormat::Strftime(
+                "%d/%m/%Y %H:%M".into(),
+            )],
             timezone: jiff::tz::TimeZone::get("Europe/Berlin").ok(),
             timezone_name: Some("Europe/Berlin".into()),
+            epoch_column: None,
         },
         ..MappingOptions::default()
     };

@@ -4,6 +4,7 @@
 mod changed;
 mod crash;
 mod exits;
+mod exports;
 mod faults;
 mod fixture;
 mod hostile;
@@ -19,6 +20,7 @@ mod run;
 mod sandbox;
 mod scenario;
 mod security;
+mod streams;
 mod support;
 mod trust;
 mod validate;

@@ -21,6 +21,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use lc_import::sandbox::{Sandbox, SandboxConfig, Stats};
 use serde_json::Value;
@@ -465,6 +466,21 @@ pub async fn wait(mut child: Child) -> ExitStatus {
         .await
         .expect("join")
         .expect("wait")
+}
+
+/// Waits for the child to end, at most `limit` (then kills it and fails); its exit code.
+pub async fn exit_within(child: &mut Child, limit: Duration, what: &str) -> Option<i32> {
+    let since = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return status.code();
+        }
+        if since.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running {limit:?} after {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Sends the child Ctrl-C (SIGINT), waits for it to end, and checks it stopped as an

@@ -26,7 +26,9 @@ fn assert_no_secret(w: &WorkDir, out: &Output, files: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_never_reaches_output_on_error_paths() {
     let w = WorkDir::new();
-    w.write("in.csv", support::export(40, 4));
+    // A conversation per row: a row out of retries holds back the rest of its conversation, and
+    // the refused connections must go on to the 25 in a row that stop the run.
+    w.write("in.csv", support::export(40, 40));
     let trace = ["-vv", "--rate", "none", "--max-retries", "1"];
 
     // 401: the server rejects the token.

@@ -40,8 +40,16 @@ fn show_prints_the_exact_request_bodies() {
     w.copy("samples/messages.csv");
     let out = w.run(&["validate", "messages.csv", "--show", "2"]);
     out.expect_code(0);
-    let first = out.stdout.split("row 2 (line 3):").next().unwrap();
-    let json = first.trim_start_matches("row 1 (line 2):").trim();
+    // The column → field table comes first, then the bodies.
+    let (table, rows) = out
+        .stdout
+        .split_once("row 1 (line 2):")
+        .expect("a first row");
+    assert!(
+        table.contains("  message                ← column \"message\""),
+        "{out:?}"
+    );
+    let json = rows.split("row 2 (line 3):").next().unwrap().trim();
     let body: serde_json::Value = serde_json::from_str(json).expect("pretty JSON");
     assert_eq!(
         body,
@@ -66,7 +74,8 @@ fn every_mistake_in_bad_csv_gets_its_error() {
     out.expect_code(1);
     assert!(out.stdout.contains(": 0 valid, 25 invalid"), "{out:?}");
     assert!(
-        out.stdout.contains("most frequent errors:\n  4  bad date"),
+        out.stdout
+            .contains("most frequent errors in bad.csv:\n  4  bad date"),
         "{out:?}"
     );
     // The first column of bad.csv says which error its row must produce.
@@ -120,7 +129,7 @@ fn invalid_utf8_names_the_cell() {
         (
             "2".into(),
             "invalid".into(),
-            "line 3, column 6 (message): the cell is not valid UTF-8 (byte 4 of the cell is not): save the export as UTF-8".into()
+            "line 3, column 6 (message): the cell is not valid UTF-8 (byte 4 of the cell is not): give the export's encoding with --encoding LABEL, or save it as UTF-8".into()
         )
     );
     assert_eq!((got[0].1.as_str(), got[2].1.as_str()), ("valid", "valid"));

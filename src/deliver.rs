@@ -180,7 +180,10 @@ impl Deliver {
             // lets the others take their times).
             self.gate.observe(limits);
             let day_spent = self.day_spent(&attempt);
-            self.gate.attempt_done();
+            match &attempt {
+                Attempt::Answered { status, .. } if *status != 401 => self.gate.attempt_done(),
+                _ => self.gate.probe_lost(),
+            }
             drop(on_the_wire);
             if let Attempt::Answered {
                 status: 401, body, ..

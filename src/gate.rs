@@ -87,6 +87,10 @@ pub struct Gate {
     heard: Notify,
     /// `--wait`; `None`: a spent daily budget stops the run.
     day: Option<Day>,
+    /// A reason that does not drain was given (first or not).
+    halting: AtomicBool,
+    /// Wakes `halted` when `halting` is set.
+    halt: Notify,
 }
 
 /// A request's place on the wire, from [`Gate::admit`] or [`Gate::depart`]: held until its
@@ -132,6 +136,8 @@ impl Gate {
             requests: AtomicU64::new(0),
             rate_noted: AtomicBool::new(false),
             day: None,
+            halting: AtomicBool::new(false),
+            halt: Notify::new(),
         }
     }
 
@@ -256,6 +262,23 @@ impl Gate {
         }
     }
 
+    /// The probe learnt nothing of the budget (a 401, no answer): the next request probes.
+    pub fn probe_lost(&self) {
+        let Some(day) = &self.day else { return };
+        let mut state = day.state.lock().expect("day lock");
+        if let DayState::Spent {
+            probe_out: true, ..
+        } = *state
+        {
+            *state = DayState::Spent {
+                resume_at: tokio::time::Instant::now(),
+                probe_out: false,
+            };
+            drop(state);
+            day.changed.notify_waiters();
+        }
+    }
+
     /// Notes whether an answer was a 429; with `--wait`, `true` when 429s have gone on for two
     /// burst windows (or a minute, whichever is longer): the day's budget, not the window's.
     pub fn throttled(&self, is_429: bool, window: Option<Duration>) -> bool {
@@ -274,8 +297,8 @@ impl Gate {
     /// on the wire first, then its time (so a time is never taken and left unused while the
     /// wire is full). A spent `--max-requests` stops the run here.
     pub async fn admit(&self) -> Result<OnTheWire<'_>, Closed> {
-        self.day_open().await?;
         self.first_answer().await?;
+        self.day_open().await?;
         let on_the_wire = tokio::select! {
             biased;
             _ = self.stop.cancelled() => return Err(Closed),
@@ -294,8 +317,8 @@ impl Gate {
     /// request with work to do before it leaves (its `sending` line, synced); it leaves with
     /// [`depart`](Gate::depart).
     pub async fn admit_ahead(&self, lead: Duration) -> Result<Slot, Closed> {
-        self.day_open().await?;
         self.first_answer().await?;
+        self.day_open().await?;
         let at = tokio::select! {
             biased;
             _ = self.stop.cancelled() => return Err(Closed),
@@ -312,6 +335,7 @@ impl Gate {
     /// slow), or one a pause came over, is traded for a fresh one (not counted again against
     /// `--max-requests`).
     pub async fn depart(&self, slot: Slot) -> Result<OnTheWire<'_>, Closed> {
+        self.day_open().await?;
         let on_the_wire = tokio::select! {
             biased;
             _ = self.halted() => return Err(Closed),
@@ -331,9 +355,14 @@ impl Gate {
     /// Resolves once the run stops for a reason that does not drain (see
     /// [`depart`](Gate::depart)); a stop without a reason yet is the signal handler's soft stop.
     async fn halted(&self) {
-        self.stop.cancelled().await;
-        if self.reason().is_none_or(|r| r.drains()) {
-            std::future::pending::<()>().await;
+        loop {
+            let notified = self.halt.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.halting.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -424,7 +453,12 @@ impl Gate {
         let mut r = self.reason.lock().expect("stop reason lock");
         if r.is_none() {
             warn!("stopping the run: {reason}");
-            *r = Some(reason);
+            *r = Some(reason.clone());
+        }
+        drop(r);
+        if !reason.drains() {
+            self.halting.store(true, Ordering::Release);
+            self.halt.notify_waiters();
         }
         self.stop.cancel();
     }
@@ -598,5 +632,121 @@ mod tests {
                 assert_eq!(departing.await.err(), Some(Closed), "{reason}: held back");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod stop_and_day_tests {
+    use super::*;
+
+    /// Ctrl-C first (the soft stop: the run's token is cancelled, no reason yet), then a row in
+    /// flight is answered 401 (or its outcome cannot be written): the reason is one that does
+    /// not drain, yet a row with its `sending` line on disk, waiting for the wire, still leaves.
+    #[tokio::test]
+    async fn a_rejected_token_after_a_soft_stop_still_holds_rows_back() {
+        let soft = CancellationToken::new();
+        let gate = Gate::new(None, None, 1, soft.child_token());
+        drop(gate.admit().await.unwrap()); // the first answer
+        let on_the_wire = gate.admit().await.unwrap();
+        let slot = gate.admit_ahead(Duration::ZERO).await.unwrap();
+        let departing = gate.depart(slot);
+        tokio::pin!(departing);
+        soft.cancel(); // Ctrl-C
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut departing)
+                .await
+                .is_err(),
+            "a soft stop drains: still waiting for its place"
+        );
+        gate.stop_with(StopReason::TokenRejected("401".into()));
+        drop(on_the_wire);
+        assert_eq!(
+            departing.await.err(),
+            Some(Closed),
+            "the token was rejected: the held-back row must not leave"
+        );
+    }
+
+    /// --wait: rows waiting for the first answer passed `day_open` before it; when that answer
+    /// says the day's budget is spent they take their times and leave anyway (one 429 each).
+    #[tokio::test(start_paused = true)]
+    async fn rows_held_for_the_first_answer_heed_a_spent_day() {
+        let gate = Gate::new(None, None, 4, CancellationToken::new())
+            .with_wait(true, Arc::new(Counters::default()));
+        let first = gate.admit().await.unwrap();
+        let second = gate.admit_ahead(Duration::ZERO);
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), &mut second)
+                .await
+                .is_err(),
+            "waits for the first answer"
+        );
+        // The first answer: the day's budget is spent (as deliver does: observe, then drop).
+        gate.observe(ServerLimits {
+            daily_remaining: Some(0),
+            day_length: Some(Duration::from_secs(60)),
+            ..ServerLimits::default()
+        });
+        drop(first);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut second)
+                .await
+                .is_err(),
+            "the day is spent: the second must wait for the next day, not take a time now"
+        );
+    }
+
+    /// --wait: a row that reserved its slot (its `sending` line written) before another row's
+    /// answer said the day is spent departs into the spent day.
+    #[tokio::test(start_paused = true)]
+    async fn a_written_ahead_row_does_not_depart_into_a_spent_day() {
+        let gate = Gate::new(None, None, 4, CancellationToken::new())
+            .with_wait(true, Arc::new(Counters::default()));
+        drop(gate.admit().await.unwrap()); // the first answer
+        let slot = gate.admit_ahead(Duration::ZERO).await.unwrap();
+        gate.observe(ServerLimits {
+            daily_remaining: Some(0),
+            day_length: Some(Duration::from_secs(60)),
+            ..ServerLimits::default()
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), gate.depart(slot))
+                .await
+                .is_err(),
+            "the day is spent: it must wait for the day (or be handed back), not leave now"
+        );
+    }
+
+    /// --wait: the probe is answered 401 (its bearer was taken before the day's wait, and the
+    /// token expired meanwhile) or not at all: deliver still calls `attempt_done`, which opens
+    /// the day although nothing was learnt of the budget; the next 429 then waits for the
+    /// *next* UTC midnight, not an hour.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_learnt_nothing_does_not_open_the_day() {
+        let gate = Gate::new(None, None, 4, CancellationToken::new())
+            .with_wait(true, Arc::new(Counters::default()));
+        let spent = || ServerLimits {
+            daily_remaining: Some(0),
+            day_length: Some(Duration::from_secs(60)),
+            ..ServerLimits::default()
+        };
+        drop(gate.admit().await.unwrap());
+        gate.observe(spent());
+        let probe = gate.admit().await.unwrap(); // the probe, after the wait
+        // Answered 401, no rate headers: deliver.rs:179-181 observe(default) + attempt_done.
+        gate.observe(ServerLimits::default());
+        gate.probe_lost();
+        drop(probe);
+        let _replay = gate
+            .admit()
+            .await
+            .expect("one request (the replay) probes again");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), gate.admit())
+                .await
+                .is_err(),
+            "a 401 says nothing of the budget: the day must not be open to every row"
+        );
     }
 }

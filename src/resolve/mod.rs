@@ -364,8 +364,9 @@ pub(crate) async fn gated_call(
     let mut replayed = false;
     loop {
         let bearer = env.auth.ready().await.map_err(|r| Failure::Stop(Some(r)))?;
-        // Its place on the wire is held until the answer is read.
-        let Ok(_on_the_wire) = env.gate.admit().await else {
+        // Its place on the wire is held until the answer is read, not through a renewal or
+        // a backoff (at --concurrency 1 that would hold every message back).
+        let Ok(on_the_wire) = env.gate.admit().await else {
             return Err(Failure::Stop(None));
         };
         attempts += 1;
@@ -379,7 +380,9 @@ pub(crate) async fn gated_call(
             && response.status().as_u16() == 401
         {
             env.gate.observe(server_limits(response.headers()));
-            env.gate.attempt_done();
+            // A 401 says nothing of the day's budget: a --wait probe goes again.
+            env.gate.probe_lost();
+            drop(on_the_wire);
             let words = format!("{what}: HTTP 401");
             match env.auth.rejected(&bearer, replayed, words).await {
                 Rejected::Replay => {
@@ -426,7 +429,11 @@ pub(crate) async fn gated_call(
                 }
             }
         };
-        env.gate.attempt_done();
+        match &attempt {
+            Attempt::Answered { .. } => env.gate.attempt_done(),
+            _ => env.gate.probe_lost(),
+        }
+        drop(on_the_wire);
         let outcome = match classify(&attempt) {
             // --wait: the gate holds this request (and every one) until the next day.
             Outcome::Stop(StopReason::DailyBudget) if env.gate.waits() => {

@@ -172,10 +172,28 @@ impl Deliver {
                 self.finish(&mut line, Status::Failed, why);
                 return true;
             };
+            // Its token may have been answered 401 (another request's) while it waited: it
+            // then does not leave with it. Its line says so first (a kill during the renewal
+            // then leaves it to send, not `unknown`), and it goes again with a line of its own.
+            let Some(bearer) = self.auth.still(bearer) else {
+                drop(on_the_wire);
+                if !self.not_sent_yet(
+                    &mut line,
+                    "its token was refused meanwhile; sent again with a renewed one",
+                ) {
+                    return true;
+                }
+                line.error.clear();
+                ahead = true;
+                continue;
+            };
             line.attempts += 1;
             debug!(row = line.row, attempt = line.attempts, body = %String::from_utf8_lossy(&body), "sending");
             let attempt_left = jiff::Timestamp::now();
             let (attempt, limits) = self.sender.post(body.clone(), &bearer.value).await;
+            if let Attempt::Answered { status: 401, .. } = &attempt {
+                self.auth.note_rejected(&bearer);
+            }
             // What it says of the limits is in before its place is given up (the first answer
             // lets the others take their times).
             self.gate.observe(limits);
@@ -456,6 +474,25 @@ impl Deliver {
         }
     }
 
+    /// Like [`not_stored_yet`](Self::not_stored_yet), for a row whose request never left.
+    fn not_sent_yet(&self, line: &mut ResultLine, why: &str) -> bool {
+        line.status = Some(Status::Failed);
+        line.http_status = None;
+        line.error = format!("not sent: {why}");
+        line.finished_at = now_rfc3339();
+        match self
+            .journal
+            .record(line)
+            .and_then(|()| self.journal.flush())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                self.gate.stop_with(self.journal_error(&e));
+                false
+            }
+        }
+    }
+
     /// Whether the message `body` that was just answered 500/502/504 was stored after all:
     /// one read of its conversation, matched as `--verify-unknown` matches (the request left
     /// at `left`).
@@ -563,7 +600,9 @@ mod tests {
         let size = size_of_output(Deliver::row);
         eprintln!("Deliver::row future: {size} bytes");
         // 3,416 bytes with the lookups inline; 1,560 with them boxed; 1,816 with the bearer a
-        // request holds (renewals boxed).
-        assert!(size <= 2048, "{size} bytes");
+        // request holds (renewals boxed); 2,088 with the wire's place, the read-back check
+        // (boxed) and the token re-checked before it leaves. The bound is below the lookups
+        // inline, which is what it guards against.
+        assert!(size <= 2304, "{size} bytes");
     }
 }

@@ -108,7 +108,11 @@ impl Drop for OnTheWire<'_> {
 
 /// A request's reserved time to leave, from [`Gate::admit_ahead`].
 #[derive(Clone, Copy, Debug)]
-pub struct Slot(tokio::time::Instant);
+pub struct Slot {
+    at: tokio::time::Instant,
+    /// With `--wait`: this request is the probe of a day that was spent.
+    probe: bool,
+}
 
 /// A request that may not leave: the run is stopping (the reason is with the gate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,9 +166,9 @@ impl Gate {
     }
 
     /// Waits while the day's budget is spent; the first request after the wait is the probe.
-    async fn day_open(&self) -> Result<(), Closed> {
+    async fn day_open(&self) -> Result<bool, Closed> {
         let Some(day) = &self.day else {
-            return Ok(());
+            return Ok(false);
         };
         loop {
             let notified = day.changed.notified();
@@ -173,7 +177,7 @@ impl Gate {
             let until = {
                 let mut state = day.state.lock().expect("day lock");
                 match &mut *state {
-                    DayState::Open => return Ok(()),
+                    DayState::Open => return Ok(false),
                     DayState::Spent {
                         probe_out: true, ..
                     } => None,
@@ -185,7 +189,7 @@ impl Gate {
                             *probe_out = true;
                             day.counters.resume_at_ms.store(0, Ordering::Relaxed);
                             info!("trying one request: is the daily budget back? (--wait)");
-                            return Ok(());
+                            return Ok(true);
                         }
                         Some(*resume_at)
                     }
@@ -318,14 +322,14 @@ impl Gate {
     /// [`depart`](Gate::depart).
     pub async fn admit_ahead(&self, lead: Duration) -> Result<Slot, Closed> {
         self.first_answer().await?;
-        self.day_open().await?;
+        let probe = self.day_open().await?;
         let at = tokio::select! {
             biased;
             _ = self.stop.cancelled() => return Err(Closed),
             at = self.limit.slot(lead) => at,
         };
         self.count()?;
-        Ok(Slot(at))
+        Ok(Slot { at, probe })
     }
 
     /// Waits for a place on the wire, then for the slot's time. A stop that does not drain
@@ -335,14 +339,17 @@ impl Gate {
     /// slow), or one a pause came over, is traded for a fresh one (not counted again against
     /// `--max-requests`).
     pub async fn depart(&self, slot: Slot) -> Result<OnTheWire<'_>, Closed> {
-        self.day_open().await?;
+        // A row that is the probe of a spent day goes: the day opens on its answer.
+        if !slot.probe {
+            self.day_open().await?;
+        }
         let on_the_wire = tokio::select! {
             biased;
             _ = self.halted() => return Err(Closed),
             permit = self.wire.acquire() => self.on_the_wire(permit),
         };
-        sleep_until(slot.0).await;
-        if self.limit.confirm(slot.0) {
+        sleep_until(slot.at).await;
+        if self.limit.confirm(slot.at) {
             return Ok(on_the_wire);
         }
         tokio::select! {

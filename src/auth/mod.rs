@@ -103,6 +103,8 @@ pub struct Auth {
     base: reqwest::Url,
     refreshes: AtomicU64,
     exchanges: AtomicU64,
+    /// Generations below this one were answered 401: a request holding one must not leave.
+    rejected_below: AtomicU64,
 }
 
 /// A token's lifetime as the token endpoint gives it, and when to renew it.
@@ -161,6 +163,7 @@ impl Auth {
                 base: base.clone(),
                 refreshes: AtomicU64::new(0),
                 exchanges: AtomicU64::new(0),
+                rejected_below: AtomicU64::new(0),
             })
         };
         let file = match source {
@@ -252,10 +255,33 @@ impl Auth {
         self.current.read().expect("token lock").bearer.clone()
     }
 
+    /// `bearer` was answered 401: from now on no request leaves with it ([`still`](Auth::still)).
+    /// Called as the answer comes, before its place on the wire is given up.
+    pub fn note_rejected(&self, bearer: &Bearer) {
+        self.rejected_below
+            .fetch_max(bearer.generation + 1, Ordering::AcqRel);
+    }
+
+    /// The bearer for a request about to leave that took `bearer` a while ago (before its
+    /// `sending` line and its wait for the wire): `bearer` itself, or the current one if that
+    /// is newer and fresh; `None` when `bearer` was answered 401 meanwhile and no renewed one
+    /// is ready yet (the request must not leave with it: it would be refused).
+    pub fn still(&self, bearer: Bearer) -> Option<Bearer> {
+        let rejected_below = self.rejected_below.load(Ordering::Acquire);
+        match self.fresh() {
+            Some(current) if current.generation >= rejected_below => Some(current),
+            _ if bearer.generation >= rejected_below => Some(bearer),
+            _ => None,
+        }
+    }
+
     /// The bearer for a request about to leave, when it needs no renewal first (the hot path:
     /// no future, no allocation); `None`: call [`ready`](Auth::ready).
     pub fn fresh(&self) -> Option<Bearer> {
         let current = self.current.read().expect("token lock");
+        if current.bearer.generation < self.rejected_below.load(Ordering::Acquire) {
+            return None;
+        }
         match current.renew_at {
             Some(at) if Instant::now() >= at => None,
             _ => Some(current.bearer.clone()),
@@ -264,14 +290,21 @@ impl Auth {
 
     /// The bearer for a request about to leave: renewed first when it is about to expire.
     pub async fn ready(&self) -> Result<Bearer, StopReason> {
-        let seen = {
+        let rejected_below = self.rejected_below.load(Ordering::Acquire);
+        let (seen, why) = {
             let current = self.current.read().expect("token lock");
             match current.renew_at {
-                Some(at) if Instant::now() >= at => current.bearer.generation,
+                // Answered 401 and not renewed yet: wait for the renewal under way (or make it).
+                _ if current.bearer.generation < rejected_below => {
+                    (current.bearer.generation, "the API answered 401")
+                }
+                Some(at) if Instant::now() >= at => {
+                    (current.bearer.generation, "it is about to expire")
+                }
                 _ => return Ok(current.bearer.clone()),
             }
         };
-        self.renew(seen, "it is about to expire").await
+        self.renew(seen, why).await
     }
 
     /// After a 401 to a request sent with `sent_with`: a fresh token in place (renewed now, or
@@ -279,6 +312,7 @@ impl Auth {
     /// already sent again after a 401, so a second one is the token's refusal for good.
     pub async fn rejected(&self, sent_with: &Bearer, replayed: bool, words: String) -> Rejected {
         let refused = || StopReason::TokenRejected(self.scrub(&words));
+        self.note_rejected(sent_with);
         if replayed || self.renewal.is_none() {
             return Rejected::Stop(refused());
         }

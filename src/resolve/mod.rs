@@ -379,6 +379,7 @@ pub(crate) async fn gated_call(
             && let Ok(response) = &sent
             && response.status().as_u16() == 401
         {
+            env.auth.note_rejected(&bearer);
             env.gate.observe(server_limits(response.headers()));
             // A 401 says nothing of the day's budget: a --wait probe goes again.
             env.gate.probe_lost();

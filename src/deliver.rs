@@ -457,28 +457,20 @@ impl Deliver {
     /// writes a `sending` line of its own. Not counted: the row has no outcome yet. `false`
     /// when the journal cannot be written (the run stops).
     fn not_stored_yet(&self, line: &mut ResultLine, status: u16, why: &str) -> bool {
-        line.status = Some(Status::Failed);
-        line.http_status = Some(status);
-        line.error = format!("not stored: HTTP {status}; {why}");
-        line.finished_at = now_rfc3339();
-        match self
-            .journal
-            .record(line)
-            .and_then(|()| self.journal.flush())
-        {
-            Ok(()) => true,
-            Err(e) => {
-                self.gate.stop_with(self.journal_error(&e));
-                false
-            }
-        }
+        let error = format!("not stored: HTTP {status}; {why}");
+        self.not_yet(line, Some(status), error)
     }
 
     /// Like [`not_stored_yet`](Self::not_stored_yet), for a row whose request never left.
     fn not_sent_yet(&self, line: &mut ResultLine, why: &str) -> bool {
+        self.not_yet(line, None, format!("not sent: {why}"))
+    }
+
+    /// The line of a row that goes again: `failed` for now, flushed before it waits.
+    fn not_yet(&self, line: &mut ResultLine, http_status: Option<u16>, error: String) -> bool {
         line.status = Some(Status::Failed);
-        line.http_status = None;
-        line.error = format!("not sent: {why}");
+        line.http_status = http_status;
+        line.error = error;
         line.finished_at = now_rfc3339();
         match self
             .journal

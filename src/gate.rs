@@ -359,8 +359,9 @@ impl Gate {
         }
     }
 
-    /// Resolves once the run stops for a reason that does not drain (see
-    /// [`depart`](Gate::depart)); a stop without a reason yet is the signal handler's soft stop.
+    /// Resolves once a reason that does not drain is given (see [`depart`](Gate::depart)),
+    /// first or not: after a soft stop (no reason) or a draining one, a rejected token still
+    /// holds rows back.
     async fn halted(&self) {
         loop {
             let notified = self.halt.notified();

@@ -72,6 +72,9 @@ pub struct Directory {
     pub conversations: Vec<Conversation>,
 }
 
+/// The most conversations one search lists (the route's page).
+pub const SEARCH_PAGE: usize = 20;
+
 /// The contacts and conversations, behind one lock held only for map operations.
 #[derive(Default)]
 pub struct Book {
@@ -89,8 +92,15 @@ struct Entries {
     by_email: HashMap<(String, String), usize>,
     /// (location, E.164 phone) → index.
     by_phone: HashMap<(String, String), usize>,
+    /// Contact ID → index (IDs are unique across locations).
+    by_id: HashMap<String, usize>,
     /// (location, contact ID) → its conversation.
     conversations: HashMap<(String, String), Held>,
+    /// Conversation ID → its key in `conversations`.
+    conversation_by_id: HashMap<String, (String, String)>,
+    /// Location → the contacts that have a conversation there, in the order they got it: what a
+    /// search without `contactId` lists, without scanning the others' locations.
+    listed: HashMap<String, Vec<String>>,
 }
 
 struct Held {
@@ -202,16 +212,13 @@ impl Book {
                 ..Contact::default()
             };
             if let Some(conversation) = some(row.conversation_id) {
-                state.conversations.insert(
-                    (contact.location_id.clone(), contact.id.clone()),
-                    Held {
-                        conversation: Conversation {
-                            id: conversation,
-                            location_id: contact.location_id.clone(),
-                            contact_id: contact.id.clone(),
-                        },
-                        misses_left: self.search_misses,
+                state.hold(
+                    Conversation {
+                        id: conversation,
+                        location_id: contact.location_id.clone(),
+                        contact_id: contact.id.clone(),
                     },
+                    self.search_misses,
                 );
             }
             state.insert(contact);
@@ -289,37 +296,42 @@ impl Book {
         contact: Option<&str>,
     ) -> Vec<(Conversation, Option<Contact>)> {
         let mut state = self.lock();
+        let state = &mut *state;
+        let keys: Vec<String> = match contact {
+            Some(c) => vec![c.to_owned()],
+            None => state.listed.get(location).cloned().unwrap_or_default(),
+        };
         let mut listed = Vec::new();
-        let contacts: HashMap<String, Contact> = state
-            .contacts
-            .iter()
-            .filter(|c| c.location_id == location)
-            .map(|c| (c.id.clone(), c.clone()))
-            .collect();
-        for ((loc, contact_id), held) in state.conversations.iter_mut() {
-            if loc != location || contact.is_some_and(|c| c != contact_id) {
-                continue;
+        for contact_id in keys {
+            // The route lists 20 at most: a search stops there instead of walking them all.
+            if listed.len() == SEARCH_PAGE {
+                break;
             }
+            let key = (location.to_owned(), contact_id);
+            let Some(held) = state.conversations.get_mut(&key) else {
+                continue;
+            };
             if held.misses_left > 0 {
                 held.misses_left -= 1;
                 continue;
             }
-            listed.push((held.conversation.clone(), contacts.get(contact_id).cloned()));
+            let owner = state
+                .by_id
+                .get(&key.1)
+                .map(|&i| &state.contacts[i])
+                .filter(|c| c.location_id == location)
+                .cloned();
+            listed.push((held.conversation.clone(), owner));
         }
         listed
     }
 
     /// The location of the conversation `id`, if the book holds it.
     pub fn location_of_conversation(&self, id: &str) -> Option<String> {
-        let state = self.lock();
-        if state.conversations.is_empty() {
-            return None;
-        }
-        state
-            .conversations
-            .values()
-            .find(|held| held.conversation.id == id)
-            .map(|held| held.conversation.location_id.clone())
+        self.lock()
+            .conversation_by_id
+            .get(id)
+            .map(|(location, _)| location.clone())
     }
 
     /// Creates the conversation of a contact: refused when the contact does not exist in
@@ -331,10 +343,10 @@ impl Book {
         rng: &mut fastrand::Rng,
     ) -> Result<Conversation, NotCreated> {
         let mut state = self.lock();
-        if !state
-            .contacts
-            .iter()
-            .any(|c| c.id == contact_id && c.location_id == location)
+        if state
+            .by_id
+            .get(contact_id)
+            .is_none_or(|&i| state.contacts[i].location_id != location)
         {
             return Err(NotCreated::NoContact);
         }
@@ -348,13 +360,7 @@ impl Book {
             location_id: location.to_owned(),
             contact_id: contact_id.to_owned(),
         };
-        state.conversations.insert(
-            key,
-            Held {
-                conversation: conversation.clone(),
-                misses_left: self.search_misses,
-            },
-        );
+        state.hold(conversation.clone(), self.search_misses);
         drop(state);
         self.counters.conversations_created.fetch_add(1, Relaxed);
         Ok(conversation)
@@ -394,8 +400,26 @@ impl Entries {
     fn insert(&mut self, contact: Contact) -> usize {
         let i = self.contacts.len();
         self.index(i, &contact);
+        self.by_id.entry(contact.id.clone()).or_insert(i);
         self.contacts.push(contact);
         i
+    }
+
+    /// Keeps `conversation`, indexed by its contact, its ID and its location.
+    fn hold(&mut self, conversation: Conversation, misses_left: u32) {
+        let key = (
+            conversation.location_id.clone(),
+            conversation.contact_id.clone(),
+        );
+        self.conversation_by_id
+            .insert(conversation.id.clone(), key.clone());
+        let held = Held {
+            conversation,
+            misses_left,
+        };
+        if self.conversations.insert(key.clone(), held).is_none() {
+            self.listed.entry(key.0).or_default().push(key.1);
+        }
     }
 
     fn index(&mut self, i: usize, contact: &Contact) {
@@ -427,4 +451,90 @@ pub fn plain_phone(p: &str) -> String {
     p.chars()
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(location: &str, email: &str) -> ContactUpsert {
+        ContactUpsert {
+            location_id: location.to_owned(),
+            email: Some(email.to_owned()),
+            phone: None,
+            first_name: None,
+            last_name: None,
+            name: None,
+            tags: None,
+        }
+    }
+
+    /// The indexes answer what a scan of everything would: per contact, per ID, per location,
+    /// and a contact of another location is neither listed nor given a conversation.
+    #[test]
+    fn searches_find_by_index_what_a_scan_would() {
+        let book = Book::open(None, 0, None).unwrap();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut made = Vec::new();
+        for i in 0..30 {
+            let location = if i % 3 == 0 { "B" } else { "A" };
+            let (contact, created) = book.upsert(upsert(location, &format!("c{i}@x.io")), &mut rng);
+            assert!(created);
+            let conversation = book
+                .create_conversation(location, &contact.id, &mut rng)
+                .unwrap();
+            made.push((location, contact, conversation));
+        }
+        let (_, b_contact, _) = &made[0];
+        assert_eq!(
+            book.create_conversation("A", &b_contact.id, &mut rng),
+            Err(NotCreated::NoContact)
+        );
+        assert_eq!(
+            book.create_conversation("B", &b_contact.id, &mut rng),
+            Err(NotCreated::Exists)
+        );
+        for (location, contact, conversation) in &made {
+            let found = book.search_conversations(location, Some(&contact.id));
+            assert_eq!(found.len(), 1);
+            assert_eq!(&found[0].0, conversation);
+            assert_eq!(found[0].1.as_ref(), Some(contact));
+            let other = if *location == "A" { "B" } else { "A" };
+            assert!(
+                book.search_conversations(other, Some(&contact.id))
+                    .is_empty()
+            );
+            assert_eq!(
+                book.location_of_conversation(&conversation.id).as_deref(),
+                Some(*location)
+            );
+        }
+        assert_eq!(book.location_of_conversation("nope"), None);
+        // Without a contact: the location's conversations in creation order, one page at most.
+        let listed: Vec<String> = book
+            .search_conversations("A", None)
+            .into_iter()
+            .map(|(c, _)| c.id)
+            .collect();
+        let a: Vec<String> = made
+            .iter()
+            .filter(|(l, ..)| *l == "A")
+            .map(|(_, _, c)| c.id.clone())
+            .collect();
+        assert_eq!(listed, a[..SEARCH_PAGE]);
+        assert_eq!(book.search_conversations("B", None).len(), 10);
+    }
+
+    /// A conversation created moments ago is missed by the next `search_misses` searches.
+    #[test]
+    fn a_new_conversation_is_missed_then_found() {
+        let book = Book::open(None, 2, None).unwrap();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let (contact, _) = book.upsert(upsert("A", "a@x.io"), &mut rng);
+        book.create_conversation("A", &contact.id, &mut rng)
+            .unwrap();
+        assert!(book.search_conversations("A", Some(&contact.id)).is_empty());
+        assert!(book.search_conversations("A", None).is_empty());
+        assert_eq!(book.search_conversations("A", Some(&contact.id)).len(), 1);
+    }
 }

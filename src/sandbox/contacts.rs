@@ -282,7 +282,7 @@ pub async fn search_conversations(
                     })
                 })
                 .collect();
-            listed.truncate(20);
+            listed.truncate(super::book::SEARCH_PAGE);
             let total = listed.len();
             Ok((
                 StatusCode::OK,

@@ -325,12 +325,19 @@ pub fn beside(results: &Path, suffix: &str) -> PathBuf {
     results.with_file_name(name)
 }
 
-/// Writes `body` to `path` whole or not at all: a temp file (`prefix…`) in the same folder,
-/// synced, renamed over `path`, the folder synced (where it can be opened).
+/// Writes `body` to `path` whole or not at all: a temp file (`<prefix><path's name>.…`) in the
+/// same folder, synced, renamed over `path`, the folder synced (where it can be opened).
+///
+/// A writer killed between the temp file and the rename leaves the temp file behind (for a
+/// token file, a copy of the tokens): the next write of the same `path` removes those of its
+/// name that are older than [`STALE_TEMP`], a time no live write takes, so a writer of the same
+/// file in another process is never robbed of its temp file before its rename.
 pub fn write_atomically(path: &Path, prefix: &str, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = folder_of(path);
-    let mut temp = tempfile::Builder::new().prefix(prefix).tempfile_in(&dir)?;
+    let prefix = temp_name_prefix(path, prefix);
+    remove_stale_temps(&dir, &prefix);
+    let mut temp = tempfile::Builder::new().prefix(&prefix).tempfile_in(&dir)?;
     temp.write_all(body)?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
@@ -338,6 +345,41 @@ pub fn write_atomically(path: &Path, prefix: &str, body: &[u8]) -> std::io::Resu
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// How old a temp file of [`write_atomically`] must be to count as left by a killed writer.
+pub const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `<prefix><path's file name>.`: whose temp file it is, in its name.
+fn temp_name_prefix(path: &Path, prefix: &str) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{prefix}{name}.")
+}
+
+fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_TEMP);
+        if stale && entry.file_name().to_string_lossy().starts_with(prefix) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(
+                    "removed {}, left by a write that was killed midway",
+                    entry.path().display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
 }
 
 /// The folder a file is in (`.` for a bare name), for temp files beside it: the compacted or
@@ -352,6 +394,41 @@ pub fn folder_of(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a killed write left of this file goes at the next write of it, once old enough to
+    /// be no live writer's; a fresh temp file, and the temp files of other files, stay.
+    #[test]
+    fn a_write_removes_the_stale_temp_files_of_its_own_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.json");
+        let touch = |name: &str, age: std::time::Duration| {
+            let file = std::fs::File::create(dir.path().join(name)).unwrap();
+            file.set_modified(std::time::SystemTime::now() - age)
+                .unwrap();
+        };
+        let old = STALE_TEMP + std::time::Duration::from_secs(1);
+        touch(".lc-import-token-token.json.aB3dE", old);
+        touch(
+            ".lc-import-token-token.json.fresh",
+            std::time::Duration::ZERO,
+        );
+        touch(".lc-import-token-other.json.aB3dE", old);
+        write_atomically(&path, ".lc-import-token-", b"{}").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".lc-import-token-other.json.aB3dE",
+                ".lc-import-token-token.json.fresh",
+                "token.json"
+            ]
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+    }
 
     #[test]
     fn every_column_names_its_header() {

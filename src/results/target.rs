@@ -109,7 +109,7 @@ fn suggest(results: &Path, target: &Target) -> PathBuf {
 /// Temp file, sync, rename, folder sync: the record is whole or absent.
 fn write_atomically(path: &Path, target: &Target) -> Result<()> {
     let body = serde_json::to_vec_pretty(target).expect("a target serialises");
-    super::line::write_atomically(path, ".lc-import-target", &body)
+    super::line::write_atomically(path, ".lc-import-target.", &body)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -7,64 +7,26 @@
 //! The gate also owns the run's stop: the first reason given wins, and the token it cancels is
 //! what the reader, the scheduler and every request in a pause listen to.
 //!
-//! With `--wait` ([`Gate::with_wait`]) a spent daily budget does not stop the run: the gate
-//! holds every request back until the next UTC midnight plus a margin (the API does not say
-//! when its day resets), lets one request through as a probe, and while the probe finds the
-//! budget still spent, waits again (an hour at a time). A "day" is 24 hours, or the length a
-//! loopback sandbox announces (`X-Sandbox-Day-Length-Ms`, for rehearsals); the margin and the
-//! probe interval scale with it (5 minutes and an hour of a real day). The stop (Ctrl-C) ends
-//! the wait at once.
+//! With `--wait` ([`Gate::with_wait`]) a spent daily budget holds the run back until the next
+//! day instead of stopping it: that state is [`day`]'s.
+
+mod day;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use self::day::Day;
 use crate::quota::Quota;
 use crate::rate::Rate;
 use crate::ratelimit::{RateLimit, sleep_until};
 use crate::retry::StopReason;
 use crate::sender::ServerLimits;
 use crate::summary::Counters;
-
-/// A real API's day: its daily budget resets at UTC midnight.
-const DAY: Duration = Duration::from_secs(86_400);
-
-/// `--wait`: the state of the day's budget.
-struct Day {
-    state: Mutex<DayState>,
-    /// Woken when the state changes (spent, probing, open again).
-    changed: tokio::sync::Notify,
-    /// The day's length in milliseconds (24 h, or a loopback sandbox's).
-    length_ms: AtomicU64,
-    /// Whether the server's `X-Sandbox-Day-Length-Ms` is heeded (loopback only).
-    sandbox_days: bool,
-    /// Since when every answer has been a 429 (burst window or not).
-    throttled_since: Mutex<Option<std::time::Instant>>,
-    /// The run's counters: `resume_at` shows the progress display when the run goes on.
-    counters: Arc<Counters>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DayState {
-    /// Requests go.
-    Open,
-    /// The budget is spent: nothing leaves before `resume_at`; then one probe (`probe_out`).
-    Spent {
-        resume_at: tokio::time::Instant,
-        probe_out: bool,
-    },
-}
-
-/// When a day of `length` after the one holding `now` (since the Unix epoch) starts.
-fn next_day(now: Duration, length: Duration) -> Duration {
-    let length = length.as_millis().max(1);
-    let day = now.as_millis() / length + 1;
-    Duration::from_millis(u64::try_from(day * length).unwrap_or(u64::MAX))
-}
 
 /// The pace, the budget and the stop of one run, shared by all its requests.
 pub struct Gate {
@@ -149,14 +111,7 @@ impl Gate {
     /// stopping it. `sandbox_days`: the server is on loopback, so its announced day length is
     /// heeded. The time the run goes on is shown through `counters`.
     pub fn with_wait(mut self, sandbox_days: bool, counters: Arc<Counters>) -> Gate {
-        self.day = Some(Day {
-            state: Mutex::new(DayState::Open),
-            changed: tokio::sync::Notify::new(),
-            length_ms: AtomicU64::new(DAY.as_millis() as u64),
-            sandbox_days,
-            throttled_since: Mutex::new(None),
-            counters,
-        });
+        self.day = Some(Day::new(sandbox_days, counters));
         self
     }
 
@@ -167,45 +122,9 @@ impl Gate {
 
     /// Waits while the day's budget is spent; the first request after the wait is the probe.
     async fn day_open(&self) -> Result<bool, Closed> {
-        let Some(day) = &self.day else {
-            return Ok(false);
-        };
-        loop {
-            let notified = day.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let until = {
-                let mut state = day.state.lock().expect("day lock");
-                match &mut *state {
-                    DayState::Open => return Ok(false),
-                    DayState::Spent {
-                        probe_out: true, ..
-                    } => None,
-                    DayState::Spent {
-                        resume_at,
-                        probe_out,
-                    } => {
-                        if tokio::time::Instant::now() >= *resume_at {
-                            *probe_out = true;
-                            day.counters.resume_at_ms.store(0, Ordering::Relaxed);
-                            info!("trying one request: is the daily budget back? (--wait)");
-                            return Ok(true);
-                        }
-                        Some(*resume_at)
-                    }
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return Err(Closed),
-                _ = &mut notified => {}
-                _ = async {
-                    match until {
-                        Some(at) => sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-            }
+        match &self.day {
+            None => Ok(false),
+            Some(day) => day.open(&self.stop).await,
         }
     }
 
@@ -213,88 +132,33 @@ impl Gate {
     /// went on past the burst window): with `--wait`, hold every request back until the next
     /// day (or, after a probe that found it still spent, an hour of a day); else stop.
     pub fn budget_spent(&self) {
-        let Some(day) = &self.day else {
-            self.stop_with(StopReason::DailyBudget);
-            return;
-        };
-        let length = Duration::from_millis(day.length_ms.load(Ordering::Relaxed));
-        let now_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut state = day.state.lock().expect("day lock");
-        let wait = match *state {
-            DayState::Open => next_day(now_unix, length) - now_unix + length / 288,
-            DayState::Spent {
-                probe_out: true, ..
-            } => length / 24,
-            DayState::Spent { .. } => return,
-        };
-        let resume_at = tokio::time::Instant::now() + wait;
-        *state = DayState::Spent {
-            resume_at,
-            probe_out: false,
-        };
-        drop(state);
-        let at = now_unix + wait;
-        let shown = jiff::Timestamp::from_millisecond(at.as_millis() as i64)
-            .map(|t| format!("{t:.0}"))
-            .unwrap_or_default();
-        day.counters
-            .resume_at_ms
-            .store(at.as_millis() as u64, Ordering::Relaxed);
-        warn!(
-            "the daily request budget is spent: waiting until {shown} (in {}), then trying one request (--wait; Ctrl-C stops the run)",
-            crate::quota::human(wait)
-        );
-        day.changed.notify_waiters();
+        match &self.day {
+            None => self.stop_with(StopReason::DailyBudget),
+            Some(day) => day.spent(),
+        }
     }
 
     /// An attempt has its answer (or none): a probe that did not find the budget spent opens
     /// the day again.
     pub fn attempt_done(&self) {
-        let Some(day) = &self.day else { return };
-        let mut state = day.state.lock().expect("day lock");
-        if let DayState::Spent {
-            probe_out: true, ..
-        } = *state
-        {
-            *state = DayState::Open;
-            drop(state);
-            day.counters.resume_at_ms.store(0, Ordering::Relaxed);
-            info!("the daily budget is back: the run goes on");
-            day.changed.notify_waiters();
+        if let Some(day) = &self.day {
+            day.attempt_done();
         }
     }
 
     /// The probe learnt nothing of the budget (a 401, no answer): the next request probes.
     pub fn probe_lost(&self) {
-        let Some(day) = &self.day else { return };
-        let mut state = day.state.lock().expect("day lock");
-        if let DayState::Spent {
-            probe_out: true, ..
-        } = *state
-        {
-            *state = DayState::Spent {
-                resume_at: tokio::time::Instant::now(),
-                probe_out: false,
-            };
-            drop(state);
-            day.changed.notify_waiters();
+        if let Some(day) = &self.day {
+            day.probe_lost();
         }
     }
 
     /// Notes whether an answer was a 429; with `--wait`, `true` when 429s have gone on for two
     /// burst windows (or a minute, whichever is longer): the day's budget, not the window's.
     pub fn throttled(&self, is_429: bool, window: Option<Duration>) -> bool {
-        let Some(day) = &self.day else { return false };
-        let mut since = day.throttled_since.lock().expect("throttle lock");
-        if !is_429 {
-            *since = None;
-            return false;
-        }
-        let first = *since.get_or_insert_with(std::time::Instant::now);
-        let persist = (window.unwrap_or(Duration::from_secs(10)) * 2).max(Duration::from_secs(60));
-        first.elapsed() >= persist
+        self.day
+            .as_ref()
+            .is_some_and(|day| day.throttled(is_429, window))
     }
 
     /// Waits until one request may leave and counts it, or says the run is stopping: a place
@@ -432,11 +296,8 @@ impl Gate {
         {
             info!("the server allows {rate}: pacing to that instead of --rate");
         }
-        if let (Some(day), Some(length)) = (&self.day, limits.day_length)
-            && day.sandbox_days
-        {
-            day.length_ms
-                .store(length.as_millis() as u64, Ordering::Relaxed);
+        if let (Some(day), Some(length)) = (&self.day, limits.day_length) {
+            day.announced(length);
         }
         if limits.daily_remaining == Some(0) {
             self.budget_spent();

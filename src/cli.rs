@@ -70,18 +70,9 @@ pub struct VerifyArgs {
     /// Read back N sent rows, spread over the file, instead of all of them.
     #[arg(long, value_name = "N")]
     pub sample: Option<u64>,
-    /// API root; plain http:// only for loopback hosts [default: https://services.leadconnectorhq.com].
-    #[arg(long, value_name = "URL", env = "LC_BASE_URL")]
-    pub base_url: Option<String>,
-    /// Read the token from this file (else from the environment variable LC_TOKEN).
-    #[arg(long, value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
-    /// Never more than N requests start in any PERIOD [default: 100/10s]; `none` for a sandbox.
-    #[arg(long, value_name = "N/PERIOD")]
-    pub rate: Option<crate::rate::Limit<crate::rate::Rate>>,
-    /// Per request: 30s, 500ms [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration)]
-    pub timeout: Option<std::time::Duration>,
+    /// Where and how fast to ask (as for the import).
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// How rows become request bodies (as for the import).
     #[command(flatten)]
     pub mapping: MappingArgs,
@@ -94,8 +85,27 @@ pub struct PresetArgs {
     pub name: Option<String>,
 }
 
+/// The API options `run` and `verify` share, read and checked the same way.
+#[derive(Debug, Default, Args)]
+pub struct ApiArgs {
+    /// API root; plain http:// only for loopback hosts [default: https://services.leadconnectorhq.com].
+    #[arg(long, value_name = "URL", env = "LC_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Read the token from this file (else from the environment variable LC_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Never more than N requests start in any PERIOD: 10/s, 100/10s, 6000/m [default: 100/10s].
+    /// `none` sets no pace of its own (for a local sandbox); a limit the server announces in its
+    /// X-RateLimit headers is still kept.
+    #[arg(long, value_name = "N/PERIOD")]
+    pub rate: Option<crate::rate::Limit<crate::rate::Rate>>,
+    /// Per request: 30s, 500ms [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+}
+
 /// `lc-import run`. Options left out here come from `--config`, then from the defaults shown.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct RunArgs {
     /// The CSV export to import: a file (.gz and .zst are read as they are), or `-` for stdin,
     /// a FIFO or `<(…)` (then --results is needed).
@@ -103,29 +113,18 @@ pub struct RunArgs {
     /// Results journal, also the resume state [default: <INPUT stem>.results.csv beside the input].
     #[arg(long, value_name = "PATH")]
     pub results: Option<PathBuf>,
-    /// API root; plain http:// only for loopback hosts [default: https://services.leadconnectorhq.com].
-    #[arg(long, value_name = "URL", env = "LC_BASE_URL")]
-    pub base_url: Option<String>,
-    /// Read the token from this file (else from the environment variable LC_TOKEN).
-    #[arg(long, value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
+    /// Where and how fast to send.
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// The Version header [default: 2021-07-28].
     #[arg(long, value_name = "V", env = "LC_API_VERSION")]
     pub api_version: Option<String>,
-    /// Never more than N requests start in any PERIOD: 10/s, 100/10s, 6000/m [default: 100/10s].
-    /// `none` sets no pace of its own (for a local sandbox); a limit the server announces in its
-    /// X-RateLimit headers is still kept.
-    #[arg(long, value_name = "N/PERIOD")]
-    pub rate: Option<crate::rate::Limit<crate::rate::Rate>>,
     /// Requests in flight at most [default: 8].
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
     /// Retries per row, for retryable failures only [default: 5].
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
-    /// Per request: 30s, 500ms [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration)]
-    pub timeout: Option<std::time::Duration>,
     /// Stop after N rows were attempted (canary runs).
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,

@@ -98,6 +98,7 @@ impl Settings {
         let encoding = input_encoding(&args.mapping, &file)?;
         let rehearsal = target.is_some();
         let base = args
+            .api
             .base_url
             .or(file.base_url.take())
             .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
@@ -105,11 +106,14 @@ impl Settings {
         let mut token = None;
         if target.is_none() {
             token = Some(TokenSource::read(
-                args.token_file.as_deref().or(file.token_file.as_deref()),
+                args.api
+                    .token_file
+                    .as_deref()
+                    .or(file.token_file.as_deref()),
             )?);
         }
-        let rate_given = args.rate.is_some();
-        let mut rate = match (args.rate, file.rate.as_deref()) {
+        let rate_given = args.api.rate.is_some();
+        let mut rate = match (args.api.rate, file.rate.as_deref()) {
             (Some(r), _) => r.0,
             (None, Some(r)) => {
                 r.parse::<crate::rate::Limit<Rate>>()
@@ -127,7 +131,7 @@ impl Settings {
                 rate = None;
             }
         }
-        let timeout = match (args.timeout, file.timeout.as_deref()) {
+        let timeout = match (args.api.timeout, file.timeout.as_deref()) {
             (Some(t), _) => t,
             (None, Some(t)) => {
                 crate::rate::parse_duration(t).map_err(|e| anyhow!("config timeout: {e}"))?

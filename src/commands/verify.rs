@@ -68,26 +68,9 @@ fn as_run(args: VerifyArgs) -> RunArgs {
     RunArgs {
         input: args.input,
         results: args.results,
-        base_url: args.base_url,
-        token_file: args.token_file,
-        api_version: None,
-        rate: args.rate,
-        concurrency: None,
-        max_retries: None,
-        timeout: args.timeout,
-        limit: None,
-        dry_run: false,
-        resend_unknown: false,
-        verify_unknown: false,
-        settle: None,
-        summary_json: None,
-        send_changed: false,
-        sandbox: false,
-        create_contacts: false,
-        resolve_only: false,
-        max_requests: None,
-        wait: false,
+        api: args.api,
         mapping: args.mapping,
+        ..RunArgs::default()
     }
 }
 

@@ -261,6 +261,11 @@ pub struct MappingArgs {
     /// are looked up in; same as --set locationId=ID. Turns ID resolution on.
     #[arg(long, value_name = "ID")]
     pub location_id: Option<String>,
+    /// The largest attachment file accepted, checked offline and before each upload: bytes, or
+    /// 5MB, 200MiB… [default: 5MB, the limit the API's spec gives for files of channels other
+    /// than WhatsApp].
+    #[arg(long, value_name = "SIZE", value_parser = crate::upload::files::parse_size)]
+    pub attachment_max_size: Option<u64>,
     /// Country of national phone numbers in contactPhone (a code such as US, GB, DE, or a
     /// calling code such as +44); numbers written with + or 00 need none.
     #[arg(long, value_name = "COUNTRY")]

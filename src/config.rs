@@ -71,6 +71,8 @@ pub struct Settings {
     pub wait: bool,
     /// `--location-id` (or the file's `location-id`), for the results file's target.
     pub location_id: Option<String>,
+    /// Where attachment files are read from (the input's folder) and `--attachment-max-size`.
+    pub files: crate::upload::Files,
     /// `run --sandbox`: the in-process sandbox, not a real API.
     pub rehearsal: bool,
 }
@@ -96,6 +98,7 @@ impl Settings {
             .or_else(|| file.location_id.clone());
         let (mapping, delimiter) = mapping_options(&args.mapping, &mut file)?;
         let encoding = input_encoding(&args.mapping, &file)?;
+        let files = attachment_files(&args.mapping, &file, &args.input)?;
         let rehearsal = target.is_some();
         let base = args
             .api
@@ -196,6 +199,7 @@ impl Settings {
             max_requests: args.max_requests.or(file.max_requests),
             wait: args.wait || file.wait.unwrap_or(false),
             location_id,
+            files,
             rehearsal,
         })
     }
@@ -274,6 +278,8 @@ pub struct FileConfig {
     pub location_id: Option<String>,
     /// `--default-country`.
     pub default_country: Option<String>,
+    /// `--attachment-max-size`, as written on the command line (`5MB`, `200MiB`).
+    pub attachment_max_size: Option<String>,
     /// `--create-contacts`; `true` here turns it on even without the flag.
     pub create_contacts: Option<bool>,
     /// `--max-requests`.
@@ -654,6 +660,25 @@ pub fn input_encoding(
         .or(file.encoding.as_deref())
         .map(crate::source::encoding)
         .transpose()
+}
+
+/// Where attachment files of `input` are read from, and `--attachment-max-size` (the flag over
+/// the file over the default).
+pub fn attachment_files(
+    args: &MappingArgs,
+    file: &FileConfig,
+    input: &Path,
+) -> Result<crate::upload::Files> {
+    let max = match (
+        args.attachment_max_size,
+        file.attachment_max_size.as_deref(),
+    ) {
+        (Some(n), _) => n,
+        (None, Some(s)) => crate::upload::files::parse_size(s)
+            .map_err(|e| anyhow!("config attachment-max-size: {e}"))?,
+        (None, None) => crate::upload::files::DEFAULT_MAX_SIZE,
+    };
+    Ok(crate::upload::Files::new(input, max))
 }
 
 fn single_char(flag: &str, value: &str) -> Result<u8> {

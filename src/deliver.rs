@@ -58,6 +58,9 @@ pub struct Deliver {
     /// Reads messages back (`run --verify-unknown`, and a 500/502/504 checked before its
     /// retry); `None`: no reads.
     pub reader: Option<crate::readback::Reader>,
+    /// Uploads the attachments that are local files or signed URLs, after the lookups and
+    /// before the `sending` line; `None` when no row needs one.
+    pub uploader: Option<crate::upload::Uploader>,
 }
 
 impl Deliver {
@@ -375,9 +378,9 @@ impl Deliver {
         }
     }
 
-    /// Before a row's first attempt: looks its missing IDs up and returns the request body
-    /// with them, or `None` when the row ends here (recorded `failed`, or left for the next run
-    /// when the run stops).
+    /// Before a row's first attempt: looks its missing IDs up, uploads its attachments that
+    /// need it (`upload`), and returns the request body with both, or `None` when the row ends
+    /// here (recorded `failed`, or left for the next run when the run stops).
     async fn resolve_ids(&self, row: MappedRow, line: &mut ResultLine) -> Option<Bytes> {
         let resolver = self.resolver.as_ref()?;
         let MappedRow {
@@ -385,18 +388,22 @@ impl Deliver {
             lookup,
         } = row;
         let lookup = lookup?;
-        match resolver
-            .resolve(
-                &mut message,
-                &lookup,
-                &Env {
-                    gate: &self.gate,
-                    policy: &self.policy,
-                    auth: &self.auth,
-                },
-            )
-            .await
+        let env = Env {
+            gate: &self.gate,
+            policy: &self.policy,
+            auth: &self.auth,
+        };
+        let mut done = resolver.resolve(&mut message, &lookup, &env).await;
+        if done.is_ok()
+            && let Some(uploader) = &self.uploader
         {
+            line.contact_id.clone_from(&message.contact_id);
+            line.conversation_id.clone_from(&message.conversation_id);
+            done = uploader
+                .attach(&mut message, &lookup.location_id, &env)
+                .await;
+        }
+        match done {
             Ok(()) => {
                 line.contact_id.clone_from(&message.contact_id);
                 line.conversation_id.clone_from(&message.conversation_id);

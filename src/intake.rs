@@ -71,6 +71,9 @@ pub struct Intake {
     /// `--order date`: the rows in the order to read them (each conversation oldest first);
     /// `None`: the file's order.
     pub order: Option<crate::order::SendOrder>,
+    /// Attachment files: where they are read from, and the size limit (a row whose file is
+    /// missing or too big is `invalid`).
+    pub files: crate::upload::Files,
 }
 
 /// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
@@ -152,6 +155,7 @@ impl Intake {
                 self.resend_unknown,
                 &self.settled,
                 self.content.as_mut().map(|c| (c, self.send_changed)),
+                &self.files,
             )?;
             let Fate::Job(job) = fate else { continue };
             if self.limit.is_some_and(|n| handed >= n) {
@@ -190,6 +194,7 @@ fn fate(
     resend_unknown: bool,
     settled: &HashMap<String, Verdict>,
     content: Option<(&mut EarlierVersions, bool)>,
+    files: &crate::upload::Files,
 ) -> Result<Fate, StopReason> {
     let (row, line_no) = (record.row, record.line);
     let key = mapping.record_key(&record);
@@ -263,7 +268,9 @@ fn fate(
     // Mapped only now: a row sent in an earlier run costs no mapping on resume.
     let outcome = match record.broken {
         Some(e) => Err(vec![e]),
-        None => mapping.map_row(record.cells, line_no),
+        None => mapping
+            .map_row(record.cells, line_no)
+            .and_then(|mut row| files.check(mapping, &mut row, line_no).map(|()| row)),
     };
     let mapped = match outcome {
         Ok(m) => m,

@@ -379,7 +379,22 @@ impl Pass<'_> {
                 return Ok(None);
             }
         };
+        let mut row = row;
+        if self
+            .settings
+            .files
+            .check(self.mapping, &mut row, record.line)
+            .is_err()
+        {
+            return Ok(None);
+        }
         plan.messages += 1;
+        plan.uploads += row
+            .message
+            .attachments
+            .iter()
+            .filter(|a| crate::validate::check_attachment(a).is_ok_and(|s| s.needs_upload()))
+            .count() as u64;
         let date = row
             .message
             .date

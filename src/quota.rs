@@ -69,6 +69,9 @@ pub struct Plan {
     /// Reads that settles them: one per conversation (more when a conversation's messages
     /// take more than a page).
     pub settle_reads: u64,
+    /// Attachments to upload first (local files, signed URLs): one request each at most;
+    /// fewer when a file was uploaded by an earlier run or is attached to several rows.
+    pub uploads: u64,
 }
 
 impl Plan {
@@ -87,7 +90,7 @@ impl Plan {
         let reads = self.settle_reads;
         (
             self.messages + low + reads,
-            self.messages + high + reads + self.doubts,
+            self.messages + high + reads + self.doubts + self.uploads,
         )
     }
 
@@ -111,11 +114,22 @@ impl Plan {
         );
         let _ = writeln!(
             out,
-            "  requests  {} ({} messages + {} lookups)",
+            "  requests  {} ({} messages + {} lookups{})",
             range(low, high),
             self.messages,
-            range(lookups_low, lookups_high)
+            range(lookups_low, lookups_high),
+            match self.uploads {
+                0 => String::new(),
+                n => format!(" + 0 to {n} uploads"),
+            }
         );
+        if self.uploads > 0 {
+            let _ = writeln!(
+                out,
+                "  uploads   up to {} attachment(s) to upload first (local files, URLs with a query string): one request each, none for a file uploaded earlier (kept in <results>.uploads.csv) or attached again",
+                self.uploads
+            );
+        }
         if self.doubts > 0 {
             let _ = writeln!(
                 out,
@@ -246,6 +260,17 @@ mod tests {
             settling
                 .describe(None, None, false)
                 .contains("read-back 2 read(s) to settle 6 unknown row(s)")
+        );
+        let uploading = Plan {
+            messages: 10,
+            uploads: 4,
+            ..Plan::default()
+        };
+        assert_eq!(uploading.requests(), (10, 14));
+        assert!(
+            uploading
+                .describe(None, None, false)
+                .contains("uploads   up to 4 attachment(s) to upload first")
         );
     }
 }

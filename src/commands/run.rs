@@ -230,6 +230,16 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
             settings.timeout,
             settings.location_id.clone(),
         )?),
+        // Only a run with attachments to upload keeps an uploads journal.
+        uploader: match plan.uploads {
+            0 => None,
+            _ => Some(crate::upload::Uploader::new(
+                &settings.base_url,
+                &settings.results,
+                settings.timeout,
+                settings.files.max_size,
+            )?),
+        },
     });
     info!(
         "importing {} into {} at {} with {} in flight; results in {}",
@@ -268,6 +278,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         send_changed: settings.send_changed,
         settled: std::mem::take(&mut settled.verdicts),
         order,
+        files: settings.files.clone(),
     };
     let reader = std::thread::Builder::new()
         .name("reader".into())
@@ -322,6 +333,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let mut stopped = deliver.gate.reason();
     let requests = deliver.gate.requests();
     let resolved = deliver.resolver.as_ref().map(|r| r.summary());
+    let uploaded = deliver.uploader.as_ref().map(|u| u.summary());
     let lookups = deliver.resolver.as_ref().map_or(0, |r| r.lookups());
     let reads = deliver.reader.as_ref().map_or(0, |r| r.reads());
     let checks = deliver
@@ -358,6 +370,9 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     say(&report.render(&settings.input, journal.path()));
     if let Some(resolved) = resolved {
         say(&resolved);
+    }
+    if let Some(uploaded) = uploaded {
+        say(&uploaded);
     }
     say(&settled.summary(settings.settle));
     say(&checks);

@@ -117,6 +117,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     let mut file = FileConfig::for_args(&args.mapping)?;
     let (options, delimiter) = config::mapping_options(&args.mapping, &mut file)?;
     let encoding = config::input_encoding(&args.mapping, &file)?;
+    let files = config::attachment_files(&args.mapping, &file, &args.input)?;
     let mut source = Source::new(&args.input, encoding)?;
     let mut input = CsvInput::open(&mut source, delimiter)?;
     let mapping = Mapping::new(input.header(), &options)
@@ -173,7 +174,9 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
         }
         let outcome = match record.broken {
             Some(e) => Err(vec![e]),
-            None => mapping.map_row(record.cells, record.line),
+            None => mapping
+                .map_row(record.cells, record.line)
+                .and_then(|mut row| files.check(&mapping, &mut row, record.line).map(|()| row)),
         };
         match outcome {
             Ok(row) => {

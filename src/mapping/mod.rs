@@ -461,7 +461,7 @@ impl Mapping {
 
     /// The CSV column a field is read from, for a row error; `None` for `--set` and unmapped
     /// fields.
-    fn column(&self, field: Field) -> Option<Column> {
+    pub(crate) fn column(&self, field: Field) -> Option<Column> {
         match &self.sources[field.index()] {
             Some(Source::Column(i)) => Some(Column::Csv(*i, self.header[*i].clone())),
             _ => None,

@@ -62,8 +62,20 @@ impl Mapping {
                 ),
             });
         }
+        // A local file or a signed URL is uploaded first, and the upload needs the sub-account.
+        let uploads = validate::needs_upload(&m.attachments);
+        if uploads && errors.is_empty() && lookup.location_id.is_empty() {
+            errors.push(RowError {
+                line,
+                column: self.column(Field::Attachments),
+                invalid: Invalid::new(
+                    Problem::Missing,
+                    "locationId is empty: an attachment that is a local file or a URL with a query string is uploaded first (POST /conversations/messages/upload), which needs the sub-account; give --location-id ID",
+                ),
+            });
+        }
         let lookup = if self.resolving && errors.is_empty() {
-            self.check_lookup(&m, lookup, line, &mut errors)
+            self.check_lookup(&m, lookup, uploads, line, &mut errors)
         } else {
             None
         };
@@ -84,15 +96,17 @@ impl Mapping {
     }
 
     /// With resolution on: a row needs a contactId or a contactPhone / contactEmail to find it
-    /// by, and a location for any lookup. `None` when the row has both IDs already.
+    /// by, and a location for any lookup. `None` when the row has both IDs already and no
+    /// attachment to upload (an upload needs the location the lookup carries).
     fn check_lookup(
         &self,
         m: &InboundMessage,
         lookup: crate::resolve::Lookup,
+        uploads: bool,
         line: u64,
         errors: &mut Vec<RowError>,
     ) -> Option<Box<crate::resolve::Lookup>> {
-        if !m.contact_id.is_empty() && !m.conversation_id.is_empty() {
+        if !m.contact_id.is_empty() && !m.conversation_id.is_empty() && !uploads {
             return None;
         }
         if m.contact_id.is_empty() && lookup.phone.is_none() && lookup.email.is_none() {
@@ -506,8 +520,13 @@ mod tests {
             ),
             (
                 6,
+                "photo.exe",
+                "line 7, column 7 (attachments): attachment 'photo.exe' is a .exe file, a type the upload endpoint does not take",
+            ),
+            (
+                6,
                 "photo.jpg",
-                "line 7, column 7 (attachments): attachment 'photo.jpg' is not absolute",
+                "line 7, column 7 (attachments): locationId is empty: an attachment that is a local file",
             ),
             (
                 7,

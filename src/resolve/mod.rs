@@ -144,6 +144,9 @@ pub(crate) enum Call {
     Lookup,
     /// A read of messages: a 401 is the caller's to read (a token without the read scope).
     Read,
+    /// An attachment upload (`upload`): as a lookup, a 401 stops the run, and a lost answer is
+    /// retried (a second copy of a file is stored, never a second message).
+    Upload,
 }
 
 /// An answer to a lookup that is not retried: 2xx, or a refusal the caller reads.
@@ -153,7 +156,7 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    fn failure(&self, what: &str) -> Failure {
+    pub(crate) fn failure(&self, what: &str) -> Failure {
         Failure::Row {
             error: format!("{what}: {}", describe(self.status, &self.body)),
             http_status: Some(self.status),
@@ -375,7 +378,7 @@ pub(crate) async fn gated_call(
             .header(reqwest::header::AUTHORIZATION, bearer.value.clone())
             .send()
             .await;
-        if kind == Call::Lookup
+        if kind != Call::Read
             && let Ok(response) = &sent
             && response.status().as_u16() == 401
         {
@@ -406,12 +409,12 @@ pub(crate) async fn gated_call(
                 match response.bytes().await {
                     Ok(body)
                         if !(matches!(status, 429 | 500 | 502 | 503 | 504)
-                            || (status == 401 && kind == Call::Lookup)) =>
+                            || (status == 401 && kind != Call::Read)) =>
                     {
                         // The server answers: its earlier failures were not "in a row". (Not
                         // for a read: a server that answers reads and fails every message is
                         // still failing.)
-                        if kind == Call::Lookup {
+                        if kind != Call::Read {
                             env.policy.answered();
                         }
                         return Ok(Answer {

@@ -150,34 +150,106 @@ fn is_plain_address(value: &str) -> bool {
         && !domain.contains("..")
 }
 
-/// An attachment: an absolute `http(s)` URL with a host and no query string. A URL with a query
-/// (`?alt=media`) was answered with 422 "attachments must contain at least 1 elements"
-/// (FACTS pitfall 8), so it is refused here rather than failing at send time.
-pub fn check_attachment(value: &str) -> Result<(), Invalid> {
+/// The file types `POST /conversations/messages/upload` takes, by extension, lower case
+/// (`api/apps/conversations.json`: JPG JPEG PNG MP4 MPEG ZIP RAR PDF DOC DOCX TXT MP3 WAV).
+pub const UPLOAD_TYPES: &[&str] = &[
+    "jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx", "txt", "mp3", "wav",
+];
+
+/// Where an attachment comes from, as its cell names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachmentSource {
+    /// An absolute http(s) URL without a query string: sent to the API as it is.
+    Url,
+    /// An http(s) URL with a query string (a signed or expiring link, `?alt=media`): the API has
+    /// been seen to refuse it (FACTS pitfall 8), so the file is downloaded and uploaded first.
+    Fetch,
+    /// A local file (a path, relative to the input's folder, or a `file://` URL): uploaded first.
+    File(std::path::PathBuf),
+}
+
+impl AttachmentSource {
+    /// Whether the attachment must go through `POST /conversations/messages/upload` first.
+    pub fn needs_upload(&self) -> bool {
+        !matches!(self, AttachmentSource::Url)
+    }
+}
+
+/// Whether any of a message's attachments must be uploaded before the message is sent.
+pub fn needs_upload(attachments: &[String]) -> bool {
+    attachments
+        .iter()
+        .any(|a| check_attachment(a).is_ok_and(|s| s.needs_upload()))
+}
+
+/// The extension of a file name, lower case, if it is one the upload endpoint takes.
+pub fn upload_type(name: &str) -> Option<&'static str> {
+    let ext = std::path::Path::new(name).extension()?.to_str()?;
+    UPLOAD_TYPES
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(ext))
+        .copied()
+}
+
+/// An attachment: an absolute `http(s)` URL with a host (sent as it is when it has no query
+/// string; with one, the API has been seen to answer 422 "attachments must contain at least 1
+/// elements", FACTS pitfall 8, so it is downloaded and uploaded first), or a local file of a type
+/// the upload endpoint takes (a path, or a `file://` URL). Whether the file exists and is under
+/// the size limit is checked on disk, not here (`upload::files`).
+pub fn check_attachment(value: &str) -> Result<AttachmentSource, Invalid> {
     let bad = |why: &str| {
         Err(Invalid::new(
             Problem::Url,
             format!(
-                "attachment {} {why}: expected an absolute http(s) URL without a query string, such as https://files.example.com/photo.jpg",
-                quote(value)
+                "attachment {} {why}: expected an absolute http(s) URL such as https://files.example.com/photo.jpg, or a local file (a path relative to the input's folder, or absolute) of type {}",
+                quote(value),
+                UPLOAD_TYPES.join(", ")
             ),
         ))
     };
-    let url = match url::Url::parse(value) {
-        Ok(url) => url,
-        Err(url::ParseError::RelativeUrlWithoutBase) => return bad("is not absolute"),
+    let path = match url::Url::parse(value) {
+        // `C:\\files\\a.pdf` parses with a one-letter scheme: a Windows path.
+        Ok(url) if url.scheme().len() > 1 => match url.scheme() {
+            "http" | "https" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return bad("has no host");
+                }
+                return Ok(match url.query() {
+                    Some(_) => AttachmentSource::Fetch,
+                    None => AttachmentSource::Url,
+                });
+            }
+            "file" => match url.to_file_path() {
+                Ok(path) => path,
+                Err(()) => return bad("is a file:// URL that names no local file"),
+            },
+            other => return bad(&format!("has scheme '{other}'")),
+        },
+        Ok(_) | Err(url::ParseError::RelativeUrlWithoutBase) => std::path::PathBuf::from(value),
         Err(e) => return bad(&format!("is not a URL ({e})")),
     };
-    if !matches!(url.scheme(), "http" | "https") {
-        return bad(&format!("has scheme '{}'", url.scheme()));
+    if value.chars().any(char::is_control) {
+        return bad("has control characters");
     }
-    if url.host_str().is_none_or(str::is_empty) {
-        return bad("has no host");
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let Some(name) = name else {
+        return bad("names no file");
+    };
+    if upload_type(&name).is_none() {
+        let what = match std::path::Path::new(&name).extension() {
+            Some(ext) => format!("is a .{} file", ext.to_string_lossy()),
+            None => "has no file extension".to_owned(),
+        };
+        return Err(Invalid::new(
+            Problem::File,
+            format!(
+                "attachment {} {what}, a type the upload endpoint does not take: expected one of {}",
+                quote(value),
+                UPLOAD_TYPES.join(", ")
+            ),
+        ));
     }
-    if url.query().is_some() {
-        return bad("has a query string, which the API has been seen to refuse");
-    }
-    Ok(())
+    Ok(AttachmentSource::File(path))
 }
 
 /// `call.to` / `call.from`: E.164 (`+15037081210`). Spaces, dashes, dots and parentheses are
@@ -370,29 +442,40 @@ mod tests {
 
     #[test]
     fn attachments() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("https://files.example.com/a.jpg", None),
-            ("http://files.example.com/path/to/b.pdf", None),
-            ("files.example.com/a.jpg", Some("is not absolute")),
-            ("ftp://files.example.com/a.jpg", Some("has scheme 'ftp'")),
+        use AttachmentSource::{Fetch, File, Url};
+        let file = |p: &str| Ok(File(std::path::PathBuf::from(p)));
+        let cases: &[(&str, Result<AttachmentSource, &str>)] = &[
+            ("https://files.example.com/a.jpg", Ok(Url)),
+            ("http://files.example.com/path/to/b.pdf", Ok(Url)),
+            ("https://files.example.com/a.jpg?alt=media", Ok(Fetch)),
+            ("files.example.com/a.jpg", file("files.example.com/a.jpg")),
+            ("scans/Invoice 7.PDF", file("scans/Invoice 7.PDF")),
+            ("/srv/export/a.png", file("/srv/export/a.png")),
+            ("file:///srv/export/a.png", file("/srv/export/a.png")),
+            ("ftp://files.example.com/a.jpg", Err("has scheme 'ftp'")),
+            ("https://", Err("is not a URL")),
             (
-                "https://files.example.com/a.jpg?alt=media",
-                Some("query string"),
+                "setup.exe",
+                Err("is a .exe file, a type the upload endpoint does not take"),
             ),
-            ("file:///etc/passwd", Some("has scheme 'file'")),
-            ("https://", Some("is not a URL")),
-            ("not a url", Some("is not absolute")),
+            ("not a url", Err("has no file extension")),
+            ("file:///etc/passwd", Err("has no file extension")),
         ];
         for (input, want) in cases {
             match (check_attachment(input), want) {
-                (Ok(()), None) => {}
-                (Err(e), Some(text)) => {
-                    assert_eq!(e.problem, Problem::Url);
+                (Ok(got), Ok(w)) => assert_eq!(&got, w, "{input}"),
+                (Err(e), Err(text)) => {
+                    assert!(matches!(e.problem, Problem::Url | Problem::File));
                     assert!(e.message.contains(text), "{input}: {}", e.message);
                 }
                 (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
             }
         }
+        assert!(needs_upload(&[
+            "https://x.example/a.png".into(),
+            "a.pdf".into()
+        ]));
+        assert!(!needs_upload(&["https://x.example/a.png".into()]));
     }
 
     #[test]

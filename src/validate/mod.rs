@@ -13,8 +13,8 @@ use std::fmt;
 
 pub use date::{DateFormat, DateReader};
 pub use fields::{
-    check_attachment, check_id, check_message, normalize_email, normalize_phone, split_addresses,
-    split_list,
+    AttachmentSource, UPLOAD_TYPES, check_attachment, check_id, check_message, needs_upload,
+    normalize_email, normalize_phone, split_addresses, split_list, upload_type,
 };
 
 /// The kind of a row error, for grouping in the summary.
@@ -34,8 +34,10 @@ pub enum Problem {
     Date,
     /// An e-mail field is not an address.
     Email,
-    /// An attachment is not an absolute http(s) URL.
+    /// An attachment is not an absolute http(s) URL or a local file path.
     Url,
+    /// An attachment file is of a type the upload endpoint does not take, missing, or too big.
+    File,
     /// A call phone number is not E.164.
     Phone,
     /// `conversationId`, `contactId` or `conversationProviderId` is not an ID.
@@ -62,6 +64,7 @@ impl Problem {
             Problem::Date => "bad date",
             Problem::Email => "bad e-mail address",
             Problem::Url => "bad attachment URL",
+            Problem::File => "attachment file not accepted",
             Problem::Phone => "bad phone number",
             Problem::Id => "bad ID",
             Problem::List => "bad list cell",

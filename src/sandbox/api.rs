@@ -127,6 +127,9 @@ impl Shared {
         if let Some(date) = message.date {
             self.counters.note_date(message.conversation_id, date);
         }
+        for _ in 0..self.uploads.not_uploaded(body) {
+            self.counters.count(Counted::AttachmentNotUploaded);
+        }
         let date_added = match (self.backdate, message.date) {
             (true, Some(date)) => date,
             _ => received_at,
@@ -218,6 +221,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/conversations/{conversation_id}/messages",
             routing::get(reads::conversation).fallback(not_found),
+        )
+        .route(
+            crate::upload::UPLOAD_PATH,
+            routing::post(super::uploads::upload)
+                // Files are streamed to disk and held to the sandbox's own limit (413).
+                .layer(axum::extract::DefaultBodyLimit::disable())
+                .fallback(not_found),
+        )
+        .route(
+            "/conversations-assets/{id}/{name}",
+            routing::get(super::uploads::asset).fallback(not_found),
         )
         .route("/__stats", routing::get(stats))
         .fallback(not_found)

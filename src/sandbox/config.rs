@@ -61,6 +61,8 @@ pub struct SandboxConfig {
     /// `POST /oauth/token` and `POST /oauth/locationToken`, with expiring access tokens;
     /// `None`: off (404), only [`SandboxConfig::token`] is accepted.
     pub oauth: Option<OAuth>,
+    /// `POST /conversations/messages/upload`: where files go, the size limit, the types.
+    pub uploads: super::uploads::UploadRules,
 }
 
 /// The sandbox's OAuth app and tokens (see `oauth`): what a client must send, and how long
@@ -123,6 +125,7 @@ impl SandboxConfig {
             record_contacts: None,
             search_misses: 0,
             oauth: None,
+            uploads: super::uploads::UploadRules::default(),
         }
     }
 

@@ -34,6 +34,7 @@ mod reads;
 mod record;
 mod state;
 mod stats;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,7 @@ pub use book::{Contact, Conversation, Directory};
 pub use config::{ConfigError, DEFAULT_TOKEN, OAuth, SandboxConfig};
 pub use state::SUPPORTED_VERSIONS;
 pub use stats::Stats;
+pub use uploads::{ASSETS_PATH, UploadRules};
 
 /// How long [`Sandbox::shutdown`] waits for requests in flight before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -151,6 +153,18 @@ pub struct SandboxArgs {
     /// Hold each token request this long before acting on it.
     #[arg(long, value_name = "DURATION", value_parser = crate::rate::parse_duration, requires = "oauth_expires_in")]
     pub token_delay: Option<Duration>,
+    /// Where `POST /conversations/messages/upload` writes the files it takes (and serves them
+    /// from) [default: a temp folder removed at shutdown].
+    #[arg(long, value_name = "DIR")]
+    pub upload_dir: Option<PathBuf>,
+    /// The largest file the upload route takes (bytes, or 5MB, 200MiB…); larger ones are
+    /// answered 413 [default: 5MB].
+    #[arg(long, value_name = "SIZE", value_parser = crate::upload::files::parse_size)]
+    pub upload_max_size: Option<u64>,
+    /// The file types (extensions) the upload route takes, comma-separated; others are answered
+    /// 415 [default: jpg,jpeg,png,mp4,mpeg,zip,rar,pdf,doc,docx,txt,mp3,wav].
+    #[arg(long, value_name = "EXT,…", value_delimiter = ',')]
+    pub upload_types: Vec<String>,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -194,6 +208,21 @@ impl SandboxArgs {
                 token_delay: self.token_delay,
                 ..OAuth::default()
             }),
+            uploads: {
+                let defaults = UploadRules::default();
+                UploadRules {
+                    dir: self.upload_dir.clone(),
+                    max_size: self.upload_max_size.unwrap_or(defaults.max_size),
+                    types: match self.upload_types.is_empty() {
+                        true => defaults.types,
+                        false => self
+                            .upload_types
+                            .iter()
+                            .map(|t| t.trim().trim_start_matches('.').to_ascii_lowercase())
+                            .collect(),
+                    },
+                }
+            },
         }
     }
 }
@@ -342,7 +371,8 @@ pub async fn start(config: SandboxConfig, listen: SocketAddr) -> anyhow::Result<
         config.search_misses,
         config.record_contacts.as_deref(),
     )?;
-    let shared = Arc::new(state::Shared::new(&config, recorder, book));
+    let uploads = uploads::Store::open(&config.uploads).context("opening the uploads folder")?;
+    let shared = Arc::new(state::Shared::new(&config, recorder, book, uploads));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(

@@ -79,11 +79,18 @@ pub struct Shared {
     pub book: Book,
     /// The OAuth endpoints' tokens (`oauth`); `None` when they are off.
     pub tokens: Option<Tokens>,
+    /// The files uploaded (`uploads`).
+    pub uploads: super::uploads::Store,
 }
 
 impl Shared {
     /// The state of a sandbox started with `config`.
-    pub fn new(config: &SandboxConfig, recorder: Option<Recorder>, book: Book) -> Self {
+    pub fn new(
+        config: &SandboxConfig,
+        recorder: Option<Recorder>,
+        book: Book,
+        uploads: super::uploads::Store,
+    ) -> Self {
         let budget = Budget::new(config.rate, config.daily).with_day(config.day);
         Shared {
             bearer: RwLock::new(format!("Bearer {}", config.token)),
@@ -102,6 +109,7 @@ impl Shared {
             recorder,
             book,
             tokens: config.oauth.clone().map(Tokens::new),
+            uploads,
         }
     }
 

@@ -89,6 +89,19 @@ pub struct Stats {
     /// `GET /conversations/{conversationId}/messages` requests answered past the gate.
     #[serde(default)]
     pub reads_conversation: u64,
+    /// Files `POST /conversations/messages/upload` took (one per `fileAttachment` part).
+    #[serde(default)]
+    pub uploads: u64,
+    /// Upload requests answered 413 (a file over the size limit).
+    #[serde(default)]
+    pub uploads_too_large: u64,
+    /// Upload requests answered 415 (a file of a type not taken).
+    #[serde(default)]
+    pub uploads_unsupported: u64,
+    /// Attachments of stored messages that name a URL of the sandbox's assets it never handed
+    /// out (the message is stored all the same, as the real API would).
+    #[serde(default)]
+    pub attachments_not_uploaded: u64,
 }
 
 impl Stats {
@@ -114,6 +127,10 @@ pub enum Counted {
     ReadById,
     ReadExport,
     ReadConversation,
+    Uploaded,
+    UploadTooLarge,
+    UploadUnsupported,
+    AttachmentNotUploaded,
     /// Anything else (404 on an unknown route): counted in `requests` only.
     Other,
 }
@@ -134,6 +151,10 @@ pub struct Counters {
     reads_by_id: AtomicU64,
     reads_export: AtomicU64,
     reads_conversation: AtomicU64,
+    uploads: AtomicU64,
+    uploads_too_large: AtomicU64,
+    uploads_unsupported: AtomicU64,
+    attachments_not_uploaded: AtomicU64,
     in_flight: AtomicU64,
     peak_concurrent: AtomicU64,
     out_of_order: AtomicU64,
@@ -174,6 +195,10 @@ impl Counters {
             Counted::ReadById => &self.reads_by_id,
             Counted::ReadExport => &self.reads_export,
             Counted::ReadConversation => &self.reads_conversation,
+            Counted::Uploaded => &self.uploads,
+            Counted::UploadTooLarge => &self.uploads_too_large,
+            Counted::UploadUnsupported => &self.uploads_unsupported,
+            Counted::AttachmentNotUploaded => &self.attachments_not_uploaded,
             Counted::Other => return,
         };
         counter.fetch_add(1, Relaxed);
@@ -216,6 +241,10 @@ impl Counters {
             reads_by_id: get(&self.reads_by_id),
             reads_export: get(&self.reads_export),
             reads_conversation: get(&self.reads_conversation),
+            uploads: get(&self.uploads),
+            uploads_too_large: get(&self.uploads_too_large),
+            uploads_unsupported: get(&self.uploads_unsupported),
+            attachments_not_uploaded: get(&self.attachments_not_uploaded),
             daily_remaining,
             ..Stats::default()
         }

@@ -61,7 +61,7 @@ const CHUNK: usize = 64 * 1024;
 const SLOWEST_BYTES_PER_SECOND: u64 = 256 * 1024;
 
 /// The MIME type each upload type is sent as.
-fn mime_of(ext: &str) -> &'static str {
+pub fn mime_of(ext: &str) -> &'static str {
     match ext {
         "jpg" | "jpeg" => "image/jpeg",
         "png" => "image/png",

@@ -29,9 +29,13 @@ pub struct Files {
 impl Files {
     /// For rows of `input`: relative paths are read from its folder.
     pub fn new(input: &Path, max_size: u64) -> Files {
+        // `in.csv` has the folder "", which `absolute` refuses: it is the current folder.
         let folder = match crate::source::is_stream(input) {
-            true => Path::new(""),
-            false => input.parent().unwrap_or(Path::new("")),
+            true => Path::new("."),
+            false => input
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
         };
         let base = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
         Files { base, max_size }

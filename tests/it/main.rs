@@ -1,6 +1,7 @@
 //! The one integration test binary: every test drives `lc-import` from outside, through the
 //! real binary or over real loopback sockets.
 
+mod attachments;
 mod changed;
 mod crash;
 mod exits;

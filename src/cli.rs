@@ -164,7 +164,7 @@ pub struct RunArgs {
     /// and report how many exist, would be created, or are ambiguous.
     #[arg(long, requires = "dry_run")]
     pub resolve_only: bool,
-    /// Stop cleanly (exit 3, resumable) after N requests, lookups and messages together.
+    /// Stop cleanly (exit 3, resumable) after N requests, lookups, uploads and messages together.
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,
     /// When the daily request budget is spent, wait for the next day (UTC midnight and a

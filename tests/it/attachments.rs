@@ -320,19 +320,22 @@ async fn a_sigkill_after_the_uploads_and_a_resume_upload_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_413_fails_the_row_with_the_servers_words() {
+async fn a_413_or_a_415_fails_the_row_with_the_servers_words() {
     let w = WorkDir::new();
     w.write("small.pdf", b"%PDF-1.4 small");
     w.write("large.pdf", pdf());
+    w.write("photo.png", png());
     w.write(
         "in.csv",
         format!(
-            "{HEADER}\nr0,c1,k1,SMS,inbound,big,large.pdf\nr1,c2,k2,SMS,inbound,small,small.pdf\n"
+            "{HEADER}\nr0,c1,k1,SMS,inbound,big,large.pdf\nr1,c2,k2,SMS,inbound,small,small.pdf\nr2,c3,k3,SMS,inbound,photo,photo.png\n"
         ),
     );
+    // A server stricter than the spec: 10,000 bytes at most, PDFs only.
     let s = Scenario::prepared(w, |c| SandboxConfig {
         uploads: UploadRules {
             max_size: 10_000,
+            types: vec!["pdf".into()],
             ..UploadRules::default()
         },
         ..c
@@ -354,10 +357,23 @@ async fn a_413_fails_the_row_with_the_servers_words() {
             .contains("HTTP 413: File too large: large.pdf is over the limit of 10000 bytes"),
         "{big:?}"
     );
+    let photo = &rows["r2"];
+    assert_eq!(
+        (photo["status"].as_str(), photo["http_status"].as_str()),
+        ("failed", "415")
+    );
+    assert!(
+        photo["error"].contains("HTTP 415: File type not supported: photo.png (allowed: PDF)"),
+        "{photo:?}"
+    );
     let stats = s.stats();
     assert_eq!(
-        (stats.uploads, stats.uploads_too_large),
-        (1, 1),
+        (
+            stats.uploads,
+            stats.uploads_too_large,
+            stats.uploads_unsupported
+        ),
+        (1, 1, 1),
         "{stats:?}"
     );
     assert_eq!(s.record().len(), 1);

@@ -41,7 +41,8 @@ measure() { # label, size in MiB → "label importer_MiB sandbox_MiB"
     LC_TOKEN=sandbox-token /usr/bin/time -v "$BIN" run "$dir/in.csv" --base-url "$url" \
         --rate none --location-id L1 --attachment-max-size "$((mib + 1))MiB" -q \
         > "$dir/run.out" 2> "$dir/run.time"
-    kill -TERM "$sandbox_pid"
+    # $! is /usr/bin/time's pid: the sandbox is its child, and ends on SIGTERM (time reports then).
+    kill -TERM "$(ps -o pid= --ppid "$sandbox_pid")"
     wait "$sandbox_pid" || true
     sandbox_pid=
     cmp "$dir/big.mp4" "$dir"/uploaded/*/big.mp4

@@ -129,6 +129,8 @@ pub struct Report {
     pub requests: u64,
     /// Contact and conversation lookups among the requests.
     pub lookups: u64,
+    /// Attachment uploads among the requests.
+    pub uploads: u64,
     /// Access tokens refreshed at `/oauth/token` (not among the requests: the token endpoint
     /// is not the API's budget).
     pub token_refreshes: u64,
@@ -169,6 +171,7 @@ impl Report {
             waiting: n(&c.waiting),
             requests,
             lookups: 0,
+            uploads: 0,
             token_refreshes: 0,
             location_tokens: 0,
             gone: 0,
@@ -192,9 +195,10 @@ impl Report {
             + self.waiting
     }
 
-    /// Message requests among the requests (the rest are lookups and reads).
+    /// Message requests among the requests (the rest are lookups, reads and uploads).
     pub fn messages(&self) -> u64 {
-        self.requests.saturating_sub(self.lookups + self.reads)
+        self.requests
+            .saturating_sub(self.lookups + self.reads + self.uploads)
     }
 
     /// How the run ended, for the exit code: its stop, and the rows that need the user.
@@ -248,6 +252,7 @@ impl Report {
                 "token_refreshes": self.token_refreshes,
                 "location_tokens": self.location_tokens,
                 "reads": self.reads,
+                "uploads": self.uploads,
             },
             "elapsed_seconds": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             "resume_command": self.stopped.as_ref().map(|_| resume_command()),
@@ -302,12 +307,17 @@ impl Report {
         let secs = r.elapsed.as_secs_f64();
         let _ = writeln!(
             out,
-            "  {} requests ({} messages, {} lookups{}) in {:.1}s: {:.1} messages sent/s",
+            "  {} requests ({} messages, {} lookups{}{}) in {:.1}s: {:.1} messages sent/s",
             r.requests,
             r.messages(),
             r.lookups,
             if r.reads > 0 {
                 format!(", {} reads", r.reads)
+            } else {
+                String::new()
+            },
+            if r.uploads > 0 {
+                format!(", {} uploads", r.uploads)
             } else {
                 String::new()
             },

@@ -334,6 +334,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let requests = deliver.gate.requests();
     let resolved = deliver.resolver.as_ref().map(|r| r.summary());
     let uploaded = deliver.uploader.as_ref().map(|u| u.summary());
+    let uploads = deliver.uploader.as_ref().map_or(0, |u| u.requests());
     let lookups = deliver.resolver.as_ref().map_or(0, |r| r.lookups());
     let reads = deliver.reader.as_ref().map_or(0, |r| r.reads());
     let checks = deliver
@@ -360,6 +361,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
     let report = Report {
         total: plan_rows,
         lookups,
+        uploads,
         token_refreshes: settings.auth.refreshes(),
         location_tokens: settings.auth.exchanges(),
         reads,

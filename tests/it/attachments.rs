@@ -405,6 +405,10 @@ async fn uploads_count_against_max_requests() {
     let stats = s.stats();
     assert_eq!(stats.requests, 4, "{stats:?}{run:?}");
     assert_eq!(stats.uploads + stats.accepted, 4, "{stats:?}");
+    run.expect_stdout(&format!(
+        "4 requests ({} messages, 0 lookups, {} uploads)",
+        stats.accepted, stats.uploads
+    ));
     let run = s.run(&["--location-id", "L1"]).await;
     run.expect_code(0);
     let stats = s.stats();

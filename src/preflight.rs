@@ -354,6 +354,8 @@ impl Pass<'_> {
                         plan.settle_reads += 1;
                     }
                     plan.doubts += 1;
+                    // Sent again if read-back does not find it: its files are uploaded then.
+                    plan.uploads += uploads_of(&row.message);
                     self.doubts.push(Doubt {
                         row: record.row,
                         key,
@@ -389,12 +391,7 @@ impl Pass<'_> {
             return Ok(None);
         }
         plan.messages += 1;
-        plan.uploads += row
-            .message
-            .attachments
-            .iter()
-            .filter(|a| crate::validate::check_attachment(a).is_ok_and(|s| s.needs_upload()))
-            .count() as u64;
+        plan.uploads += uploads_of(&row.message);
         let date = row
             .message
             .date
@@ -457,6 +454,14 @@ impl Pass<'_> {
         }
         Ok(())
     }
+}
+
+/// The attachments of `m` to upload before it is sent (local files, URLs with a query string).
+fn uploads_of(m: &crate::message::InboundMessage) -> u64 {
+    m.attachments
+        .iter()
+        .filter(|a| crate::validate::check_attachment(a).is_ok_and(|s| s.needs_upload()))
+        .count() as u64
 }
 
 /// Rows whose key an earlier row of the same input already has, in row order. Found by the pass,

@@ -54,7 +54,9 @@ impl Files {
             let Ok(AttachmentSource::File(path)) = check_attachment(item) else {
                 continue;
             };
-            let path = self.base.join(path);
+            // `./a.pdf` and `a.pdf` are one file (and one upload): `.` components go.
+            let joined = self.base.join(path);
+            let path = std::path::absolute(&joined).unwrap_or(joined);
             match self.check_file(item, &path) {
                 Ok(()) => *item = path.to_string_lossy().into_owned(),
                 Err(invalid) => errors.push(RowError {
@@ -173,7 +175,7 @@ mod tests {
             let record = csv::ByteRecord::from(vec!["c1", "k1", "SMS", "inbound", cell]);
             mapping.map_row(&record, 3).unwrap()
         };
-        let mut ok = row("a.pdf;https://x.example/b.png");
+        let mut ok = row("./a.pdf;https://x.example/b.png");
         files.check(&mapping, &mut ok, 3).unwrap();
         assert_eq!(
             ok.message.attachments,

@@ -1,4 +1,4 @@
-//! The uploads journal, `<results>.uploads.csv` beside the results file: one line per file the
+//! The uploads journal, `<results>.uploads.csv` beside the results file (`in.results.csv.uploads.csv`): one line per file the
 //! API took (`key,url,name,size,uploaded_at`), appended and synced (`fdatasync`) as soon as its
 //! answer is read and before the message that attaches it is sent. A resume, a rerun or the
 //! next night's run reads it back and never uploads the same file twice: the key says which
@@ -20,14 +20,9 @@ use anyhow::{Context, Result};
 /// The header of the uploads journal.
 const HEADER: &[&str] = &["key", "url", "name", "size", "uploaded_at"];
 
-/// `<results>.uploads.csv`.
+/// `<results>.uploads.csv`, named as the other files beside the results file are.
 pub fn path_for(results: &Path) -> PathBuf {
-    let name = results
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "results.csv".to_owned());
-    let stem = name.strip_suffix(".csv").unwrap_or(&name);
-    results.with_file_name(format!("{stem}.uploads.csv"))
+    crate::results::line::beside(results, ".uploads.csv")
 }
 
 /// One file the API took.
@@ -158,7 +153,7 @@ mod tests {
     fn what_is_recorded_is_read_back_and_a_cut_line_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = path_for(&dir.path().join("in.results.csv"));
-        assert_eq!(path, dir.path().join("in.results.uploads.csv"));
+        assert_eq!(path, dir.path().join("in.results.csv.uploads.csv"));
         let up = Uploaded {
             url: "https://cdn.example/a.pdf".into(),
             name: "a, b.pdf".into(),

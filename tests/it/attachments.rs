@@ -16,7 +16,7 @@ use crate::support::WorkDir;
 const HEADER: &str = "altId,conversationId,contactId,type,direction,message,attachments";
 
 /// The uploads journal beside the results file.
-const UPLOADS: &str = "in.results.uploads.csv";
+const UPLOADS: &str = "in.results.csv.uploads.csv";
 
 /// A PDF and a PNG beside the input, bytes that say which file they are.
 fn pdf() -> Vec<u8> {

@@ -86,7 +86,7 @@ pub struct SandboxArgs {
     /// Send `Retry-After` with 429 answers (the real API is not documented to).
     #[arg(long)]
     pub retry_after: bool,
-    /// Share of valid requests answered 500/502/503, nothing stored.
+    /// Share of valid requests (messages and uploads) answered 500/502/503, nothing stored.
     #[arg(long, default_value_t = 0.0, value_name = "P", value_parser = parse_share)]
     pub fail_rate: f64,
     /// Processing time per request: `LOW..HIGH` uniform, or `D` for [D/2, 3D/2].

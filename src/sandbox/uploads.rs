@@ -15,6 +15,8 @@
 //! - `GET /conversations-assets/{id}/{name}`: the file, streamed from disk (no token: the real
 //!   API's URLs are public CDN links).
 //!
+//! `--fail-rate` answers uploads too (500/502/503 after reading the form, nothing kept).
+//!
 //! The inbound route asks [`Store::not_uploaded`] whether a message attaches a sandbox URL it
 //! never handed out (counted in `/__stats` as `attachments_not_uploaded`; the message is still
 //! stored, as the real API would store any URL).
@@ -171,6 +173,21 @@ pub(super) async fn upload(
     };
     let id = super::chance::new_id(&mut admitted.rng);
     let store = &shared.uploads;
+    // `--fail-rate` as on the inbound route (the other faults are the inbound route's only).
+    let faults = *shared.faults.read().unwrap_or_else(|p| p.into_inner());
+    if let super::chance::Fault::Fail(status) = super::chance::pick_fault(&mut admitted.rng, faults)
+    {
+        if let Ok(mut form) = form {
+            while let Ok(Some(mut field)) = form.next_field().await {
+                while let Ok(Some(_)) = field.chunk().await {}
+            }
+        }
+        shared.counters.count(Counted::ServerError);
+        let body = json!({"statusCode": status.as_u16(), "message": "Internal server error", "traceId": admitted.trace_id});
+        let mut response = super::answer::json_response(status, &body);
+        super::answer::put_rate_headers(response.headers_mut(), admitted.rate);
+        return response;
+    }
     let outcome = match form {
         Ok(form) => read_form(store, form, &id).await,
         Err(e) => Err(Refusal(

@@ -417,3 +417,45 @@ async fn uploads_count_against_max_requests() {
     s.assert_each_stored_once(3);
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_answered_5xx_are_retried_like_any_request() {
+    const ROWS: usize = 12;
+    let w = WorkDir::new();
+    let mut csv = format!("{HEADER}\n");
+    for i in 0..ROWS {
+        w.write(&format!("n{i}.txt"), format!("note {i}"));
+        csv.push_str(&format!("r{i},c{i},k{i},SMS,inbound,note {i},n{i}.txt\n"));
+    }
+    w.write("in.csv", &csv);
+    // A third of the uploads and messages answered 500/502/503, nothing kept.
+    let s = Scenario::prepared(w, |c| SandboxConfig {
+        fail_rate: 0.3,
+        seed: Some(15),
+        ..c
+    })
+    .await;
+    let run = s.run(&["--location-id", "L1", "--max-retries", "10"]).await;
+    run.expect_code(0);
+    let stats = s.stats();
+    assert!(stats.server_errors > 0, "{stats:?}");
+    assert_eq!(
+        (stats.uploads, stats.accepted),
+        (ROWS as u64, ROWS as u64),
+        "{stats:?}{run:?}"
+    );
+    s.assert_each_stored_once(ROWS);
+    let files: Vec<String> = stored_attachments(&s).into_values().flatten().collect();
+    assert_eq!(files.len(), ROWS);
+    // Some of the upload requests were the retries of refused ones, each file kept once.
+    let attempts: u64 = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("file(s) uploaded"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the summary counts the uploads{run:?}"));
+    assert!(attempts > ROWS as u64, "{attempts} upload requests{run:?}");
+    assert_eq!(s.w.read(UPLOADS).lines().count(), ROWS + 1);
+    s.finish().await;
+}

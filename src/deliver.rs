@@ -23,6 +23,8 @@ use crate::mapping::MappedRow;
 use crate::resolve::{Env, Failure, Resolver};
 use crate::results::content::ContentLog;
 use crate::results::line::{now_rfc3339, with_left_at};
+use crate::results::threads::{Started, ThreadLog};
+use crate::threads::{ThreadRef, Threading};
 use crate::results::{Journal, ResultLine, Status};
 use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
 use crate::schedule::{Job, Payload};
@@ -58,6 +60,8 @@ pub struct Deliver {
     /// Reads messages back (`run --verify-unknown`, and a 500/502/504 checked before its
     /// retry); `None`: no reads.
     pub reader: Option<crate::readback::Reader>,
+    /// With a thread column: the `emailMessageId` of every thread started, on disk.
+    pub threads: Option<Arc<ThreadLog>>,
 }
 
 impl Deliver {
@@ -68,12 +72,20 @@ impl Deliver {
     /// around it.)
     pub async fn row(self: Arc<Self>, job: Job) -> bool {
         let fingerprint = job.fingerprint;
+        // An e-mail of a thread: sent as its start, into its thread, or not yet.
+        let (payload, starts_thread) = match self.threading(job.thread, job.row, &job.key, job.payload) {
+            Ok(threaded) => threaded,
+            Err(why) => {
+                self.wait(job.row, job.key, why);
+                return false;
+            }
+        };
         let mut line = ResultLine {
             row: job.row,
             key: job.key,
             ..Default::default()
         };
-        let body = match job.payload {
+        let body = match payload {
             Payload::Body(body) => {
                 // The row has its conversation: its lane is that conversation's ID. Its lines
                 // name it, so a row left `unknown` can be looked for there.
@@ -89,6 +101,7 @@ impl Deliver {
             },
         };
         let mut last_error = String::new();
+        let mut email_message_id = String::new();
         // Sent again once after a 401 with a renewed token; a second 401 stops the run.
         let mut replayed = false;
         // A `sending` line is due: before the first attempt, and before a replay after a 401
@@ -325,6 +338,7 @@ impl Deliver {
                     if !accepted.trace_id.is_empty() {
                         line.trace_id = accepted.trace_id;
                     }
+                    email_message_id = accepted.email_message_id;
                     (Status::Sent, String::new())
                 }
                 Next::Failed(why) => (Status::Failed, why),
@@ -341,6 +355,18 @@ impl Deliver {
                     continue;
                 }
             };
+            // The thread's id is on disk before the start's `sent` line is handed to the journal.
+            if status == Status::Sent
+                && let Some(thread) = &starts_thread
+            {
+                Box::pin(self.thread_started(
+                    &job.conversation_id,
+                    thread,
+                    &line,
+                    std::mem::take(&mut email_message_id),
+                ))
+                .await;
+            }
             self.finish(&mut line, status, why);
             if status == Status::Sent
                 && let (Some(content), Some(fp)) = (&self.content, fingerprint)
@@ -359,13 +385,94 @@ impl Deliver {
 
     /// Records `job` as waiting for `failed_row` of the same conversation: not sent.
     pub fn hold(&self, job: Job, failed_row: u64) {
-        let line = ResultLine {
-            row: job.row,
-            key: job.key,
-            status: Some(Status::Waiting),
-            error: format!(
+        self.wait(
+            job.row,
+            job.key,
+            format!(
                 "not sent: row {failed_row} of the same conversation failed, and this row goes after it; the next run sends it after that row"
             ),
+        );
+    }
+
+    /// What a row of a thread is sent as: `Ok` with the body (with the thread's
+    /// `emailMessageId` for a reply) and, for the thread's start, its thread; `Err` with the
+    /// reason it waits. Rows of no thread go as they are.
+    #[allow(clippy::type_complexity)]
+    fn threading(
+        &self,
+        thread: Option<Box<ThreadRef>>,
+        row: u64,
+        key: &str,
+        payload: Payload,
+    ) -> Result<(Payload, Option<Box<ThreadRef>>), String> {
+        let (Some(thread), Some(log)) = (thread, &self.threads) else {
+            return Ok((payload, None));
+        };
+        match crate::threads::decide(&thread, row, key, log.get(thread.id)) {
+            Threading::Start => Ok((payload, Some(thread))),
+            Threading::Wait(why) => Err(why),
+            Threading::Reply(id) => Ok((
+                match payload {
+                    Payload::Body(body) => Payload::Body(crate::threads::reply_body(&body, &id)),
+                    Payload::Pending(mut row) => {
+                        row.message.email_message_id.get_or_insert(id);
+                        Payload::Pending(row)
+                    }
+                },
+                None,
+            )),
+        }
+    }
+
+    /// The row of `line` started `thread` in `lane`: the `emailMessageId` the API answered goes
+    /// in the thread store, on disk, before the row's `sent` line is written. A store that cannot
+    /// be written stops the run (the row is sent all the same; its thread's replies then wait).
+    async fn thread_started(
+        &self,
+        lane: &Arc<str>,
+        thread: &ThreadRef,
+        line: &ResultLine,
+        email_message_id: String,
+    ) {
+        let Some(log) = self.threads.clone() else {
+            return;
+        };
+        if email_message_id.is_empty() {
+            tracing::warn!(
+                "row {}: the API's answer to the first message of thread {:?} has no emailMessageId: the thread's other messages cannot be sent into it, and wait",
+                line.row,
+                thread.thread
+            );
+            return;
+        }
+        let (lane, name) = (lane.to_string(), thread.thread.clone());
+        let started = Started {
+            email_message_id,
+            key: line.key.clone(),
+            row: line.row,
+        };
+        let message_id = line.message_id.clone();
+        let path = log.path().display().to_string();
+        let recorded =
+            tokio::task::spawn_blocking(move || log.record(&lane, &name, started, &message_id))
+                .await;
+        let error = match recorded {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.gate
+            .stop_with(StopReason::ResultsFile(format!("{path}: {error}")));
+    }
+
+    /// Records row `row` (key `key`) as `waiting`: not sent, for the reason `error`; the next
+    /// run sends it.
+    fn wait(&self, row: u64, key: String, error: String) {
+        let line = ResultLine {
+            row,
+            key,
+            status: Some(Status::Waiting),
+            error,
             finished_at: now_rfc3339(),
             ..Default::default()
         };
@@ -383,6 +490,7 @@ impl Deliver {
         let MappedRow {
             mut message,
             lookup,
+            ..
         } = row;
         let lookup = lookup?;
         match resolver

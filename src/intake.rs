@@ -71,6 +71,8 @@ pub struct Intake {
     /// `--order date`: the rows in the order to read them (each conversation oldest first);
     /// `None`: the file's order.
     pub order: Option<crate::order::SendOrder>,
+    /// With a thread column: each thread's start, found by the pass before sending.
+    pub threads: Option<crate::threads::Starts>,
 }
 
 /// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
@@ -152,6 +154,7 @@ impl Intake {
                 self.resend_unknown,
                 &self.settled,
                 self.content.as_mut().map(|c| (c, self.send_changed)),
+                self.threads.as_ref(),
             )?;
             let Fate::Job(job) = fate else { continue };
             if self.limit.is_some_and(|n| handed >= n) {
@@ -190,6 +193,7 @@ fn fate(
     resend_unknown: bool,
     settled: &HashMap<String, Verdict>,
     content: Option<(&mut EarlierVersions, bool)>,
+    threads: Option<&crate::threads::Starts>,
 ) -> Result<Fate, StopReason> {
     let (row, line_no) = (record.row, record.line);
     let key = mapping.record_key(&record);
@@ -310,6 +314,14 @@ fn fate(
             .map_err(journal_error)?;
         return Ok(Fate::Done);
     }
+    let thread = match (threads, mapped.thread.clone()) {
+        (Some(starts), Some(thread)) => Some(Box::new(starts.thread_ref(
+            &mapped.lane(),
+            thread,
+            row,
+        ))),
+        _ => None,
+    };
     let (lane, payload) = match &mapped.lookup {
         None => (
             Arc::from(mapped.message.conversation_id.as_str()),
@@ -325,5 +337,6 @@ fn fate(
         conversation_id: lane,
         payload,
         fingerprint,
+        thread,
     }))
 }

@@ -34,6 +34,7 @@ mod reads;
 mod record;
 mod state;
 mod stats;
+mod threads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -89,6 +89,16 @@ pub struct Stats {
     /// `GET /conversations/{conversationId}/messages` requests answered past the gate.
     #[serde(default)]
     pub reads_conversation: u64,
+    /// E-mails stored that started a thread (named no `emailMessageId` it knows).
+    #[serde(default)]
+    pub email_threads: u64,
+    /// E-mails stored into a thread: their `emailMessageId` is one it gave out, in their location.
+    #[serde(default)]
+    pub email_replies: u64,
+    /// E-mails whose `emailMessageId` it never gave out (in their location): accepted, as a
+    /// thread of their own.
+    #[serde(default)]
+    pub unknown_email_message_ids: u64,
 }
 
 impl Stats {

@@ -24,12 +24,12 @@ use crate::resolve::{Env, Failure, Resolver};
 use crate::results::content::ContentLog;
 use crate::results::line::{now_rfc3339, with_left_at};
 use crate::results::threads::{Started, ThreadLog};
-use crate::threads::{ThreadRef, Threading};
 use crate::results::{Journal, ResultLine, Status};
 use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
 use crate::schedule::{Job, Payload};
 use crate::sender::Sender;
 use crate::summary::Counters;
+use crate::threads::{ThreadRef, Threading};
 
 /// Rows delivered at once, per place on the wire (`--concurrency`): with 2, while one row's
 /// request is out, another row's `sending` line is being written and synced, so a fast server
@@ -73,13 +73,14 @@ impl Deliver {
     pub async fn row(self: Arc<Self>, job: Job) -> bool {
         let fingerprint = job.fingerprint;
         // An e-mail of a thread: sent as its start, into its thread, or not yet.
-        let (payload, starts_thread) = match self.threading(job.thread, job.row, &job.key, job.payload) {
-            Ok(threaded) => threaded,
-            Err(why) => {
-                self.wait(job.row, job.key, why);
-                return false;
-            }
-        };
+        let (payload, starts_thread) =
+            match self.threading(job.thread, job.row, &job.key, job.payload) {
+                Ok(threaded) => threaded,
+                Err(why) => {
+                    self.wait(job.row, job.key, why);
+                    return false;
+                }
+            };
         let mut line = ResultLine {
             row: job.row,
             key: job.key,

@@ -315,11 +315,9 @@ fn fate(
         return Ok(Fate::Done);
     }
     let thread = match (threads, mapped.thread.clone()) {
-        (Some(starts), Some(thread)) => Some(Box::new(starts.thread_ref(
-            &mapped.lane(),
-            thread,
-            row,
-        ))),
+        (Some(starts), Some(thread)) => {
+            Some(Box::new(starts.thread_ref(&mapped.lane(), thread, row)))
+        }
         _ => None,
     };
     let (lane, payload) = match &mapped.lookup {

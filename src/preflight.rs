@@ -39,10 +39,10 @@ use crate::results::content::{self, ContentLog, EarlierVersions};
 use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
 use crate::results::target::{self, Target};
+use crate::results::threads::ThreadLog;
 use crate::results::{Journal, Prior, Status};
 use crate::source::Source;
 use crate::threads::{StartState, Starts, StartsBuilder};
-use crate::results::threads::ThreadLog;
 
 /// What the pass found, ready for the run.
 pub struct Prepared {
@@ -178,7 +178,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         None => None,
         Some(builder) => {
             let log = ThreadLog::open(&crate::results::threads::path_for(&settings.results))?;
-            let (starts, report) = builder.finish(&log);
+            let (starts, report) = builder.finish(|id| log.get(id).is_some());
             report_threads(settings, &mapping, &log, &report);
             Some((std::sync::Arc::new(log), starts))
         }

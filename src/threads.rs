@@ -24,7 +24,7 @@ use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::mapping::ThreadPlace;
 use crate::message::InboundMessage;
-use crate::results::threads::{Started, ThreadLog, thread_id};
+use crate::results::threads::{Started, thread_id};
 
 /// What the pass before sending knew of a thread's start when the run began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,9 +170,9 @@ impl StartsBuilder {
             });
     }
 
-    /// Every row seen: the starts, and what the pass says of them (`log`: threads started in
-    /// earlier runs).
-    pub fn finish(self, log: &ThreadLog) -> (Starts, Report) {
+    /// Every row seen: the starts, and what the pass says of them (`started`: whether a thread
+    /// was started in an earlier run, as the thread store knows).
+    pub fn finish(self, started: impl Fn(u128) -> bool) -> (Starts, Report) {
         let mut report = Report {
             messages: self.messages,
             threads: self.threads.len() as u64,
@@ -183,10 +183,10 @@ impl StartsBuilder {
             if c.file_first != c.row {
                 report.replies_first_in_file += 1;
             }
-            match (log.get(id), c.state) {
-                (Some(_), _) => report.continued += 1,
-                (None, StartState::ToSend) => {}
-                (None, _) => report.held += 1,
+            match (started(id), c.state) {
+                (true, _) => report.continued += 1,
+                (false, StartState::ToSend) => {}
+                (false, _) => report.held += 1,
             }
             starts.insert(id, (c.row, c.state));
         }
@@ -237,6 +237,7 @@ pub struct Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::threads::ThreadLog;
 
     fn place(lane: &str, thread: &str, date_ms: Option<i64>) -> ThreadPlace {
         ThreadPlace {
@@ -269,7 +270,7 @@ mod tests {
         b.visit(&place("c9", "old", Some(10)), 5, StartState::ToSend);
         b.visit(&place("c3", "u", None), 6, StartState::UnknownEarlier);
         b.visit(&place("c3", "u", Some(1)), 7, StartState::ToSend);
-        let (starts, report) = b.finish(&log);
+        let (starts, report) = b.finish(|id| log.get(id).is_some());
         let r = starts.thread_ref("c1", "t".into(), 1);
         assert_eq!(
             (r.start_row, r.start_state),
@@ -318,7 +319,10 @@ mod tests {
         let Threading::Wait(why) = decide(&r, 5, "k5", None) else {
             panic!("waits")
         };
-        assert!(why.contains("row 2") && why.contains("--verify-unknown"), "{why}");
+        assert!(
+            why.contains("row 2") && why.contains("--verify-unknown"),
+            "{why}"
+        );
         let body = Bytes::from_static(br#"{"type":"Email","conversationId":"c","contactId":"k","direction":"inbound","html":"x"}"#);
         let sent: serde_json::Value = serde_json::from_slice(&reply_body(&body, "E1")).unwrap();
         assert_eq!(sent["emailMessageId"], "E1");

@@ -469,6 +469,16 @@ impl Mapping {
         }
     }
 
+    /// The row's `threadId` cell, trimmed, when it is not empty (whatever the row's type).
+    pub fn thread_cell<'a>(&'a self, cells: &'a ByteRecord) -> Option<&'a str> {
+        let cell = match self.sources[Field::ThreadId.index()].as_ref()? {
+            Source::Constant(v) => v.as_str(),
+            Source::Column(i) => std::str::from_utf8(cells.get(*i)?).ok()?.trim(),
+            Source::ByDirection { .. } => return None,
+        };
+        (!cell.is_empty()).then_some(cell)
+    }
+
     /// Whether a thread column (`threadId`) is mapped: e-mails of one thread are threaded.
     pub fn has_threads(&self) -> bool {
         self.sources[Field::ThreadId.index()].is_some()

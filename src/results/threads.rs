@@ -209,8 +209,10 @@ mod tests {
         let path = dir.path().join("r.csv.threads.csv");
         let log = ThreadLog::open(&path).unwrap();
         assert!(log.is_empty());
-        log.record("c1", "t,1", started("E1", "k1", 1), "m1").unwrap();
-        log.record("c2", "t,1", started("E2", "k5", 5), "m5").unwrap();
+        log.record("c1", "t,1", started("E1", "k1", 1), "m1")
+            .unwrap();
+        log.record("c2", "t,1", started("E2", "k5", 5), "m5")
+            .unwrap();
         drop(log);
         // A crash mid-append: the last line is cut short.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -228,7 +230,8 @@ mod tests {
             "the same thread in another conversation is another thread"
         );
         assert_eq!(log.get(thread_id("c3", "t3")), None, "the cut line is gone");
-        log.record("c3", "t3", started("E3", "k9", 9), "m9").unwrap();
+        log.record("c3", "t3", started("E3", "k9", 9), "m9")
+            .unwrap();
         drop(log);
         let log = ThreadLog::open(&path).unwrap();
         assert_eq!(log.get(thread_id("c3", "t3")), Some(started("E3", "k9", 9)));

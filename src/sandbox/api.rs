@@ -129,7 +129,8 @@ impl Shared {
         // An e-mail's thread: the one whose id it names, if it was given out here.
         let thread = email_message_id.as_deref().map(|own| {
             let named = body.get("emailMessageId").and_then(Value::as_str);
-            self.threads.join(own, named.filter(|n| !n.is_empty()), &location)
+            self.threads
+                .join(own, named.filter(|n| !n.is_empty()), &location)
         });
         let email = match (&email_message_id, &thread) {
             (Some(id), Some(root)) => Some(super::record::Email {
@@ -140,8 +141,13 @@ impl Shared {
             _ => None,
         };
         if let Some(recorder) = &self.recorder
-            && let Err(e) =
-                recorder.append(&message_id, message.conversation_id, email, received_at, raw)
+            && let Err(e) = recorder.append(
+                &message_id,
+                message.conversation_id,
+                email,
+                received_at,
+                raw,
+            )
         {
             tracing::error!("sandbox: writing the record file failed: {e}");
             return Err(e);

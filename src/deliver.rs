@@ -1,11 +1,13 @@
 //! Deliver: one row, from the scheduler's hands to its outcome line. In order:
-//! look its IDs up if it has none (each lookup through the same gate and policy as a message) →
+//! for an e-mail of a thread, what it is sent as (`threads`: its start, a reply with the
+//! start's `emailMessageId`, or `waiting` for a start not sent) → look its IDs up if it has none (each lookup through the same gate and policy as a message) →
 //! the [`Gate`] (stop, pace, budget; a slot reserved) → the write-ahead `sending` line, on disk
 //! while the slot's time comes → the POST at that time → the
 //! [`Policy`] (sent, failed, unknown, or retry after a pause) → the outcome line. A 500, 502 or
 //! 504 (in doubt: a gateway may have given up on a server that stored the message) is first
 //! checked by one read of the conversation (`readback`): found → sent, not found → as the
-//! policy says, a read that cannot tell → unknown.
+//! policy says, a read that cannot tell → unknown. A thread's start, once sent, has its
+//! `emailMessageId` synced to the thread store before its `sent` line goes to the journal.
 //!
 //! A row whose first request never left is not recorded: the next run sends it. Once its
 //! `sending` line is written, the row always ends with an outcome line (or, after a crash, is

@@ -74,7 +74,7 @@ pub struct Prepared {
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
 pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Option<Prepared>> {
-    let options = mapping_options(settings)?;
+    let mut options = settings.mapping.clone();
     // A stream is read once: the pass reads it into a temp copy beside the results file, and
     // the import reads the copy.
     let mut source = Source::new(&settings.input, settings.encoding)?
@@ -84,22 +84,33 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     // UTF-8, else in a copy of the pass's decoded text (beside the results file, unnamed).
     if options.order == Order::Date {
         source = source.seekable_text(&folder_of(&settings.results));
+    } else if !options.order_given {
+        // A thread column sends in date order when no order was chosen: free to arrange for a
+        // plain UTF-8 file, known only once its header is read.
+        source = source.seekable_if_free();
     }
     let reading = Progress::reading(&source);
     let input = match CsvInput::open(&mut source, settings.delimiter) {
         Err(_) if interrupt.is_cancelled() => return Ok(None),
         opened => opened?,
     };
-    let mapping = Mapping::new(input.header(), &options)
+    let mut mapping = Mapping::new(input.header(), &options)
         .with_context(|| settings.input.display().to_string())?;
+    if mapping.order == Order::Date && options.order == Order::Input && !source.seekable_again() {
+        // Date order by default, but the input cannot be read again in another order for free
+        // (a stream, a compressed file, another encoding): the file's order it is.
+        options.order_given = true;
+        mapping = Mapping::new(input.header(), &options)
+            .with_context(|| settings.input.display().to_string())?;
+    }
     if mapping.has_threads() && mapping.order == Order::Input {
         warn!(
             "{}: a thread column with --order input: a reply that comes before its thread's first message (by date) in the file waits for the next run{}",
             settings.input.display(),
-            if options.order_given {
+            if settings.mapping.order_given {
                 "; --order date sends each thread in date order"
             } else {
-                " (a stream is read once, so it is not sent in date order unless --order date is given)"
+                " (a stream, a compressed file or another encoding is sent in date order only with --order date, which keeps a decoded copy of it)"
             }
         );
     }
@@ -256,27 +267,6 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         order,
         threads,
     }))
-}
-
-/// The mapping options of the run. Without `--order`, an input with a thread column is sent in
-/// date order (a thread's replies after its start): a regular file's header is read first to
-/// tell; a stream can be read only once, so it keeps the file's order.
-fn mapping_options(settings: &Settings) -> Result<crate::mapping::MappingOptions> {
-    let mut options = settings.mapping.clone();
-    if options.order_given || crate::source::is_stream(&settings.input) {
-        options.order_given = true;
-        return Ok(options);
-    }
-    let mut peek = Source::new(&settings.input, settings.encoding)?;
-    let threads = CsvInput::open(&mut peek, settings.delimiter)
-        .ok()
-        .and_then(|input| Mapping::new(input.header(), &options).ok())
-        .is_some_and(|m| m.has_threads());
-    if threads {
-        options.order = Order::Date;
-    }
-    options.order_given = true;
-    Ok(options)
 }
 
 /// The pass's log lines about threads.

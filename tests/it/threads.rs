@@ -423,3 +423,23 @@ fn validate_reports_the_thread_column() {
     ));
     out.expect_stdout("1 row(s) with a threadId are not e-mails");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_export_keeps_the_file_order_and_its_early_replies_wait() {
+    let (csv, mails) = export(0x6217);
+    let w = crate::support::WorkDir::new();
+    w.write(INPUT, crate::streams::gzip(csv.as_bytes()));
+    let s = Scenario::prepared(w, |c| c).await;
+    // No --order: date order would need a decoded copy of the gzip, so the file's order it is,
+    // and replies listed before their start wait for the next run.
+    let out = s.run(&MAP).await;
+    out.expect_code(1);
+    out.expect_stderr("a thread column with --order input");
+    let waiting = s.statuses().get("waiting").copied().unwrap_or(0);
+    assert!(waiting > 0, "{:?}", s.statuses());
+    assert_threads(&s, &mails, true);
+    s.run(&MAP).await.expect_code(0);
+    s.assert_all_sent(mails.len());
+    assert_eq!(assert_threads(&s, &mails, true), thread_sizes(&mails));
+    s.finish().await;
+}

@@ -443,3 +443,79 @@ async fn a_compressed_export_keeps_the_file_order_and_its_early_replies_wait() {
     assert_eq!(assert_threads(&s, &mails, true), thread_sizes(&mails));
     s.finish().await;
 }
+
+/// Power cuts (played as `tests/it/power_cut.rs` does: a shim logs what each sync covered, the
+/// run is killed, and the results file and the thread store are cut back to it): a thread
+/// start whose `sent` line survives a cut always has its thread in the store that survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_any_power_cut_a_start_recorded_sent_has_its_thread_on_disk() {
+    let (csv, mails) = export(0xc07);
+    let s = Scenario::with(csv, |c| SandboxConfig {
+        latency: fixture::latency(0, 8),
+        ..c
+    })
+    .await;
+    let synclog = s.synclog();
+    let args = [&MAP[..], &["--concurrency", "4"]].concat();
+    let journal = s.path(RESULTS);
+    let store = s.path(&format!("{RESULTS}.threads.csv"));
+    let mut rng = fastrand::Rng::with_seed(0xc07);
+    let mut cuts = 0;
+    let mut starts_checked = 0;
+    for round in 1..=30 {
+        let (disk, store_disk) = (std::fs::read(&journal).ok(), std::fs::read(&store).ok());
+        let before = fixture::file_len(&journal);
+        let log = s.path(&format!("synclog-{round}.txt"));
+        let log_name = log.to_string_lossy().into_owned();
+        let env = synclog.env(&log_name, &[]);
+        let mut child = s.spawn_logged(&args, &env, &format!("run-{round}.log"));
+        let growth = rng.u64(100..1200);
+        let path = journal.clone();
+        let finished = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                if child.try_wait().expect("poll the child").is_some() {
+                    return true;
+                }
+                if fixture::file_len(&path) >= before + growth {
+                    child.kill().expect("SIGKILL");
+                    child.wait().expect("reap the killed child");
+                    return false;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round} made no progress"
+                );
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+        .await
+        .expect("the round ends");
+        if finished {
+            break;
+        }
+        cuts += 1;
+        crate::power_cut::power_cut(&journal, &log, disk.as_deref());
+        crate::power_cut::power_cut(&store, &log, store_disk.as_deref());
+        let journal_text = std::fs::read_to_string(&journal).unwrap_or_default();
+        let store_text = std::fs::read_to_string(&store).unwrap_or_default();
+        for line in journal_text.lines().filter(|l| l.contains(",sent,")) {
+            let key = line.split(',').nth(1).expect("a key");
+            if key.ends_with("-0") {
+                starts_checked += 1;
+                assert!(
+                    store_text.contains(&format!(",{key},")),
+                    "cut {cuts}: {key} is recorded sent on disk, its thread is not:\n{store_text}"
+                );
+            }
+        }
+    }
+    assert!(
+        cuts >= 5 && starts_checked > 0,
+        "{cuts} cuts, {starts_checked} starts checked"
+    );
+    let out = s.run(&MAP).await;
+    assert!(matches!(out.code, Some(0 | 1)), "{out:?}");
+    assert_threads(&s, &mails, true);
+    s.finish().await;
+}

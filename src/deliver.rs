@@ -320,6 +320,12 @@ impl Deliver {
                     )),
                 };
                 if let Some((status, why)) = settled {
+                    if let (Status::Sent, Some(thread), Some(log)) =
+                        (status, &starts_thread, &self.threads)
+                    {
+                        // Found by read-back: stored, but its answer (and id) never came.
+                        log.sent_without_id(thread.id);
+                    }
                     self.finish(&mut line, status, why);
                     if let Some(reason) = decision.stop {
                         self.gate.stop_with(reason);
@@ -408,9 +414,13 @@ impl Deliver {
         key: &str,
         payload: Payload,
     ) -> Result<(Payload, Option<Box<ThreadRef>>), String> {
-        let (Some(thread), Some(log)) = (thread, &self.threads) else {
+        let (Some(mut thread), Some(log)) = (thread, &self.threads) else {
             return Ok((payload, None));
         };
+        if log.is_sent_without_id(thread.id) {
+            // Its start went, but without an id to thread under: the reason says that.
+            thread.start_state = crate::threads::StartState::SentEarlier;
+        }
         match crate::threads::decide(&thread, row, key, log.get(thread.id)) {
             Threading::Start => Ok((payload, Some(thread))),
             Threading::Wait(why) => Err(why),
@@ -441,6 +451,7 @@ impl Deliver {
             return;
         };
         if email_message_id.is_empty() {
+            log.sent_without_id(thread.id);
             tracing::warn!(
                 "row {}: the API's answer to the first message of thread {:?} has no emailMessageId: the thread's other messages cannot be sent into it, and wait",
                 line.row,

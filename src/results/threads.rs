@@ -68,6 +68,9 @@ pub struct ThreadLog {
     path: PathBuf,
     file: Mutex<File>,
     known: RwLock<HashMap<u128, Started>>,
+    /// Threads whose start this run sent without learning its `emailMessageId` (an answer
+    /// without one, or a 5xx that read-back found stored): their replies' reason says so.
+    unthreadable: Mutex<std::collections::HashSet<u128>>,
 }
 
 impl ThreadLog {
@@ -131,6 +134,7 @@ impl ThreadLog {
             path: path.to_owned(),
             file: Mutex::new(file),
             known: RwLock::new(known),
+            unthreadable: Mutex::default(),
         })
     }
 
@@ -143,6 +147,18 @@ impl ThreadLog {
     pub fn get(&self, id: u128) -> Option<Started> {
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
         known.get(&id).cloned()
+    }
+
+    /// The thread `id`'s start was sent by this run, its `emailMessageId` unknown.
+    pub fn sent_without_id(&self, id: u128) {
+        let mut set = self.unthreadable.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(id);
+    }
+
+    /// Whether [`ThreadLog::sent_without_id`] was said of the thread `id`.
+    pub fn is_sent_without_id(&self, id: u128) -> bool {
+        let set = self.unthreadable.lock().unwrap_or_else(|p| p.into_inner());
+        set.contains(&id)
     }
 
     /// How many threads it knows.

@@ -519,3 +519,31 @@ async fn after_any_power_cut_a_start_recorded_sent_has_its_thread_on_disk() {
     assert_threads(&s, &mails, true);
     s.finish().await;
 }
+
+/// A start the server stored and answered 504 is found by read-back and recorded `sent`, but no
+/// answer carried its `emailMessageId`: its replies wait, saying so, rather than open a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_found_by_read_back_holds_its_replies_and_says_why() {
+    let (csv, mails) = export(0x504);
+    let s = Scenario::with(csv, |c| SandboxConfig {
+        stored_504_rate: 1.0,
+        ..c
+    })
+    .await;
+    s.run(&MAP).await.expect_code(1);
+    for r in s.results() {
+        if r["key"].ends_with("-0") {
+            assert_eq!(r["status"], "sent", "{r:?}");
+            assert!(r["error"].contains("confirmed by read-back"), "{r:?}");
+        } else {
+            assert_eq!(r["status"], "waiting", "{r:?}");
+            assert!(
+                r["error"].contains("is recorded sent, but the emailMessageId"),
+                "{r:?}"
+            );
+        }
+    }
+    assert_eq!(s.record().len(), THREADS, "only the starts were stored");
+    assert_threads(&s, &mails, true);
+    s.finish().await;
+}

@@ -573,6 +573,7 @@ pub fn mapping_options(args: &MappingArgs, file: &mut FileConfig) -> Result<(Map
             });
         }
     }
+    let order_given = args.order.is_some() || file.order.is_some();
     let order = match args.order.as_deref().or(file.order.as_deref()) {
         None => crate::mapping::Order::Input,
         Some(o) => o.parse().map_err(|e| anyhow!("--order: {e}"))?,
@@ -634,6 +635,7 @@ pub fn mapping_options(args: &MappingArgs, file: &mut FileConfig) -> Result<(Map
             prefixes,
             skips,
             order,
+            order_given,
             ignore_columns: file.ignore_columns.take().unwrap_or_default(),
             sets,
             list_sep,

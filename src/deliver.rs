@@ -1,11 +1,13 @@
 //! Deliver: one row, from the scheduler's hands to its outcome line. In order:
-//! look its IDs up if it has none (each lookup through the same gate and policy as a message) →
+//! for an e-mail of a thread, what it is sent as (`threads`: its start, a reply with the
+//! start's `emailMessageId`, or `waiting` for a start not sent) → look its IDs up if it has none (each lookup through the same gate and policy as a message) →
 //! the [`Gate`] (stop, pace, budget; a slot reserved) → the write-ahead `sending` line, on disk
 //! while the slot's time comes → the POST at that time → the
 //! [`Policy`] (sent, failed, unknown, or retry after a pause) → the outcome line. A 500, 502 or
 //! 504 (in doubt: a gateway may have given up on a server that stored the message) is first
 //! checked by one read of the conversation (`readback`): found → sent, not found → as the
-//! policy says, a read that cannot tell → unknown.
+//! policy says, a read that cannot tell → unknown. A thread's start, once sent, has its
+//! `emailMessageId` synced to the thread store before its `sent` line goes to the journal.
 //!
 //! A row whose first request never left is not recorded: the next run sends it. Once its
 //! `sending` line is written, the row always ends with an outcome line (or, after a crash, is
@@ -23,11 +25,13 @@ use crate::mapping::MappedRow;
 use crate::resolve::{Env, Failure, Resolver};
 use crate::results::content::ContentLog;
 use crate::results::line::{now_rfc3339, with_left_at};
+use crate::results::threads::{Started, ThreadLog};
 use crate::results::{Journal, ResultLine, Status};
 use crate::retry::{Attempt, Next, Policy, Request, StopReason, classify};
 use crate::schedule::{Job, Payload};
 use crate::sender::Sender;
 use crate::summary::Counters;
+use crate::threads::{ThreadRef, Threading};
 
 /// Rows delivered at once, per place on the wire (`--concurrency`): with 2, while one row's
 /// request is out, another row's `sending` line is being written and synced, so a fast server
@@ -61,6 +65,8 @@ pub struct Deliver {
     /// Uploads the attachments that are local files or signed URLs, after the lookups and
     /// before the `sending` line; `None` when no row needs one.
     pub uploader: Option<crate::upload::Uploader>,
+    /// With a thread column: the `emailMessageId` of every thread started, on disk.
+    pub threads: Option<Arc<ThreadLog>>,
 }
 
 impl Deliver {
@@ -71,12 +77,21 @@ impl Deliver {
     /// around it.)
     pub async fn row(self: Arc<Self>, job: Job) -> bool {
         let fingerprint = job.fingerprint;
+        // An e-mail of a thread: sent as its start, into its thread, or not yet.
+        let (payload, starts_thread) =
+            match self.threading(job.thread, job.row, &job.key, job.payload) {
+                Ok(threaded) => threaded,
+                Err(why) => {
+                    self.wait(job.row, job.key, why);
+                    return false;
+                }
+            };
         let mut line = ResultLine {
             row: job.row,
             key: job.key,
             ..Default::default()
         };
-        let body = match job.payload {
+        let body = match payload {
             Payload::Body(body) => {
                 // The row has its conversation: its lane is that conversation's ID. Its lines
                 // name it, so a row left `unknown` can be looked for there.
@@ -92,6 +107,7 @@ impl Deliver {
             },
         };
         let mut last_error = String::new();
+        let mut email_message_id = String::new();
         // Sent again once after a 401 with a renewed token; a second 401 stops the run.
         let mut replayed = false;
         // A `sending` line is due: before the first attempt, and before a replay after a 401
@@ -307,6 +323,12 @@ impl Deliver {
                     )),
                 };
                 if let Some((status, why)) = settled {
+                    if let (Status::Sent, Some(thread), Some(log)) =
+                        (status, &starts_thread, &self.threads)
+                    {
+                        // Found by read-back: stored, but its answer (and id) never came.
+                        log.sent_without_id(thread.id);
+                    }
                     self.finish(&mut line, status, why);
                     if let Some(reason) = decision.stop {
                         self.gate.stop_with(reason);
@@ -328,6 +350,7 @@ impl Deliver {
                     if !accepted.trace_id.is_empty() {
                         line.trace_id = accepted.trace_id;
                     }
+                    email_message_id = accepted.email_message_id;
                     (Status::Sent, String::new())
                 }
                 Next::Failed(why) => (Status::Failed, why),
@@ -344,6 +367,18 @@ impl Deliver {
                     continue;
                 }
             };
+            // The thread's id is on disk before the start's `sent` line is handed to the journal.
+            if status == Status::Sent
+                && let Some(thread) = &starts_thread
+            {
+                Box::pin(self.thread_started(
+                    &job.conversation_id,
+                    thread,
+                    &line,
+                    std::mem::take(&mut email_message_id),
+                ))
+                .await;
+            }
             self.finish(&mut line, status, why);
             if status == Status::Sent
                 && let (Some(content), Some(fp)) = (&self.content, fingerprint)
@@ -362,13 +397,99 @@ impl Deliver {
 
     /// Records `job` as waiting for `failed_row` of the same conversation: not sent.
     pub fn hold(&self, job: Job, failed_row: u64) {
-        let line = ResultLine {
-            row: job.row,
-            key: job.key,
-            status: Some(Status::Waiting),
-            error: format!(
+        self.wait(
+            job.row,
+            job.key,
+            format!(
                 "not sent: row {failed_row} of the same conversation failed, and this row goes after it; the next run sends it after that row"
             ),
+        );
+    }
+
+    /// What a row of a thread is sent as: `Ok` with the body (with the thread's
+    /// `emailMessageId` for a reply) and, for the thread's start, its thread; `Err` with the
+    /// reason it waits. Rows of no thread go as they are.
+    #[allow(clippy::type_complexity)]
+    fn threading(
+        &self,
+        thread: Option<Box<ThreadRef>>,
+        row: u64,
+        key: &str,
+        payload: Payload,
+    ) -> Result<(Payload, Option<Box<ThreadRef>>), String> {
+        let (Some(mut thread), Some(log)) = (thread, &self.threads) else {
+            return Ok((payload, None));
+        };
+        if log.is_sent_without_id(thread.id) {
+            // Its start went, but without an id to thread under: the reason says that.
+            thread.start_state = crate::threads::StartState::SentEarlier;
+        }
+        match crate::threads::decide(&thread, row, key, log.get(thread.id)) {
+            Threading::Start => Ok((payload, Some(thread))),
+            Threading::Wait(why) => Err(why),
+            Threading::Reply(id) => Ok((
+                match payload {
+                    Payload::Body(body) => Payload::Body(crate::threads::reply_body(&body, &id)),
+                    Payload::Pending(mut row) => {
+                        row.message.email_message_id.get_or_insert(id);
+                        Payload::Pending(row)
+                    }
+                },
+                None,
+            )),
+        }
+    }
+
+    /// The row of `line` started `thread` in `lane`: the `emailMessageId` the API answered goes
+    /// in the thread store, on disk, before the row's `sent` line is written. A store that cannot
+    /// be written stops the run (the row is sent all the same; its thread's replies then wait).
+    async fn thread_started(
+        &self,
+        lane: &Arc<str>,
+        thread: &ThreadRef,
+        line: &ResultLine,
+        email_message_id: String,
+    ) {
+        let Some(log) = self.threads.clone() else {
+            return;
+        };
+        if email_message_id.is_empty() {
+            log.sent_without_id(thread.id);
+            tracing::warn!(
+                "row {}: the API's answer to the first message of thread {:?} has no emailMessageId: the thread's other messages cannot be sent into it, and wait",
+                line.row,
+                thread.thread
+            );
+            return;
+        }
+        let (lane, name) = (lane.to_string(), thread.thread.clone());
+        let started = Started {
+            email_message_id,
+            key: line.key.clone(),
+            row: line.row,
+        };
+        let message_id = line.message_id.clone();
+        let path = log.path().display().to_string();
+        let recorded =
+            tokio::task::spawn_blocking(move || log.record(&lane, &name, started, &message_id))
+                .await;
+        let error = match recorded {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.gate
+            .stop_with(StopReason::ResultsFile(format!("{path}: {error}")));
+    }
+
+    /// Records row `row` (key `key`) as `waiting`: not sent, for the reason `error`; the next
+    /// run sends it.
+    fn wait(&self, row: u64, key: String, error: String) {
+        let line = ResultLine {
+            row,
+            key,
+            status: Some(Status::Waiting),
+            error,
             finished_at: now_rfc3339(),
             ..Default::default()
         };
@@ -386,6 +507,7 @@ impl Deliver {
         let MappedRow {
             mut message,
             lookup,
+            ..
         } = row;
         let lookup = lookup?;
         let env = Env {

@@ -74,6 +74,8 @@ pub struct Intake {
     /// Attachment files: where they are read from, and the size limit (a row whose file is
     /// missing or too big is `invalid`).
     pub files: crate::upload::Files,
+    /// With a thread column: each thread's start, found by the pass before sending.
+    pub threads: Option<crate::threads::Starts>,
 }
 
 /// What intake leaves: the prior state, for compaction, and why it stopped the run, if it did.
@@ -156,6 +158,7 @@ impl Intake {
                 &self.settled,
                 self.content.as_mut().map(|c| (c, self.send_changed)),
                 &self.files,
+                self.threads.as_ref(),
             )?;
             let Fate::Job(job) = fate else { continue };
             if self.limit.is_some_and(|n| handed >= n) {
@@ -195,6 +198,7 @@ fn fate(
     settled: &HashMap<String, Verdict>,
     content: Option<(&mut EarlierVersions, bool)>,
     files: &crate::upload::Files,
+    threads: Option<&crate::threads::Starts>,
 ) -> Result<Fate, StopReason> {
     let (row, line_no) = (record.row, record.line);
     let key = mapping.record_key(&record);
@@ -317,6 +321,12 @@ fn fate(
             .map_err(journal_error)?;
         return Ok(Fate::Done);
     }
+    let thread = match (threads, mapped.thread.clone()) {
+        (Some(starts), Some(thread)) => {
+            Some(Box::new(starts.thread_ref(&mapped.lane(), thread, row)))
+        }
+        _ => None,
+    };
     let (lane, payload) = match &mapped.lookup {
         None => (
             Arc::from(mapped.message.conversation_id.as_str()),
@@ -332,5 +342,6 @@ fn fate(
         conversation_id: lane,
         payload,
         fingerprint,
+        thread,
     }))
 }

@@ -39,6 +39,7 @@ pub mod sender;
 pub mod shutdown;
 pub mod source;
 pub mod summary;
+pub mod threads;
 pub mod upload;
 pub mod validate;
 

@@ -39,8 +39,10 @@ use crate::results::content::{self, ContentLog, EarlierVersions};
 use crate::results::line::{folder_of, key_id};
 use crate::results::prior::conversation_tag;
 use crate::results::target::{self, Target};
+use crate::results::threads::ThreadLog;
 use crate::results::{Journal, Prior, Status};
 use crate::source::Source;
+use crate::threads::{StartState, Starts, StartsBuilder};
 
 /// What the pass found, ready for the run.
 pub struct Prepared {
@@ -66,10 +68,13 @@ pub struct Prepared {
     /// `--order date`: the rows in the order to read and send them (duplicates marked there,
     /// not in `duplicates`). `None`: the file's order.
     pub order: Option<SendOrder>,
+    /// With a thread column: the thread store (beside the results file) and each thread's start.
+    pub threads: Option<(std::sync::Arc<ThreadLog>, Starts)>,
 }
 
 /// Runs the pass. `Ok(None)`: Ctrl-C ended it (nothing was sent; the results file is as it was).
 pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Option<Prepared>> {
+    let mut options = settings.mapping.clone();
     // A stream is read once: the pass reads it into a temp copy beside the results file, and
     // the import reads the copy.
     let mut source = Source::new(&settings.input, settings.encoding)?
@@ -77,16 +82,38 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         .stop_on(interrupt.clone());
     // `--order date` reads the rows at the offsets the pass saw: in the file when it is plain
     // UTF-8, else in a copy of the pass's decoded text (beside the results file, unnamed).
-    if settings.mapping.order == Order::Date {
+    if options.order == Order::Date {
         source = source.seekable_text(&folder_of(&settings.results));
+    } else if !options.order_given {
+        // A thread column sends in date order when no order was chosen: free to arrange for a
+        // plain UTF-8 file, known only once its header is read.
+        source = source.seekable_if_free();
     }
     let reading = Progress::reading(&source);
     let input = match CsvInput::open(&mut source, settings.delimiter) {
         Err(_) if interrupt.is_cancelled() => return Ok(None),
         opened => opened?,
     };
-    let mapping = Mapping::new(input.header(), &settings.mapping)
+    let mut mapping = Mapping::new(input.header(), &options)
         .with_context(|| settings.input.display().to_string())?;
+    if mapping.order == Order::Date && options.order == Order::Input && !source.seekable_again() {
+        // Date order by default, but the input cannot be read again in another order for free
+        // (a stream, a compressed file, another encoding): the file's order it is.
+        options.order_given = true;
+        mapping = Mapping::new(input.header(), &options)
+            .with_context(|| settings.input.display().to_string())?;
+    }
+    if mapping.has_threads() && mapping.order == Order::Input {
+        warn!(
+            "{}: a thread column with --order input: a reply that comes before its thread's first message (by date) in the file waits for the next run{}",
+            settings.input.display(),
+            if settings.mapping.order_given {
+                "; --order date sends each thread in date order"
+            } else {
+                " (a stream, a compressed file or another encoding is sent in date order only with --order date, which keeps a decoded copy of it)"
+            }
+        );
+    }
     for w in &mapping.warnings {
         warn!("{}: {w}", settings.input.display());
     }
@@ -144,6 +171,7 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
             Order::Input => None,
         },
         utf8: Utf8Hint::default(),
+        threads: mapping.has_threads().then(StartsBuilder::default),
     };
     let plan = pass.run(input, &mut on_key);
     reading.finish();
@@ -157,6 +185,15 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
     let mut conflicts = std::mem::take(&mut pass.conflicts);
     let doubts = std::mem::take(&mut pass.doubts);
     let order = pass.order.take();
+    let threads = match pass.threads.take() {
+        None => None,
+        Some(builder) => {
+            let log = ThreadLog::open(&crate::results::threads::path_for(&settings.results))?;
+            let (starts, report) = builder.finish(|id| log.get(id).is_some());
+            report_threads(settings, &mapping, &log, &report);
+            Some((std::sync::Arc::new(log), starts))
+        }
+    };
     // The target is checked (and recorded) before any request, as the pass's last refusal.
     let target = Target {
         api: if settings.rehearsal {
@@ -228,7 +265,46 @@ pub fn prepare(settings: &Settings, interrupt: &CancellationToken) -> Result<Opt
         content,
         doubts,
         order,
+        threads,
     }))
+}
+
+/// The pass's log lines about threads.
+fn report_threads(
+    settings: &Settings,
+    mapping: &Mapping,
+    log: &ThreadLog,
+    report: &crate::threads::Report,
+) {
+    let input = settings.input.display();
+    info!(
+        "{input}: {} e-mail(s) in {} thread(s) (threadId from {}); {} thread(s) started in earlier runs go on ({}: {} known)",
+        report.messages,
+        report.threads,
+        mapping
+            .column_of(crate::mapping::Field::ThreadId)
+            .map_or_else(|| "--set".to_owned(), |c| format!("column {c:?}")),
+        report.continued,
+        log.path().display(),
+        log.len(),
+    );
+    if report.held > 0 {
+        warn!(
+            "{input}: {} thread(s) have a first message that is not sent and will not be sent by this run (left unknown, invalid, or sent without its emailMessageId kept): their other messages wait (recorded waiting, with the reason)",
+            report.held
+        );
+    }
+    if report.replies_first_in_file > 0 {
+        info!(
+            "{input}: {} thread(s) list a reply before their first message{}",
+            report.replies_first_in_file,
+            if mapping.order == Order::Date {
+                ": sent in date order, each thread's first message first"
+            } else {
+                ": with --order input those replies wait for the next run"
+            }
+        );
+    }
 }
 
 /// The API a base URL names, for the results file's target. A server on a loopback address is
@@ -292,6 +368,8 @@ struct Pass<'a> {
     order: Option<OrderIndex>,
     /// Cells that are not UTF-8, for one hint about the file's encoding.
     utf8: Utf8Hint,
+    /// With a thread column: each thread's first message so far.
+    threads: Option<StartsBuilder>,
 }
 
 impl Pass<'_> {
@@ -337,13 +415,20 @@ impl Pass<'_> {
         if record.broken.is_some() {
             return Ok(None);
         }
+        let place = match self.threads {
+            Some(_) => self.mapping.thread_place(record.cells, record.line),
+            None => None,
+        };
+        let row_no = record.row;
         match self.prior.get(&key) {
             Some(p) if p.status == Status::Sent => {
+                self.thread(&place, row_no, StartState::SentEarlier);
                 self.check_same_conversation(p.conversation, key, record.row, record.cells)?;
                 plan.done_before += 1;
                 return Ok(None);
             }
             Some(p) if p.status == Status::Unknown && !self.settings.resend_unknown => {
+                self.thread(&place, row_no, StartState::UnknownEarlier);
                 plan.done_before += 1;
                 if self.settings.verify_unknown
                     && let Ok(row) = self.mapping.map_row(record.cells, record.line)
@@ -377,6 +462,7 @@ impl Pass<'_> {
         let row = match self.mapping.map_row(record.cells, record.line) {
             Ok(row) => row,
             Err(errors) => {
+                self.thread(&place, row_no, StartState::Invalid);
                 self.utf8.observe(record.cells, &errors);
                 return Ok(None);
             }
@@ -388,8 +474,10 @@ impl Pass<'_> {
             .check(self.mapping, &mut row, record.line)
             .is_err()
         {
+            self.thread(&place, row_no, StartState::Invalid);
             return Ok(None);
         }
+        self.thread(&place, row_no, StartState::ToSend);
         plan.messages += 1;
         plan.uploads += uploads_of(&row.message);
         let date = row
@@ -425,6 +513,13 @@ impl Pass<'_> {
             plan.conversations += 1;
         }
         Ok(date)
+    }
+
+    /// Row `row`, an e-mail at `place` of a thread (if it is one), in the state `state`.
+    fn thread(&mut self, place: &Option<crate::mapping::ThreadPlace>, row: u64, state: StartState) {
+        if let (Some(builder), Some(place)) = (self.threads.as_mut(), place) {
+            builder.visit(place, row, state);
+        }
     }
 
     /// A key recorded as sent to another conversation is not this row, but a row of another

@@ -46,6 +46,9 @@ pub struct Job {
     /// For a row keyed by content, its [`fingerprint`](crate::mapping::MappedRow::fingerprint):
     /// once sent, it goes in the content index. `None`: the row is not indexed.
     pub fingerprint: Option<u64>,
+    /// For an e-mail of a thread (`threadId`): the thread and its start. Boxed: most rows have
+    /// none, and every row's job is moved around.
+    pub thread: Option<Box<crate::threads::ThreadRef>>,
 }
 
 /// What a job sends.
@@ -243,6 +246,17 @@ impl Spill {
         p.extend_from_slice(&body);
         p.push(u8::from(job.fingerprint.is_some()));
         p.extend_from_slice(&job.fingerprint.unwrap_or(0).to_le_bytes());
+        match &job.thread {
+            None => p.push(0),
+            Some(t) => {
+                p.push(1);
+                p.extend_from_slice(&t.id.to_le_bytes());
+                p.extend_from_slice(&t.start_row.to_le_bytes());
+                p.push(t.start_state.to_code());
+                p.extend_from_slice(&(t.thread.len() as u64).to_le_bytes());
+                p.extend_from_slice(t.thread.as_bytes());
+            }
+        }
         self.unread += 1;
         if self.pending.len() >= CHUNK {
             self.write_pending()?;
@@ -311,6 +325,23 @@ impl Spill {
         };
         let indexed = self.take(1)?[0] != 0;
         let fingerprint = self.number()?;
+        let thread = match self.take(1)?[0] {
+            0 => None,
+            _ => {
+                let id = u128::from_le_bytes(self.take(16)?.try_into().expect("16 bytes"));
+                let start_row = self.number()?;
+                let start_state = crate::threads::StartState::from_code(self.take(1)?[0]);
+                let len = self.number()? as usize;
+                let thread = String::from_utf8(self.take(len)?.to_vec())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                Some(Box::new(crate::threads::ThreadRef {
+                    id,
+                    thread,
+                    start_row,
+                    start_state,
+                }))
+            }
+        };
         self.unread -= 1;
         Ok(Some(Job {
             row,
@@ -318,6 +349,7 @@ impl Spill {
             conversation_id: lane.clone(),
             payload,
             fingerprint: indexed.then_some(fingerprint),
+            thread,
         }))
     }
 }
@@ -428,6 +460,7 @@ mod tests {
                     phone: Some(format!("+1555{row:07}")),
                     ..Default::default()
                 })),
+                thread: row.is_multiple_of(2).then(|| format!("t{row}")),
             }))
         } else {
             Payload::Body(Bytes::from(format!("{{\"row\":{row},\"pad\":\"{pad}\"}}")))
@@ -438,6 +471,14 @@ mod tests {
             conversation_id: Arc::from(conv),
             payload,
             fingerprint: row.is_multiple_of(2).then_some(row * 7),
+            thread: row.is_multiple_of(5).then(|| {
+                Box::new(crate::threads::ThreadRef {
+                    id: u128::from(row) << 70 | 3,
+                    thread: format!("<root-{row}@mail.example>"),
+                    start_row: row / 2,
+                    start_state: crate::threads::StartState::from_code((row % 4) as u8),
+                })
+            }),
         }
     }
 

@@ -184,8 +184,10 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         content,
         doubts,
         order,
+        threads,
     } = prepared;
     let (content_log, content_index) = content.unzip();
+    let (thread_log, thread_starts) = threads.unzip();
     say(&plan.describe(settings.rate, settings.max_requests, settings.wait));
     let content_keys = !mapping.has_key_column();
     if content_keys {
@@ -225,6 +227,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         counters: counters.clone(),
         resolver,
         content: content_log,
+        threads: thread_log,
         reader: Some(Reader::new(
             &settings.base_url,
             settings.timeout,
@@ -279,6 +282,7 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
         settled: std::mem::take(&mut settled.verdicts),
         order,
         files: settings.files.clone(),
+        threads: thread_starts,
     };
     let reader = std::thread::Builder::new()
         .name("reader".into())

@@ -149,6 +149,7 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
         writeln!(out, "{}", mapping.describe().trim_end())?;
     }
     let mut order = OrderCheck::default();
+    let mut threads = Threads::default();
     let mut line_out = ResultLine::default();
     let mut utf8 = Utf8Hint::default();
     while let Some(record) = input
@@ -172,12 +173,22 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
                 .with_context(|| format!("writing {}", results.display()))?;
             continue;
         }
+        let whole = record.broken.is_none();
         let outcome = match record.broken {
             Some(e) => Err(vec![e]),
             None => mapping
                 .map_row(record.cells, record.line)
                 .and_then(|mut row| files.check(&mapping, &mut row, record.line).map(|()| row)),
         };
+        if whole && mapping.has_threads() {
+            threads.see(
+                &mapping,
+                record.cells,
+                record.row,
+                record.line,
+                outcome.is_ok(),
+            );
+        }
         match outcome {
             Ok(row) => {
                 report.valid += 1;
@@ -252,8 +263,74 @@ pub fn validate(args: &ValidateArgs, out: &mut impl Write) -> Result<Report> {
     if let Some(hint) = utf8.render(&args.input) {
         writeln!(out, "hint: {hint}")?;
     }
+    if mapping.has_threads() {
+        writeln!(out, "{}", threads.render(&mapping))?;
+    }
     writeln!(out, "results: {}", results.display())?;
     Ok(report)
+}
+
+/// What `validate` says of the thread column: threads, their first messages, cells ignored.
+#[derive(Default)]
+struct Threads {
+    starts: crate::threads::StartsBuilder,
+    /// Rows with a thread cell that are not e-mails (or have no conversation to place them).
+    ignored: u64,
+}
+
+impl Threads {
+    fn see(
+        &mut self,
+        mapping: &Mapping,
+        cells: &csv::ByteRecord,
+        row: u64,
+        line: u64,
+        valid: bool,
+    ) {
+        use crate::threads::StartState;
+        match mapping.thread_place(cells, line) {
+            Some(place) => {
+                let state = if valid {
+                    StartState::ToSend
+                } else {
+                    StartState::Invalid
+                };
+                self.starts.visit(&place, row, state);
+            }
+            None if mapping.thread_cell(cells).is_some() => self.ignored += 1,
+            None => {}
+        }
+    }
+
+    fn render(self, mapping: &Mapping) -> String {
+        let column = mapping
+            .column_of(crate::mapping::Field::ThreadId)
+            .map_or_else(|| "--set".to_owned(), |c| format!("column {c:?}"));
+        let (_, report) = self.starts.finish(|_| false);
+        let mut out = format!(
+            "threads: threadId from {column}: {} e-mail(s) in {} thread(s), each sent as one thread in {} (its first message by date as it is, the others with its emailMessageId)",
+            report.messages,
+            report.threads,
+            match mapping.order {
+                Order::Date => "date order",
+                Order::Input =>
+                    "file order (--order input: a reply before its first message waits for the next run)",
+            }
+        );
+        if report.held > 0 {
+            out.push_str(&format!(
+                "; {} thread(s) have an invalid first message: their other messages wait until it is fixed",
+                report.held
+            ));
+        }
+        if self.ignored > 0 {
+            out.push_str(&format!(
+                "; {} row(s) with a threadId are not e-mails (type Email), or have no conversation: the cell is ignored",
+                self.ignored
+            ));
+        }
+        out
+    }
 }
 
 /// The request body of a row, and for a row whose IDs are to be looked up, what it will be

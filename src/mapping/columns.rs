@@ -60,6 +60,7 @@ impl Mapping {
         {
             dates.epoch_column = crate::validate::DateFormat::from_column_name(&header[*i]);
         }
+        let threads = draft.source(Field::ThreadId).is_some();
         let mapping = Mapping {
             header: header.to_vec(),
             sources: draft.sources,
@@ -73,7 +74,12 @@ impl Mapping {
             prefixes,
             skips,
             by_direction,
-            order: options.order,
+            // A thread's replies must go after its start: a thread column sends in date order
+            // unless the order was chosen.
+            order: match threads {
+                true if !options.order_given => super::Order::Date,
+                _ => options.order,
+            },
         };
         mapping.check_constants(&constants)?;
         mapping.check_translations()?;

@@ -125,6 +125,7 @@ mod fingerprint_tests {
                 ..Default::default()
             },
             lookup: None,
+            thread: None,
         }
     }
 

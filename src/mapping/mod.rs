@@ -14,6 +14,7 @@ mod row;
 use csv::ByteRecord;
 
 pub use key::record_hash;
+pub use row::ThreadPlace;
 
 use crate::message::{Direction, InboundMessage, fold};
 use crate::reader::Column;
@@ -88,6 +89,10 @@ fields!(
     LastName = "lastName",
     /// `locationId`: the sub-account (location) IDs are looked up in (`--location-id`).
     LocationId = "locationId",
+    // Not sent: it names the source thread an e-mail belongs to (issue 15).
+    /// `threadId`: the source system's thread of an e-mail (Gmail's `X-GM-THRID`, the root of
+    /// `References`, a ticket number); e-mails of one thread are sent threaded in HighLevel.
+    ThreadId = "threadId",
 );
 
 impl Field {
@@ -145,6 +150,9 @@ pub struct MappedRow {
     pub message: InboundMessage,
     /// Who the contact is, when an ID is to be looked up; `None` when the row has both.
     pub lookup: Option<Box<crate::resolve::Lookup>>,
+    /// The source thread of an e-mail (`threadId`); `None` for other types and empty cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
 }
 
 /// `--map FIELD=COLUMN` (every row), `--map-inbound` / `--map-outbound` (rows of that
@@ -245,6 +253,9 @@ pub struct MappingOptions {
     pub skips: Vec<(String, String)>,
     /// `--order`: as the file lists rows, or each conversation oldest first.
     pub order: Order,
+    /// Whether `--order` (or the `--config` file, or a preset) said it. Without it, an input
+    /// with a thread column is sent in date order (a thread's replies go after its start).
+    pub order_given: bool,
     /// Columns left out without a warning (`ignore-columns` in the file; presets use it).
     pub ignore_columns: Vec<String>,
     /// `--set FIELD=VALUE`, in order; a later one for the same field wins.
@@ -267,6 +278,7 @@ impl Default for MappingOptions {
             prefixes: Vec::new(),
             skips: Vec::new(),
             order: Order::Input,
+            order_given: false,
             ignore_columns: Vec::new(),
             sets: Vec::new(),
             list_sep: ';',
@@ -423,6 +435,9 @@ impl Mapping {
         if self.order == Order::Date {
             out.push_str("  rows are sent oldest first in each conversation (--order date)\n");
         }
+        if self.has_threads() {
+            out.push_str("  e-mails of one threadId in a conversation are sent as one thread: the first by date as it is, the others with its emailMessageId\n");
+        }
         out
     }
 
@@ -452,6 +467,21 @@ impl Mapping {
             Source::Column(i) => std::str::from_utf8(cells.get(*i)?).ok().map(str::trim),
             Source::ByDirection { .. } => None,
         }
+    }
+
+    /// The row's `threadId` cell, trimmed, when it is not empty (whatever the row's type).
+    pub fn thread_cell<'a>(&'a self, cells: &'a ByteRecord) -> Option<&'a str> {
+        let cell = match self.sources[Field::ThreadId.index()].as_ref()? {
+            Source::Constant(v) => v.as_str(),
+            Source::Column(i) => std::str::from_utf8(cells.get(*i)?).ok()?.trim(),
+            Source::ByDirection { .. } => return None,
+        };
+        (!cell.is_empty()).then_some(cell)
+    }
+
+    /// Whether a thread column (`threadId`) is mapped: e-mails of one thread are threaded.
+    pub fn has_threads(&self) -> bool {
+        self.sources[Field::ThreadId.index()].is_some()
     }
 
     /// Whether rows may leave `contactId` / `conversationId` to be looked up.

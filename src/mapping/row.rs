@@ -22,6 +22,7 @@ impl Mapping {
         let mut m = InboundMessage::default();
         let mut call = CallData::default();
         let mut lookup = crate::resolve::Lookup::default();
+        let mut thread = None;
         let direction = self
             .by_direction
             .then(|| self.row_direction(cells))
@@ -40,17 +41,22 @@ impl Mapping {
                 }
                 continue;
             };
-            put(*field, value, &mut m, &mut call, &mut lookup);
+            put(*field, value, &mut m, &mut call, &mut lookup, &mut thread);
         }
         // What a prefix said about the row (a `whatsapp:` number: a WhatsApp message) replaces
         // what its columns or `--set` said; the values were checked when the mapping was built.
         for (field, value) in row.overrides {
             if let Ok(value) = self.convert(field, value) {
-                put(field, value, &mut m, &mut call, &mut lookup);
+                put(field, value, &mut m, &mut call, &mut lookup, &mut thread);
             }
         }
         if call != CallData::default() {
             m.call = Some(call);
+        }
+        // Only e-mails thread (`emailMessageId` is an e-mail's); on other types the cell is
+        // ignored, and `validate` says how many rows that was.
+        if m.kind != MessageType::Email {
+            thread = None;
         }
         if self.order == super::Order::Date && m.date.is_none() && errors.is_empty() {
             errors.push(RowError {
@@ -89,10 +95,81 @@ impl Mapping {
             }
         }
         if errors.is_empty() {
-            Ok(MappedRow { message: m, lookup })
+            Ok(MappedRow {
+                message: m,
+                lookup,
+                thread,
+            })
         } else {
             Err(errors)
         }
+    }
+
+    /// Where an e-mail's thread is, read from only the cells that say it (its type, IDs or
+    /// contact, date, thread), whatever else is wrong with the row: the pass before sending
+    /// finds each thread's first message from these, and a first message that is invalid must
+    /// still hold its thread's replies back. `None`: no thread column, not an e-mail, an empty
+    /// thread cell, or no conversation to place it in.
+    pub fn thread_place(&self, cells: &ByteRecord, line: u64) -> Option<ThreadPlace> {
+        self.sources[Field::ThreadId.index()].as_ref()?;
+        const PLACE: [Field; 8] = [
+            Field::Type,
+            Field::ConversationId,
+            Field::ContactId,
+            Field::ContactPhone,
+            Field::ContactEmail,
+            Field::LocationId,
+            Field::Date,
+            Field::ThreadId,
+        ];
+        let mut errors = Vec::new();
+        let mut m = InboundMessage::default();
+        let mut call = CallData::default();
+        let mut lookup = crate::resolve::Lookup::default();
+        let mut thread = None;
+        let direction = self
+            .by_direction
+            .then(|| self.row_direction(cells))
+            .flatten();
+        let mut row = RowState {
+            direction,
+            overrides: Vec::new(),
+        };
+        let mut typed = false;
+        for field in PLACE {
+            if let Some(value) = self.read_field(cells, line, field, &mut row, &mut errors) {
+                typed |= field == Field::Type;
+                put(field, value, &mut m, &mut call, &mut lookup, &mut thread);
+            }
+        }
+        for (field, value) in row.overrides {
+            if PLACE.contains(&field)
+                && let Ok(value) = self.convert(field, value)
+            {
+                typed |= field == Field::Type;
+                put(field, value, &mut m, &mut call, &mut lookup, &mut thread);
+            }
+        }
+        if !typed || m.kind != MessageType::Email {
+            return None;
+        }
+        let thread = thread?;
+        let date_ms = m
+            .date
+            .as_deref()
+            .and_then(|d| d.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond());
+        let lane = MappedRow {
+            message: m,
+            lookup: self.resolving.then(|| Box::new(lookup)),
+            thread: None,
+        }
+        .lane();
+        (!lane.is_empty()).then_some(ThreadPlace {
+            lane,
+            thread,
+            date_ms,
+        })
     }
 
     /// With resolution on: a row needs a contactId or a contactPhone / contactEmail to find it
@@ -324,9 +401,21 @@ impl Mapping {
             | Field::Html
             | Field::Subject
             | Field::EmailMessageId
-            | Field::AltId => Value::Text(value.to_owned()),
+            | Field::AltId
+            | Field::ThreadId => Value::Text(value.to_owned()),
         })
     }
+}
+
+/// An e-mail's thread and where it goes: see [`Mapping::thread_place`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadPlace {
+    /// The row's lane (its conversation, or its contact's key): threads are per conversation.
+    pub lane: String,
+    /// The thread cell, trimmed.
+    pub thread: String,
+    /// The row's date in milliseconds since 1970; `None`: none, or none that reads.
+    pub date_ms: Option<i64>,
 }
 
 /// What [`Mapping::map_row`] carries across the fields of one row.
@@ -345,6 +434,7 @@ fn put(
     m: &mut InboundMessage,
     call: &mut CallData,
     lookup: &mut crate::resolve::Lookup,
+    thread: &mut Option<String>,
 ) {
     match value {
         Value::Text(text) => match field {
@@ -354,6 +444,7 @@ fn put(
             Field::FirstName => lookup.first_name = Some(text),
             Field::LastName => lookup.last_name = Some(text),
             Field::LocationId => lookup.location_id = text,
+            Field::ThreadId => *thread = Some(text),
             Field::ConversationId => m.conversation_id = text,
             Field::ContactId => m.contact_id = text,
             Field::ConversationProviderId => m.conversation_provider_id = Some(text),

@@ -18,6 +18,8 @@
 //!   ever dropped (`compact`).
 //! - [`content`] keeps, for rows keyed by content, what each row sent looked like apart from its
 //!   text, so that an edited row is recorded `changed` instead of being sent again.
+//! - [`threads`] keeps, for e-mails with a thread column, the `emailMessageId` of each thread's
+//!   first message, on disk before that message's `sent` line.
 
 mod compact;
 pub mod content;
@@ -26,6 +28,7 @@ pub mod line;
 pub mod prior;
 mod sync;
 pub mod target;
+pub mod threads;
 
 pub use journal::Journal;
 pub use line::{ResultLine, Status};

@@ -152,6 +152,9 @@ pub struct Accepted {
     /// The API's trace ID of the request, for support; empty if the answer had none.
     #[serde(default)]
     pub trace_id: String,
+    /// For an e-mail, the id later messages name to join its thread; empty if none.
+    #[serde(default)]
+    pub email_message_id: String,
 }
 
 /// An error body as the API writes it: `message` is a string or a list of strings.
@@ -332,6 +335,7 @@ pub(super) mod tests {
                     conversation_id: "c1".into(),
                     contact_id: "k1".into(),
                     trace_id: "t1".into(),
+                    email_message_id: String::new(),
                 }),
             ),
             (

@@ -118,8 +118,36 @@ impl Shared {
         let received_at = Timestamp::now();
         let message_id = chance::new_id(rng);
         let email_message_id = message.is_email().then(|| chance::new_id(rng));
+        // (A search of the book: only for what needs it.)
+        let location = match email_message_id.is_some() || self.messages.is_some() {
+            true => self
+                .book
+                .location_of_conversation(message.conversation_id)
+                .unwrap_or_default(),
+            false => String::new(),
+        };
+        // An e-mail's thread: the one whose id it names, if it was given out here.
+        let thread = email_message_id.as_deref().map(|own| {
+            let named = body.get("emailMessageId").and_then(Value::as_str);
+            self.threads
+                .join(own, named.filter(|n| !n.is_empty()), &location)
+        });
+        let email = match (&email_message_id, &thread) {
+            (Some(id), Some(root)) => Some(super::record::Email {
+                email_message_id: id,
+                thread: root,
+                location_id: &location,
+            }),
+            _ => None,
+        };
         if let Some(recorder) = &self.recorder
-            && let Err(e) = recorder.append(&message_id, message.conversation_id, received_at, raw)
+            && let Err(e) = recorder.append(
+                &message_id,
+                message.conversation_id,
+                email,
+                received_at,
+                raw,
+            )
         {
             tracing::error!("sandbox: writing the record file failed: {e}");
             return Err(e);
@@ -135,10 +163,6 @@ impl Shared {
             _ => received_at,
         };
         if let Some(messages) = &self.messages {
-            let location = self
-                .book
-                .location_of_conversation(message.conversation_id)
-                .unwrap_or_default();
             messages.add(StoredMessage::new(
                 message_id.clone(),
                 body,

@@ -34,6 +34,7 @@ mod reads;
 mod record;
 mod state;
 mod stats;
+mod threads;
 mod uploads;
 
 use std::net::SocketAddr;

@@ -31,16 +31,19 @@ impl Recorder {
         })
     }
 
-    /// Appends `{"messageId":…,"conversationId":…,"receivedAt":…,"body":…}`. `body` is the request
-    /// body as received; it must be valid JSON (the caller parsed it).
+    /// Appends `{"messageId":…,"conversationId":…,"receivedAt":…,"body":…}`, for an e-mail with
+    /// `"emailMessageId":…,"thread":…,"locationId":…` after the conversation (the id it was
+    /// given, its thread's root, its location: see `threads`). `body` is the request body as
+    /// received; it must be valid JSON (the caller parsed it).
     pub fn append(
         &self,
         message_id: &str,
         conversation_id: &str,
+        email: Option<Email<'_>>,
         received_at: Timestamp,
         body: &[u8],
     ) -> io::Result<()> {
-        let line = record_line(message_id, conversation_id, received_at, body)?;
+        let line = record_line(message_id, conversation_id, email, received_at, body)?;
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         file.write_all(&line)
     }
@@ -60,9 +63,21 @@ impl Recorder {
     }
 }
 
+/// What the record says of a stored e-mail's thread.
+#[derive(Clone, Copy, Debug)]
+pub struct Email<'a> {
+    /// The `emailMessageId` its answer gave it.
+    pub email_message_id: &'a str,
+    /// Its thread's root: the `emailMessageId` of the thread's first message.
+    pub thread: &'a str,
+    /// The location it was stored in; empty when its conversation is not in the book.
+    pub location_id: &'a str,
+}
+
 fn record_line(
     message_id: &str,
     conversation_id: &str,
+    email: Option<Email<'_>>,
     received_at: Timestamp,
     body: &[u8],
 ) -> io::Result<Vec<u8>> {
@@ -71,6 +86,14 @@ fn record_line(
     serde_json::to_writer(&mut line, message_id)?;
     line.extend_from_slice(b",\"conversationId\":");
     serde_json::to_writer(&mut line, conversation_id)?;
+    if let Some(email) = email {
+        line.extend_from_slice(b",\"emailMessageId\":");
+        serde_json::to_writer(&mut line, email.email_message_id)?;
+        line.extend_from_slice(b",\"thread\":");
+        serde_json::to_writer(&mut line, email.thread)?;
+        line.extend_from_slice(b",\"locationId\":");
+        serde_json::to_writer(&mut line, email.location_id)?;
+    }
     write!(line, ",\"receivedAt\":\"{received_at:.3}\",\"body\":")?;
     // The body byte for byte, except line breaks: in valid JSON they can only be whitespace
     // between tokens (inside strings they must be escaped), so a space keeps the meaning and the
@@ -92,7 +115,7 @@ mod tests {
     fn a_pretty_body_becomes_one_line_with_the_same_value() {
         let body = b"{\n  \"type\": \"SMS\",\r\n  \"message\": \"two\\nlines\"\n}\n";
         let at: Timestamp = "2024-05-01T10:00:00.123456Z".parse().expect("timestamp");
-        let line = record_line("m1", "c\"1", at, body).expect("line");
+        let line = record_line("m1", "c\"1", None, at, body).expect("line");
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         assert_eq!(line.last(), Some(&b'\n'));
         let parsed: Value = serde_json::from_slice(&line).expect("one JSON value");

@@ -81,6 +81,8 @@ pub struct Shared {
     pub tokens: Option<Tokens>,
     /// The files uploaded (`uploads`).
     pub uploads: super::uploads::Store,
+    /// Every `emailMessageId` given out and its thread (`threads`), read back from the record.
+    pub(super) threads: super::threads::EmailThreads,
 }
 
 impl Shared {
@@ -110,6 +112,7 @@ impl Shared {
             book,
             tokens: config.oauth.clone().map(Tokens::new),
             uploads,
+            threads: super::threads::EmailThreads::from_record(config.record.as_deref()),
         }
     }
 
@@ -129,6 +132,9 @@ impl Shared {
         stats.conversation_creates = get(&c.conversation_creates);
         stats.conversations_created = get(&c.conversations_created);
         stats.conversation_conflicts = get(&c.conversation_conflicts);
+        stats.email_threads = get(&self.threads.started);
+        stats.email_replies = get(&self.threads.replies);
+        stats.unknown_email_message_ids = get(&self.threads.unknown);
         if let Some(t) = &self.tokens {
             stats.token_refreshes = get(&t.refreshes);
             stats.token_refused = get(&t.refused);

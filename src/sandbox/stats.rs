@@ -102,6 +102,16 @@ pub struct Stats {
     /// out (the message is stored all the same, as the real API would).
     #[serde(default)]
     pub attachments_not_uploaded: u64,
+    /// E-mails stored that started a thread (named no `emailMessageId` it knows).
+    #[serde(default)]
+    pub email_threads: u64,
+    /// E-mails stored into a thread: their `emailMessageId` is one it gave out, in their location.
+    #[serde(default)]
+    pub email_replies: u64,
+    /// E-mails whose `emailMessageId` it never gave out (in their location): accepted, as a
+    /// thread of their own.
+    #[serde(default)]
+    pub unknown_email_message_ids: u64,
 }
 
 impl Stats {

@@ -103,6 +103,9 @@ pub struct Source {
     /// Where the first read's text is copied when later reads must be seekable and the input is
     /// not plain UTF-8 text in a file; and what the later reads read.
     text_dir: Option<PathBuf>,
+    /// Later reads are made seekable where that costs nothing: a plain UTF-8 file is read
+    /// again as it is ([`Source::seekable_if_free`]).
+    text_if_free: bool,
     again: Again,
     /// Ends a read that waits on a stream (Ctrl-C, SIGTERM).
     stop: Option<CancellationToken>,
@@ -170,6 +173,7 @@ impl Source {
             encoding,
             spool_dir: None,
             text_dir: None,
+            text_if_free: false,
             again: Again::Unknown,
             stop: None,
             read: Arc::default(),
@@ -190,6 +194,19 @@ impl Source {
     pub fn seekable_text(mut self, dir: &Path) -> Source {
         self.text_dir = Some(dir.to_owned());
         self
+    }
+
+    /// Later reads can be sought in when that is free: the input is a plain UTF-8 file, read
+    /// again as it is; anything else is read again as without this (no copy is made).
+    /// [`Source::seekable_again`] tells, after the first read, which it was.
+    pub fn seekable_if_free(mut self) -> Source {
+        self.text_if_free = true;
+        self
+    }
+
+    /// Whether later reads can be sought in (known once the first read has begun).
+    pub fn seekable_again(&self) -> bool {
+        !matches!(self.again, Again::Unknown)
     }
 
     /// A read that waits on a stream ends with an error once `stop` is cancelled.
@@ -283,6 +300,9 @@ impl Source {
             self.replaced.clone(),
         )?;
         let Some(dir) = &self.text_dir else {
+            if self.text_if_free && decoded.as_is && matches!(self.origin, Origin::File) {
+                self.again = Again::AsIs;
+            }
             return Ok(Text::Stream(decoded.text));
         };
         if decoded.as_is && matches!(self.origin, Origin::File) {

@@ -23,6 +23,7 @@ mod scenario;
 mod security;
 mod streams;
 mod support;
+mod threads;
 mod trust;
 mod validate;
 mod wait;

@@ -8,11 +8,39 @@
 //! rising, so every conversation's rows are in date order. With HOT_SHARE (0..1) that share of
 //! all rows belongs to one conversation, interleaved with the rest: the worst case for
 //! per-conversation ordering.
+//!
+//! ```text
+//! cargo run --release --example generate -- ROWS --contacts N > migration.csv
+//! ```
+//!
+//! With `--contacts N`, the rows are a migration's (resolving mode): no HighLevel IDs, the
+//! contact named by `contactPhone` and/or `contactEmail` (contact `c` by phone only, e-mail only
+//! or both, by `c % 3`, as `tests/it/resolve.rs` does), N contacts round-robin, so each contact's
+//! rows are as far apart as the file allows (the worst case for a cache of recent contacts).
 
 use std::io::{BufWriter, Write};
 
 fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--contacts") {
+        let contacts: u64 = args
+            .get(at + 1)
+            .and_then(|s| s.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| {
+                eprintln!("usage: generate ROWS --contacts N");
+                std::process::exit(2)
+            });
+        args.drain(at..at + 2);
+        let rows: u64 = args
+            .first()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                eprintln!("usage: generate ROWS --contacts N");
+                std::process::exit(2)
+            });
+        return migration(rows, contacts);
+    }
     let rows: u64 = args
         .first()
         .and_then(|s| s.parse().ok())
@@ -66,6 +94,39 @@ fn main() -> std::io::Result<()> {
             rem % 3600 / 60,
             rem % 60,
             texts[(i % texts.len() as u64) as usize],
+        )?;
+    }
+    out.flush()
+}
+
+/// A migration's rows: contacts by phone and e-mail, round-robin, dates rising.
+fn migration(rows: u64, contacts: u64) -> std::io::Result<()> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    writeln!(
+        out,
+        "altId,contactPhone,contactEmail,firstName,type,direction,date,message"
+    )?;
+    let start = 1_600_000_000u64;
+    for i in 0..rows {
+        let c = i % contacts;
+        let (phone, email) = match c % 3 {
+            0 => (format!("+1{:010}", 2_000_000_000 + c), String::new()),
+            1 => (String::new(), format!("person{c}@example.com")),
+            _ => (
+                format!("+1{:010}", 2_000_000_000 + c),
+                format!("person{c}@example.com"),
+            ),
+        };
+        let secs = start + i;
+        let (days, rem) = (secs / 86400, secs % 86400);
+        let (y, m, d) = civil_from_days(days as i64);
+        writeln!(
+            out,
+            "mig-{i:09},{phone},{email},P{c},SMS,{},{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z,message {i}",
+            if i % 2 == 0 { "inbound" } else { "outbound" },
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
         )?;
     }
     out.flush()

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod deliver;
+pub mod diskmap;
 pub mod extsort;
 pub mod gate;
 pub mod intake;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::diskmap::DiskMap;
 use crate::extsort::ExternalSort;
 use crate::mapping::{Mapping, Order};
 use crate::order::{OrderIndex, SendOrder};
@@ -384,7 +385,8 @@ impl Pass<'_> {
             contact_cost: if self.settings.create_contacts { 2 } else { 1 },
             ..Plan::default()
         };
-        let mut seen: HashSet<(String, String)> = HashSet::new();
+        // The distinct contacts so far, on disk: half a million of them cost no memory.
+        let mut seen = DiskMap::new(&folder_of(&settings.results));
         while let Some(record) = input
             .next_record()
             .with_context(|| format!("reading {}", path.display()))?
@@ -405,7 +407,7 @@ impl Pass<'_> {
         &mut self,
         record: crate::reader::Record<'_>,
         plan: &mut Plan,
-        seen: &mut HashSet<(String, String)>,
+        seen: &mut DiskMap,
         on_key: &mut dyn FnMut(u64, &str) -> Result<()>,
     ) -> Result<Option<i64>> {
         plan.rows += 1;
@@ -495,11 +497,14 @@ impl Pass<'_> {
             self.locations.push(location.clone());
         }
         let key = lookup.key(&m.contact_id);
-        if !seen.insert((location.clone(), key.clone())) {
+        let distinct = seen
+            .insert(crate::resolve::idmap::contact_hash(&location, &key), 1)
+            .context("counting distinct contacts in a temp file")?;
+        if distinct.is_some() {
             return Ok(date);
         }
         let contact = if m.contact_id.is_empty() {
-            let known = ids.contact(&location, &key).map(|k| k.id);
+            let known = ids.contact(&location, &key)?.map(|k| k.id);
             if known.is_none() {
                 plan.contacts += 1;
             }
@@ -507,10 +512,14 @@ impl Pass<'_> {
         } else {
             Some(m.contact_id.clone())
         };
-        if m.conversation_id.is_empty()
-            && contact.is_none_or(|c| ids.conversation(&location, &c).is_none())
-        {
-            plan.conversations += 1;
+        if m.conversation_id.is_empty() {
+            let known = match &contact {
+                Some(c) => ids.conversation(&location, c)?.is_some(),
+                None => false,
+            };
+            if !known {
+                plan.conversations += 1;
+            }
         }
         Ok(date)
     }

@@ -12,22 +12,28 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, BufWriter, Seek, Write as _};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::diskmap::DiskMap;
 use crate::gate::Gate;
 use crate::mapping::Mapping;
 use crate::reader::CsvInput;
-use crate::resolve::{Env, Failure, IdMap, Known, Lookup, Origin, Resolver};
+use crate::resolve::idmap::contact_hash;
+use crate::resolve::{Env, Failure, IdMap, Known, Lookup, Origin, Resolver, stop_unread};
 use crate::retry::{Policy, StopReason};
 use crate::source::Source;
 use crate::summary::{Ending, say};
 
 /// One distinct contact of the input.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Wanted {
+    /// Its external key ([`Lookup::key`]).
+    key: String,
     lookup: Lookup,
     /// Given in the input (then only the conversation is looked up).
     contact_id: Option<String>,
@@ -50,6 +56,27 @@ enum Finding {
 struct Tally {
     contacts: HashMap<FindingKey, u64>,
     conversations: HashMap<FindingKey, u64>,
+    /// Contacts that could not be looked up.
+    failed: u64,
+}
+
+impl Tally {
+    /// Counts what a finished task found.
+    fn add(
+        &mut self,
+        done: Result<Option<(Finding, Finding)>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        match done {
+            Ok(Some((Finding::Skipped, _))) => self.failed += 1,
+            Ok(Some((contact, conversation))) => {
+                *self.contacts.entry(k(contact)).or_default() += 1;
+                *self.conversations.entry(k(conversation)).or_default() += 1;
+            }
+            Ok(None) => {}
+            Err(e) => bail!("a lookup task failed: {e}"),
+        }
+        Ok(())
+    }
 }
 
 type FindingKey = u8;
@@ -72,10 +99,19 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
     }
     let ids = IdMap::open(&crate::resolve::idmap::path_for(&settings.results))?;
 
-    // The distinct contacts, in input order.
-    let mut order: Vec<(String, String)> = Vec::new();
-    let mut wanted: HashMap<(String, String), Wanted> = HashMap::new();
-    let (mut rows, mut invalid) = (0u64, 0u64);
+    // The distinct contacts, in input order, on disk (half a million contacts cost no memory):
+    // each one's first row as a JSON line in a temp file, and by its hash whether some row of it
+    // lacks a conversation ID.
+    let dir = crate::results::line::folder_of(&settings.results);
+    let temp = || {
+        format!(
+            "listing the input's contacts in a temp file in {}",
+            dir.display()
+        )
+    };
+    let mut seen = DiskMap::new(&dir);
+    let mut list = BufWriter::new(tempfile::tempfile_in(&dir).with_context(temp)?);
+    let (mut rows, mut invalid, mut contacts) = (0u64, 0u64, 0u64);
     while let Some(record) = input
         .next_record()
         .with_context(|| format!("reading {}", settings.input.display()))?
@@ -90,17 +126,33 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
         };
         let Some(lookup) = row.lookup else { continue };
         let m = row.message;
-        let id = (lookup.location_id.clone(), lookup.key(&m.contact_id));
-        let entry = wanted.entry(id.clone()).or_insert_with(|| {
-            order.push(id);
-            Wanted {
-                lookup: *lookup,
-                contact_id: (!m.contact_id.is_empty()).then(|| m.contact_id.clone()),
-                needs_conversation: false,
+        let key = lookup.key(&m.contact_id);
+        let h = contact_hash(&lookup.location_id, &key);
+        let needs_conversation = u64::from(m.conversation_id.is_empty());
+        match seen.get(h).with_context(temp)? {
+            None => {
+                seen.insert(h, needs_conversation).with_context(temp)?;
+                let wanted = Wanted {
+                    key,
+                    lookup: *lookup,
+                    contact_id: (!m.contact_id.is_empty()).then(|| m.contact_id.clone()),
+                    needs_conversation: false,
+                };
+                serde_json::to_writer(&mut list, &wanted).with_context(temp)?;
+                list.write_all(b"\n").with_context(temp)?;
+                contacts += 1;
             }
-        });
-        entry.needs_conversation |= m.conversation_id.is_empty();
+            Some(0) if needs_conversation == 1 => {
+                seen.insert(h, 1).with_context(temp)?;
+            }
+            Some(_) => {}
+        }
     }
+    let mut list = list
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(temp)?;
+    list.rewind().with_context(temp)?;
 
     let shared = Arc::new(Shared {
         resolver: Resolver::new(&settings.base_url, settings.timeout, false, ids)?,
@@ -113,21 +165,28 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
         ),
         policy: Policy::new(settings.max_retries, settings.backoff),
     });
-    let permits = Arc::new(tokio::sync::Semaphore::new(settings.concurrency));
+    // At most --concurrency contacts looked up at once: a task is started as one ends.
     let mut tasks = tokio::task::JoinSet::new();
-    let contacts = order.len();
-    for id in order {
-        let Some(w) = wanted.remove(&id) else {
-            continue;
-        };
-        let (shared, permits) = (shared.clone(), permits.clone());
+    let mut tally = Tally::default();
+    for line in BufReader::new(list).lines() {
+        let mut w: Wanted = serde_json::from_str(&line.with_context(temp)?).with_context(temp)?;
+        w.needs_conversation = seen
+            .get(contact_hash(&w.lookup.location_id, &w.key))
+            .with_context(temp)?
+            == Some(1);
+        while tasks.len() >= settings.concurrency.max(1) {
+            let done = tasks.join_next().await.expect("a task is running");
+            tally.add(done)?;
+        }
+        if shared.gate.is_stopping() {
+            break;
+        }
+        let shared = shared.clone();
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await.ok()?;
             if shared.gate.is_stopping() {
                 return None;
             }
-            let key = id.1;
-            match shared.one(&key, &w).await {
+            match shared.one(&w).await {
                 Ok(found) => Some(found),
                 Err(Failure::Stop(reason)) => {
                     if let Some(reason) = reason {
@@ -136,25 +195,16 @@ pub async fn survey(settings: Settings, interrupt: &CancellationToken) -> Result
                     None
                 }
                 Err(Failure::Row { error, .. }) => {
-                    tracing::warn!("{key}: {error}");
+                    tracing::warn!("{}: {error}", w.key);
                     Some((Finding::Skipped, Finding::Skipped))
                 }
             }
         });
     }
-    let mut tally = Tally::default();
-    let mut failed = 0u64;
     while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Some((Finding::Skipped, _))) => failed += 1,
-            Ok(Some((contact, conversation))) => {
-                *tally.contacts.entry(k(contact)).or_default() += 1;
-                *tally.conversations.entry(k(conversation)).or_default() += 1;
-            }
-            Ok(None) => {}
-            Err(e) => bail!("a lookup task failed: {e}"),
-        }
+        tally.add(done)?;
     }
+    let failed = tally.failed;
     if interrupt.is_cancelled() {
         shared.gate.stop_with(StopReason::Interrupted);
     }
@@ -235,7 +285,8 @@ struct Shared {
 
 impl Shared {
     /// The contact's and its conversation's findings.
-    async fn one(&self, key: &str, w: &Wanted) -> Result<(Finding, Finding), Failure> {
+    async fn one(&self, w: &Wanted) -> Result<(Finding, Finding), Failure> {
+        let key = w.key.as_str();
         let env = Env {
             gate: &self.gate,
             policy: &self.policy,
@@ -243,38 +294,39 @@ impl Shared {
         };
         let r = &self.resolver;
         let location = w.lookup.location_id.as_str();
-        let (contact, contact_finding) = match (&w.contact_id, r.ids.contact(location, key)) {
-            (Some(id), _) => (Some(id.clone()), Finding::Known),
-            (None, Some(known)) => (Some(known.id), Finding::Known),
-            (None, None) => {
-                let (email, phone) = (w.lookup.email.as_deref(), w.lookup.phone.as_deref());
-                let by_email = match email {
-                    Some(e) => r.search_contact(location, Some(e), None, &env).await?,
-                    None => None,
-                };
-                let by_phone = match phone {
-                    Some(p) => r.search_contact(location, None, Some(p), &env).await?,
-                    None => None,
-                };
-                match (by_email, by_phone) {
-                    (Some(a), Some(b)) if a != b => (None, Finding::Ambiguous),
-                    (Some(id), _) | (None, Some(id)) => {
-                        let found = Known {
-                            id: id.clone(),
-                            origin: Origin::Found,
-                        };
-                        record(r, location, key, &found, None)?;
-                        (Some(id), Finding::Exists)
+        let (contact, contact_finding) =
+            match (&w.contact_id, stop_unread(r.ids.contact(location, key))?) {
+                (Some(id), _) => (Some(id.clone()), Finding::Known),
+                (None, Some(known)) => (Some(known.id), Finding::Known),
+                (None, None) => {
+                    let (email, phone) = (w.lookup.email.as_deref(), w.lookup.phone.as_deref());
+                    let by_email = match email {
+                        Some(e) => r.search_contact(location, Some(e), None, &env).await?,
+                        None => None,
+                    };
+                    let by_phone = match phone {
+                        Some(p) => r.search_contact(location, None, Some(p), &env).await?,
+                        None => None,
+                    };
+                    match (by_email, by_phone) {
+                        (Some(a), Some(b)) if a != b => (None, Finding::Ambiguous),
+                        (Some(id), _) | (None, Some(id)) => {
+                            let found = Known {
+                                id: id.clone(),
+                                origin: Origin::Found,
+                            };
+                            record(r, location, key, &found, None)?;
+                            (Some(id), Finding::Exists)
+                        }
+                        (None, None) => (None, Finding::WouldCreate),
                     }
-                    (None, None) => (None, Finding::WouldCreate),
                 }
-            }
-        };
+            };
         let conversation = match (&contact, w.needs_conversation) {
             (_, false) => Finding::Skipped,
             (None, true) if contact_finding == Finding::WouldCreate => Finding::WouldCreate,
             (None, true) => Finding::Skipped,
-            (Some(id), true) => match r.ids.conversation(location, id) {
+            (Some(id), true) => match stop_unread(r.ids.conversation(location, id))? {
                 Some(_) => Finding::Known,
                 None => {
                     let found = r.search_conversations(location, id, &env).await?;

@@ -77,14 +77,8 @@ impl Resolver {
         };
         // A contact found missing in this run is not searched for again for each of its rows
         // (and counted once in the summary).
-        let name = (lookup.location_id.clone(), lookup.key(""));
-        if !self.create_contacts
-            && self
-                .missing
-                .lock()
-                .expect("missing contacts")
-                .contains(&name)
-        {
+        let (location, key) = (lookup.location_id.as_str(), lookup.key(""));
+        if !self.create_contacts && self.known_missing(location, &key)? {
             return Err(missing());
         }
         if let Some(id) = self
@@ -98,7 +92,7 @@ impl Resolver {
             });
         }
         if !self.create_contacts {
-            if self.missing.lock().expect("missing contacts").insert(name) {
+            if self.note_missing(location, &key)? {
                 self.counters
                     .contacts_missing
                     .fetch_add(1, Ordering::Relaxed);

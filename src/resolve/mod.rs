@@ -31,6 +31,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 
 use crate::auth::{Auth, Rejected};
+use crate::diskmap::DiskMap;
 use crate::gate::Gate;
 use crate::message::InboundMessage;
 use crate::retry::{
@@ -176,9 +177,10 @@ pub struct Resolver {
     pub counters: Counters,
     /// Keyed locks: a name is here while a resolution holds or awaits it.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// `(location, key)` of contacts this run searched for and did not find (without
-    /// `--create-contacts`): their later rows fail without another search.
-    missing: Mutex<std::collections::HashSet<(String, String)>>,
+    /// The hashes of `(location, key)` of contacts this run searched for and did not find
+    /// (without `--create-contacts`): their later rows fail without another search. On disk,
+    /// like the ID map's index: an export of half a million unknown contacts costs no memory.
+    missing: Mutex<DiskMap>,
 }
 
 /// Holds a keyed lock; dropping it frees the key.
@@ -218,6 +220,7 @@ impl Resolver {
     ) -> Result<Resolver> {
         // Lookups share the sender's client settings; each sets its own Version header.
         let client = crate::sender::api_client(timeout, 8, HeaderMap::new())?;
+        let missing = DiskMap::new(&crate::results::line::folder_of(ids.path()));
         Ok(Resolver {
             client,
             base: base.clone(),
@@ -225,7 +228,7 @@ impl Resolver {
             ids,
             counters: Counters::default(),
             locks: Mutex::new(HashMap::new()),
-            missing: Mutex::new(std::collections::HashSet::new()),
+            missing: Mutex::new(missing),
         })
     }
 
@@ -283,11 +286,11 @@ impl Resolver {
         let key = lookup.key(&m.contact_id);
         let contact = if m.contact_id.is_empty() {
             let _held = self.lock(format!("key {location} {key}")).await;
-            match self.ids.contact(location, &key) {
+            match stop_unread(self.ids.contact(location, &key))? {
                 Some(known) => known,
                 None => {
                     let known = self.find_or_create_contact(lookup, env).await?;
-                    let conversation = self.ids.conversation(location, &known.id);
+                    let conversation = stop_unread(self.ids.conversation(location, &known.id))?;
                     self.record(location, &key, &known, conversation.as_ref())?;
                     known
                 }
@@ -302,7 +305,7 @@ impl Resolver {
             let _held = self
                 .lock(format!("contact {location} {}", contact.id))
                 .await;
-            let conversation = match self.ids.conversation(location, &contact.id) {
+            let conversation = match stop_unread(self.ids.conversation(location, &contact.id))? {
                 Some(known) => known,
                 None => {
                     let known = self
@@ -334,6 +337,31 @@ impl Resolver {
                     self.ids.path().display()
                 ))))
             })
+    }
+
+    /// Whether this run found the contact missing already (without `--create-contacts`).
+    fn known_missing(&self, location: &str, key: &str) -> Result<bool, Failure> {
+        let missing = self.missing.lock().expect("missing contacts");
+        missing
+            .get(idmap::contact_hash(location, key))
+            .map(|v| v.is_some())
+            .map_err(|e| self.missing_unwritable(e))
+    }
+
+    /// Notes the contact missing; whether it was not noted before.
+    fn note_missing(&self, location: &str, key: &str) -> Result<bool, Failure> {
+        let mut missing = self.missing.lock().expect("missing contacts");
+        missing
+            .insert(idmap::contact_hash(location, key), 1)
+            .map(|before| before.is_none())
+            .map_err(|e| self.missing_unwritable(e))
+    }
+
+    fn missing_unwritable(&self, e: std::io::Error) -> Failure {
+        Failure::Stop(Some(StopReason::Error(format!(
+            "cannot keep the contacts found missing in a temp file beside {}: {e}",
+            self.ids.path().display()
+        ))))
     }
 
     /// One lookup request until it has an answer worth reading ([`gated_call`]).
@@ -479,6 +507,11 @@ pub(crate) async fn gated_call(
             }
         }
     }
+}
+
+/// A finding of the ID map, or the run's stop when the map cannot be read.
+pub fn stop_unread<T>(found: Result<T>) -> Result<T, Failure> {
+    found.map_err(|e| Failure::Stop(Some(StopReason::Error(format!("{e:#}")))))
 }
 
 fn answer_unreadable(answer: &Answer, what: &str, e: &serde_json::Error) -> Failure {

@@ -255,6 +255,9 @@ fn read_all(file: &File) -> io::Result<Vec<(u128, u64)>> {
     Ok(all)
 }
 
+/// A table written: its file, how many keys it holds, and the entries that did not fit.
+type Built = (File, u64, Option<Vec<(u128, u64)>>);
+
 /// Writes `entries` (stored keys, ascending) into a new table of `1 << bits` slots, each at its
 /// home slot or the first free one after it: the file, the number of distinct keys, and the
 /// entries left over if the probes ran past the spare slots.
@@ -262,7 +265,7 @@ fn build(
     dir: &Path,
     bits: u32,
     entries: impl Iterator<Item = io::Result<(u128, u64)>>,
-) -> io::Result<(File, u64, Option<Vec<(u128, u64)>>)> {
+) -> io::Result<Built> {
     let file = tempfile::tempfile_in(dir)?;
     file.set_len(slots(bits) * SLOT as u64)?;
     let mut b = Builder {
@@ -346,7 +349,7 @@ impl Builder {
     fn finish(
         mut self,
         left: Option<Vec<(u128, u64)>>,
-    ) -> io::Result<(File, u64, Option<Vec<(u128, u64)>>)> {
+    ) -> io::Result<Built> {
         self.flush()?;
         Ok((self.file, self.len, left))
     }

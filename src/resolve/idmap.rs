@@ -657,7 +657,7 @@ mod tests {
             for i in 0..N {
                 map.record("L", &key(i), &contact(i), None).unwrap();
                 // Every other contact's conversation on a second line, as a run writes it.
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     map.record("L", &key(i), &contact(i), Some(&conversation(i)))
                         .unwrap();
                 }
@@ -680,7 +680,7 @@ mod tests {
                 );
                 assert_eq!(
                     map.conversation("L", &format!("K{i}")).unwrap(),
-                    (i % 2 == 0).then(|| conversation(i)),
+                    i.is_multiple_of(2).then(|| conversation(i)),
                     "conversation {i}"
                 );
             }
@@ -702,7 +702,7 @@ mod tests {
             );
             assert_eq!(
                 map.conversation("L", &format!("K{i}")).unwrap(),
-                (i % 2 == 0).then(|| conversation(i))
+                i.is_multiple_of(2).then(|| conversation(i))
             );
             // The same key in another location, and a key never recorded, are unknown.
             assert_eq!(map.contact("M", &key(i)).unwrap(), None);

@@ -7,9 +7,10 @@ sandbox and payload, so the ratio is what to read on a shared, noisy machine.
 
 Knobs (environment): RATE_SECONDS (180), THROUGHPUT_ROWS (1000000), MEMORY_ROWS
 ("100000,1000000,10000000"), SKEW_ROWS (1000000), RESUME_ROWS (1000000), WRK_SECONDS (10),
-ONLY (comma-separated subset of: validate,rate,throughput,memory,skew,resume).
+RESOLVE_ROWS (1000000), RESOLVE_CONTACTS ("2000,20000,500000"), REHEARSAL_CONTACTS (20000),
+ONLY (comma-separated subset of: validate,rate,throughput,memory,skew,resume,resolve).
 """
-import json, os, re, resource, subprocess, sys, tempfile, threading, time, urllib.request
+import json, os, re, resource, shutil, subprocess, sys, tempfile, threading, time, urllib.request
 
 BIN = "target/release/lc-import"
 GEN = "target/release/examples/generate"
@@ -40,6 +41,16 @@ def generate(n, conversations=None, hot=None):
             args.append(str(hot))
         with open(path, "w") as f:
             subprocess.run(args, stdout=f, check=True)
+    return path
+
+
+def generate_migration(n, contacts):
+    """A migration's export (resolving mode): n rows of `contacts` contacts named by phone and
+    e-mail, no HighLevel IDs, round-robin."""
+    path = os.path.join(TMP, f"migration-{n}-{contacts}.csv")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            subprocess.run([GEN, str(n), "--contacts", str(contacts)], stdout=f, check=True)
     return path
 
 
@@ -248,8 +259,68 @@ def bench_resume():
     row(f"resume {n:,} rows all sent: requests made", after - before, 0, ratio=float(after - before))
 
 
+LOCATION = "sandboxLocation0001"
+
+
+def lookups(stats):
+    return sum(stats[k] for k in ("contact_searches", "contact_upserts", "conversation_searches", "conversation_creates"))
+
+
+def bench_resolve():
+    """Resolving mode (rows named by phone and e-mail, every contact new, created): peak memory
+    by distinct contacts for the same number of rows, then at the most contacts a resume (nothing
+    left to do) and a run from the ID map alone (a fresh results file beside a copy of the ID
+    map: every ID from the map, no lookup made), and a rehearsal of 2 rows per contact, where
+    the lookups are most of the requests. Unthrottled on both sides."""
+    n = int(os.environ.get("RESOLVE_ROWS", "1000000"))
+    counts = [int(x) for x in os.environ.get("RESOLVE_CONTACTS", "2000,20000,500000").split(",")]
+    flags = ["--location-id", LOCATION, "--create-contacts", "--rate", "none", "--concurrency", "16"]
+    rss_by = {}
+    for c in counts:
+        path = generate_migration(n, c)
+        sb = Sandbox("--rate", "none", "--daily", "none")
+        try:
+            s, rss, results = importer(path, sb.url, *flags)
+            made = lookups(sb.stats())
+            rss_by[c] = rss
+            row(f"resolving run {n:,} rows, {c:,} contacts: peak RSS MiB", rss, 64, note="goal < 64")
+            row(f"resolving run {n:,} rows, {c:,} contacts: rows/s", n / s, 1, ratio=float("nan"))
+            row(f"resolving run {n:,} rows, {c:,} contacts: lookups", made, 4 * c, note="4 per new contact")
+            if c != max(counts):
+                continue
+            before = sb.stats()["requests"]
+            s, rss, _ = importer(path, sb.url, *flags, results=results)
+            row(f"resume of it, all sent: seconds", s, 3, note="goal < 3 s")
+            row(f"resume of it, all sent: peak RSS MiB", rss, 64)
+            row(f"resume of it, all sent: requests made", sb.stats()["requests"] - before, 0, ratio=float(sb.stats()["requests"] - before))
+            again = results + ".again.csv"
+            shutil.copy(results + ".ids.csv", again + ".ids.csv")
+            before = sb.stats()
+            s, rss, _ = importer(path, sb.url, *flags, results=again)
+            after = sb.stats()
+            row(f"run from the ID map of {c:,} contacts ({n:,} rows): rows/s", n / s, 1, ratio=float("nan"))
+            row(f"run from the ID map of {c:,} contacts: peak RSS MiB", rss, 64)
+            row(f"run from the ID map of {c:,} contacts: lookups made", lookups(after) - lookups(before), 0,
+                ratio=float(lookups(after) - lookups(before)))
+        finally:
+            sb.stop()
+    if len(rss_by) > 1:
+        row(f"resolving run RSS {max(counts):,} / {min(counts):,} contacts", rss_by[max(counts)] / rss_by[min(counts)], 1.15,
+            note="goal <= 1.15")
+    c = int(os.environ.get("REHEARSAL_CONTACTS", "20000"))
+    path = generate_migration(2 * c, c)
+    sb = Sandbox("--rate", "none", "--daily", "none")
+    try:
+        s, rss, _ = importer(path, sb.url, *flags)
+        made = lookups(sb.stats())
+    finally:
+        sb.stop()
+    row(f"rehearsal of {c:,} new contacts x 2 rows ({made:,} lookups): rows/s", 2 * c / s, 1000, note="goal: thousands")
+    row(f"rehearsal of {c:,} new contacts x 2 rows: peak RSS MiB", rss, 64)
+
+
 for name, f in [("validate", bench_validate), ("rate", bench_rate), ("throughput", bench_throughput),
-                ("memory", bench_memory), ("skew", bench_skew), ("resume", bench_resume)]:
+                ("memory", bench_memory), ("skew", bench_skew), ("resume", bench_resume), ("resolve", bench_resolve)]:
     if want(name):
         print(f"== {name}", file=sys.stderr, flush=True)
         f()

@@ -5,6 +5,7 @@
 #
 #   bench/run.sh                                  # everything (about 15 minutes on 2 cores)
 #   ONLY=validate,resume bench/run.sh             # a subset
+#   ONLY=resolve bench/run.sh                     # resolving mode: memory by contacts, resume, ID map (~15 min)
 #
 # Needs python3 and wrk (apt-get install -y wrk); CI does not run it.
 set -euo pipefail

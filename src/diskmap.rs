@@ -6,11 +6,12 @@
 //! endian; key 0 is an empty slot), read and written with positional reads and writes: nothing is
 //! mapped into memory and nothing is cached here, the OS's page cache does that outside the
 //! process (a table of a million entries is 48 MiB of file, none of it in the process's RSS).
-//! The table holds at most half as many entries as slots; past that it is rebuilt twice as big by
-//! sorting its entries on disk ([`ExternalSort`]) and writing them in slot order, front to back —
-//! in a table whose home slot is the top bits of the key, entries sorted by key are entries in
-//! probe order. A probe that runs past the last slot goes on into [`OVERFLOW`] spare slots (no
-//! wrap-around, so a build in key order never has to come back to the front).
+//! The table holds at most half as many entries as slots; past that it is rebuilt twice as big,
+//! its entries read front to back and placed one by one. A table made from many entries at once
+//! (the ID map's, from its file) is written from entries sorted by key, front to back: in a table
+//! whose home slot is the top bits of the key, entries sorted by key are entries in probe order.
+//! A probe that runs past the last slot goes on into [`OVERFLOW`] spare slots (no wrap-around,
+//! so a build in key order never has to come back to the front).
 //!
 //! Nothing here is durable: the file goes away with the process, however it ends. A table that
 //! must outlive a run is rebuilt from a log it indexes (the ID map).
@@ -19,8 +20,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-use crate::extsort::ExternalSort;
 
 /// Bytes per slot: key hi, key lo, value.
 const SLOT: usize = 24;
@@ -208,22 +207,47 @@ impl DiskMap {
         Ok(Probe::Full)
     }
 
-    /// Rebuilds the table twice as big (or bigger, in the rare case of an overflow).
+    /// Rebuilds the table twice as big (or bigger, in the rare case of an overflow), reading
+    /// the old one front to back and placing each entry in the new one: a few kilobytes of
+    /// memory whatever the size (a sort would hold a buffer of its records).
     fn grow(&mut self) -> io::Result<()> {
         let Some(old) = self.file.take() else {
             return Ok(());
         };
-        let mut sort = ExternalSort::new(&self.dir);
-        for_each_entry(&old, |key, value| {
-            sort.push([(key >> 64) as u64, key as u64, value])
-        })?;
-        drop(old);
-        let entries = sort
-            .finish()?
-            .map(|r| r.map(|[hi, lo, value]| ((u128::from(hi) << 64) | u128::from(lo), value)));
-        let count = (self.len + 1).max(1u64 << self.bits);
-        *self = DiskMap::from_sorted(&self.dir, count, entries)?;
-        Ok(())
+        let most = self.bits + 1 + GROWTH_ON_OVERFLOW;
+        let mut bits = self.bits + 1;
+        loop {
+            let file = tempfile::tempfile_in(&self.dir)?;
+            file.set_len(slots(bits) * SLOT as u64)?;
+            let mut bigger = DiskMap {
+                dir: self.dir.clone(),
+                file: Some(file),
+                bits,
+                len: 0,
+            };
+            let mut fits = true;
+            for_each_entry(&old, |key, value| {
+                match bigger.probe(key)? {
+                    Probe::Empty(at) if fits => {
+                        bigger.write(at, key, value)?;
+                        bigger.len += 1;
+                    }
+                    _ => fits = false,
+                }
+                Ok(())
+            })?;
+            if fits {
+                *self = bigger;
+                return Ok(());
+            }
+            bits += 1;
+            if bits > most {
+                self.file = Some(old);
+                return Err(io::Error::other(
+                    "more keys with the same home slot than a table can hold",
+                ));
+            }
+        }
     }
 }
 
@@ -346,10 +370,7 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(
-        mut self,
-        left: Option<Vec<(u128, u64)>>,
-    ) -> io::Result<Built> {
+    fn finish(mut self, left: Option<Vec<(u128, u64)>>) -> io::Result<Built> {
         self.flush()?;
         Ok((self.file, self.len, left))
     }

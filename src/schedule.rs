@@ -80,8 +80,9 @@ pub struct Lanes {
 struct Lane {
     /// The rows behind the one in flight, oldest first.
     queue: VecDeque<Job>,
-    /// Rows behind those, on disk; always newer than every row in `queue`.
-    spill: Option<Spill>,
+    /// Rows behind those, on disk; always newer than every row in `queue`. (Boxed: a lane is
+    /// in the map for every contact or conversation with a row ready, and most never spill.)
+    spill: Option<Box<Spill>>,
 }
 
 impl Lanes {
@@ -116,7 +117,7 @@ impl Lanes {
                 } else {
                     let spill = match &mut lane.spill {
                         Some(s) => s,
-                        None => lane.spill.insert(Spill::new(&self.spill_dir)?),
+                        None => lane.spill.insert(Box::new(Spill::new(&self.spill_dir)?)),
                     };
                     spill.push(&job)?;
                 }

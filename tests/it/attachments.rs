@@ -459,3 +459,48 @@ async fn uploads_answered_5xx_are_retried_like_any_request() {
     assert_eq!(s.w.read(UPLOADS).lines().count(), ROWS + 1);
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_links_signature_is_in_no_error_and_not_in_the_uploads_journal() {
+    let w = WorkDir::new();
+    let signed = signed_link_server(b"%PDF-1.4 scanned".to_vec()).await;
+    let good =
+        format!("http://{signed}/signed/scan.pdf?X-Goog-Signature=good&X-Goog-Credential=sekrit");
+    // A port nothing listens on: the download fails before any answer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let down = format!("http://127.0.0.1:{port}/signed/gone.pdf?X-Goog-Signature=hush");
+    w.write(
+        "in.csv",
+        format!(
+            "{HEADER}\nr0,c1,k1,SMS,inbound,a scan,{good}\nr1,c2,k2,SMS,inbound,unreachable,{down}\nr2,c3,k3,SMS,inbound,the scan again,{good}\n"
+        ),
+    );
+    let config = uploads_config(&w);
+    let s = Scenario::prepared(w, config).await;
+    // The first row only: the link's upload is journaled; the rest goes on the next run.
+    s.run(&["--location-id", "L1", "--limit", "1"]).await;
+    assert_eq!(s.stats().uploads, 1);
+    let run = s.run(&["--location-id", "L1"]).await;
+    run.expect_code(1);
+    let rows = by_key(&s);
+    assert_eq!(rows["r0"]["status"], "sent", "{run:?}");
+    assert_eq!(rows["r1"]["status"], "failed", "{run:?}");
+    let error = &rows["r1"]["error"];
+    assert!(error.contains("/signed/gone.pdf?…"), "{error}");
+    for secret in ["hush", "sekrit", "Signature=good"] {
+        assert!(!error.contains(secret), "{error}");
+        assert!(!format!("{run:?}").contains(secret), "{secret} in {run:?}");
+        let journal = s.w.read(UPLOADS);
+        assert!(!journal.contains(secret), "{secret} in\n{journal}");
+        let results = s.w.read("in.results.csv");
+        assert!(!results.contains(secret), "{secret} in\n{results}");
+    }
+    // The journal still knows the link by its hash: the third row reused the upload.
+    assert_eq!(rows["r2"]["status"], "sent", "{run:?}");
+    assert_eq!(s.stats().uploads, 1, "the signed link is uploaded once");
+    let stored = stored_attachments(&s);
+    assert_eq!(stored["r2"], stored["r0"]);
+    s.finish().await;
+}

@@ -504,3 +504,45 @@ async fn a_signed_links_signature_is_in_no_error_and_not_in_the_uploads_journal(
     assert_eq!(stored["r2"], stored["r0"]);
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_says_which_sent_rows_it_could_not_check() {
+    let w = WorkDir::new();
+    w.write("report.pdf", pdf());
+    w.write(
+        "in.csv",
+        format!(
+            "{HEADER}\nr0,c1,k1,SMS,inbound,the report,report.pdf\nr1,c2,k2,SMS,inbound,plain,\n"
+        ),
+    );
+    let config = uploads_config(&w);
+    let s = Scenario::prepared(w, config).await;
+    s.run(&["--location-id", "L1"]).await.expect_code(0);
+    // Without the --location-id the run had, the row with a file no longer maps.
+    let dir = s.path("");
+    let token = s.sandbox_token().to_owned();
+    let args: Vec<String> = [
+        "verify",
+        "in.csv",
+        "--base-url",
+        &s.base_url(),
+        "--rate",
+        "none",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::run_in(&dir, &args, &[("LC_TOKEN".to_owned(), token)])
+    })
+    .await
+    .unwrap();
+    let said = format!("{out:?}");
+    assert!(
+        said.contains("row 1 (key r0) is recorded sent but not checked")
+            && said.contains("locationId is empty")
+            && said.contains("1 row(s) recorded sent were not checked"),
+        "{said}"
+    );
+    s.finish().await;
+}

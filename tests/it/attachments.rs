@@ -546,3 +546,47 @@ async fn verify_says_which_sent_rows_it_could_not_check() {
     );
     s.finish().await;
 }
+
+/// Where the two features meet: a thread's first e-mail whose file the server refuses (413)
+/// fails, and its reply (with a file of its own, listed first in the file) waits rather than
+/// open a new thread, its file not uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_start_whose_upload_is_refused_holds_its_reply_back() {
+    let w = WorkDir::new();
+    w.write("large.pdf", pdf());
+    w.write("small.pdf", b"%PDF-1.4 small");
+    w.write(
+        "in.csv",
+        format!(
+            "{HEADER},date,threadId\n\
+             r1,c1,k1,Email,inbound,re: the report,small.pdf,2024-01-01T11:00:00Z,T1\n\
+             r0,c1,k1,Email,inbound,the report,large.pdf,2024-01-01T10:00:00Z,T1\n"
+        ),
+    );
+    let s = Scenario::prepared(w, |c| SandboxConfig {
+        uploads: UploadRules {
+            max_size: 10_000,
+            ..UploadRules::default()
+        },
+        ..c
+    })
+    .await;
+    let run = s.run(&["--location-id", "L1"]).await;
+    run.expect_code(1);
+    let rows = by_key(&s);
+    assert_eq!(rows["r0"]["status"], "failed", "{run:?}");
+    assert_eq!(rows["r0"]["http_status"], "413");
+    assert_eq!(rows["r1"]["status"], "waiting", "{run:?}");
+    assert!(
+        rows["r1"]["error"].contains("row 2, the first message of its thread"),
+        "{:?}",
+        rows["r1"]
+    );
+    assert!(s.record().is_empty(), "nothing stored: {:?}", s.record());
+    assert_eq!(
+        s.stats().uploads,
+        0,
+        "the reply's file is not uploaded while it waits"
+    );
+    s.finish().await;
+}

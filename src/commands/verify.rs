@@ -112,6 +112,7 @@ fn sent_rows(settings: &Settings, sample: Option<u64>) -> Result<Vec<Sent>> {
         .with_context(|| settings.input.display().to_string())?;
     let mut sent = Vec::new();
     let mut nth = 0u64;
+    let mut unmapped = 0u64;
     while let Some(record) = input
         .next_record()
         .with_context(|| format!("reading {}", settings.input.display()))?
@@ -122,14 +123,31 @@ fn sent_rows(settings: &Settings, sample: Option<u64>) -> Result<Vec<Sent>> {
         if !(nth - 1).is_multiple_of(every) || sample.is_some_and(|n| sent.len() as u64 >= n) {
             continue;
         }
-        if let Ok(row) = mapping.map_row(record.cells, record.line) {
-            sent.push(Sent {
+        match mapping.map_row(record.cells, record.line) {
+            Ok(row) => sent.push(Sent {
                 row: record.row,
                 key,
                 message_id: id.clone(),
                 message: row.message,
-            });
+            }),
+            // Recorded sent, but the input (or the options) no longer map it: said, not
+            // silently left out of the check (e.g. a row with a file to upload and no
+            // --location-id given to verify).
+            Err(errors) => {
+                unmapped += 1;
+                if let Some(first) = errors.first() {
+                    tracing::warn!(
+                        "row {} (key {key}) is recorded sent but not checked: {first}",
+                        record.row
+                    );
+                }
+            }
         }
+    }
+    if unmapped > 0 {
+        tracing::warn!(
+            "{unmapped} row(s) recorded sent were not checked: the input does not map them as the import did (give verify the options the run had)"
+        );
     }
     if sent.is_empty() {
         anyhow::bail!(

@@ -3,7 +3,7 @@
 //! answer is read and before the message that attaches it is sent. A resume, a rerun or the
 //! next night's run reads it back and never uploads the same file twice: the key says which
 //! file it was (the location, then the absolute path with its size and modification time, or
-//! the URL it was downloaded from), so an edited file is a new file and is uploaded again.
+//! the URL it was downloaded from, its query string kept only as a hash), so an edited file is a new file and is uploaded again.
 //!
 //! It is opened under the results file's lock (a second run on the same results file refuses
 //! to start before it gets here). A last line cut short by a crash is ignored: that file is

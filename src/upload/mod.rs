@@ -245,7 +245,8 @@ impl Uploader {
                         .map_or(0, |d| d.as_nanos());
                     format!("{location}|file:{}:{}:{mtime}", path.display(), meta.len())
                 }
-                _ => format!("{location}|url:{item}"),
+                // The link's query string (a signature) is not written down: its hash is.
+                _ => remote_key(location, &item),
             };
             let cell = self
                 .files
@@ -367,7 +368,7 @@ impl Uploader {
             .get(item)
             .send()
             .await
-            .map_err(|e| fail(crate::sender::error_chain(&e)))?;
+            .map_err(|e| fail(crate::sender::error_chain(&e.without_url())))?;
         let status = response.status();
         if !status.is_success() {
             return Err(fail(format!(
@@ -421,7 +422,7 @@ impl Uploader {
             let chunk = match response.chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
-                Err(e) => return Err(fail(crate::sender::error_chain(&e))),
+                Err(e) => return Err(fail(crate::sender::error_chain(&e.without_url()))),
             };
             size += chunk.len() as u64;
             if size > self.max_size {
@@ -445,6 +446,14 @@ impl Uploader {
             ext,
         })
     }
+}
+
+/// The journal's key of a remote file: the URL without its query string (as [`shown`] prints
+/// it), then a hash of the whole URL, so two links to one path are two files and the
+/// signature never reaches the disk.
+fn remote_key(location: &str, item: &str) -> String {
+    let hash = xxhash_rust::xxh3::xxh3_128(item.as_bytes());
+    format!("{location}|url:{}#{hash:032x}", shown(item))
 }
 
 /// `%20` and the like in a URL's last segment, for the file's name.

@@ -202,7 +202,8 @@ pub fn check_attachment(value: &str) -> Result<AttachmentSource, Invalid> {
             Problem::Url,
             format!(
                 "attachment {} {why}: expected an absolute http(s) URL such as https://files.example.com/photo.jpg, or a local file (a path relative to the input's folder, or absolute) of type {}",
-                quote(value),
+                // A signed link's query string (its signature) is never printed.
+                quote(&crate::upload::shown(value)),
                 UPLOAD_TYPES.join(", ")
             ),
         ))

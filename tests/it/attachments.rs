@@ -459,3 +459,134 @@ async fn uploads_answered_5xx_are_retried_like_any_request() {
     assert_eq!(s.w.read(UPLOADS).lines().count(), ROWS + 1);
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_links_signature_is_in_no_error_and_not_in_the_uploads_journal() {
+    let w = WorkDir::new();
+    let signed = signed_link_server(b"%PDF-1.4 scanned".to_vec()).await;
+    let good =
+        format!("http://{signed}/signed/scan.pdf?X-Goog-Signature=good&X-Goog-Credential=sekrit");
+    // A port nothing listens on: the download fails before any answer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let down = format!("http://127.0.0.1:{port}/signed/gone.pdf?X-Goog-Signature=hush");
+    w.write(
+        "in.csv",
+        format!(
+            "{HEADER}\nr0,c1,k1,SMS,inbound,a scan,{good}\nr1,c2,k2,SMS,inbound,unreachable,{down}\nr2,c3,k3,SMS,inbound,the scan again,{good}\n"
+        ),
+    );
+    let config = uploads_config(&w);
+    let s = Scenario::prepared(w, config).await;
+    // The first row only: the link's upload is journaled; the rest goes on the next run.
+    s.run(&["--location-id", "L1", "--limit", "1"]).await;
+    assert_eq!(s.stats().uploads, 1);
+    let run = s.run(&["--location-id", "L1"]).await;
+    run.expect_code(1);
+    let rows = by_key(&s);
+    assert_eq!(rows["r0"]["status"], "sent", "{run:?}");
+    assert_eq!(rows["r1"]["status"], "failed", "{run:?}");
+    let error = &rows["r1"]["error"];
+    assert!(error.contains("/signed/gone.pdf?…"), "{error}");
+    for secret in ["hush", "sekrit", "Signature=good"] {
+        assert!(!error.contains(secret), "{error}");
+        assert!(!format!("{run:?}").contains(secret), "{secret} in {run:?}");
+        let journal = s.w.read(UPLOADS);
+        assert!(!journal.contains(secret), "{secret} in\n{journal}");
+        let results = s.w.read("in.results.csv");
+        assert!(!results.contains(secret), "{secret} in\n{results}");
+    }
+    // The journal still knows the link by its hash: the third row reused the upload.
+    assert_eq!(rows["r2"]["status"], "sent", "{run:?}");
+    assert_eq!(s.stats().uploads, 1, "the signed link is uploaded once");
+    let stored = stored_attachments(&s);
+    assert_eq!(stored["r2"], stored["r0"]);
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_says_which_sent_rows_it_could_not_check() {
+    let w = WorkDir::new();
+    w.write("report.pdf", pdf());
+    w.write(
+        "in.csv",
+        format!(
+            "{HEADER}\nr0,c1,k1,SMS,inbound,the report,report.pdf\nr1,c2,k2,SMS,inbound,plain,\n"
+        ),
+    );
+    let config = uploads_config(&w);
+    let s = Scenario::prepared(w, config).await;
+    s.run(&["--location-id", "L1"]).await.expect_code(0);
+    // Without the --location-id the run had, the row with a file no longer maps.
+    let dir = s.path("");
+    let token = s.sandbox_token().to_owned();
+    let args: Vec<String> = [
+        "verify",
+        "in.csv",
+        "--base-url",
+        &s.base_url(),
+        "--rate",
+        "none",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::run_in(&dir, &args, &[("LC_TOKEN".to_owned(), token)])
+    })
+    .await
+    .unwrap();
+    let said = format!("{out:?}");
+    assert!(
+        said.contains("row 1 (key r0) is recorded sent but not checked")
+            && said.contains("locationId is empty")
+            && said.contains("1 row(s) recorded sent were not checked"),
+        "{said}"
+    );
+    s.finish().await;
+}
+
+/// Where the two features meet: a thread's first e-mail whose file the server refuses (413)
+/// fails, and its reply (with a file of its own, listed first in the file) waits rather than
+/// open a new thread, its file not uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_start_whose_upload_is_refused_holds_its_reply_back() {
+    let w = WorkDir::new();
+    w.write("large.pdf", pdf());
+    w.write("small.pdf", b"%PDF-1.4 small");
+    w.write(
+        "in.csv",
+        format!(
+            "{HEADER},date,threadId\n\
+             r1,c1,k1,Email,inbound,re: the report,small.pdf,2024-01-01T11:00:00Z,T1\n\
+             r0,c1,k1,Email,inbound,the report,large.pdf,2024-01-01T10:00:00Z,T1\n"
+        ),
+    );
+    let s = Scenario::prepared(w, |c| SandboxConfig {
+        uploads: UploadRules {
+            max_size: 10_000,
+            ..UploadRules::default()
+        },
+        ..c
+    })
+    .await;
+    let run = s.run(&["--location-id", "L1"]).await;
+    run.expect_code(1);
+    let rows = by_key(&s);
+    assert_eq!(rows["r0"]["status"], "failed", "{run:?}");
+    assert_eq!(rows["r0"]["http_status"], "413");
+    assert_eq!(rows["r1"]["status"], "waiting", "{run:?}");
+    assert!(
+        rows["r1"]["error"].contains("row 2, the first message of its thread"),
+        "{:?}",
+        rows["r1"]
+    );
+    assert!(s.record().is_empty(), "nothing stored: {:?}", s.record());
+    assert_eq!(
+        s.stats().uploads,
+        0,
+        "the reply's file is not uploaded while it waits"
+    );
+    s.finish().await;
+}

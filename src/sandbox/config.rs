@@ -62,7 +62,7 @@ pub struct SandboxConfig {
     /// `None`: off (404), only [`SandboxConfig::token`] is accepted.
     pub oauth: Option<OAuth>,
     /// `POST /conversations/messages/upload`: where files go, the size limit, the types.
-    pub uploads: super::uploads::UploadRules,
+    pub uploads: UploadRules,
 }
 
 /// The sandbox's OAuth app and tokens (see `oauth`): what a client must send, and how long
@@ -125,7 +125,7 @@ impl SandboxConfig {
             record_contacts: None,
             search_misses: 0,
             oauth: None,
-            uploads: super::uploads::UploadRules::default(),
+            uploads: UploadRules::default(),
         }
     }
 
@@ -176,6 +176,32 @@ pub enum ConfigError {
     /// The fault rates add up to more than 1.
     #[error("the fault rates (fail, drop, hang, stored-504) add up to {0}, more than 1")]
     FaultsAboveOne(f64),
+}
+
+/// What the upload route takes: where files go, how big, which types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRules {
+    /// Where uploaded files are written (`--upload-dir`); `None`: a temp folder removed at
+    /// shutdown.
+    pub dir: Option<PathBuf>,
+    /// The largest file accepted, bytes (`--upload-max-size`): larger ones are answered 413.
+    pub max_size: u64,
+    /// The extensions accepted, lower case (`--upload-types`): others are answered 415.
+    pub types: Vec<String>,
+}
+
+impl Default for UploadRules {
+    /// The importer's own defaults: 5 MB, the spec's types.
+    fn default() -> Self {
+        UploadRules {
+            dir: None,
+            max_size: crate::upload::files::DEFAULT_MAX_SIZE,
+            types: crate::validate::UPLOAD_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

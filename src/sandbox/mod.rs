@@ -22,6 +22,7 @@
 
 mod answer;
 mod api;
+mod assets;
 mod body;
 mod book;
 mod chance;
@@ -53,11 +54,12 @@ use tokio_util::task::TaskTracker;
 use crate::rate::{DurationRange, Rate};
 
 pub use api::INBOUND_PATH;
+pub use assets::ASSETS_PATH;
 pub use book::{Contact, Conversation, Directory};
+pub use config::UploadRules;
 pub use config::{ConfigError, DEFAULT_TOKEN, OAuth, SandboxConfig};
 pub use state::SUPPORTED_VERSIONS;
 pub use stats::Stats;
-pub use uploads::{ASSETS_PATH, UploadRules};
 
 /// How long [`Sandbox::shutdown`] waits for requests in flight before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -372,7 +374,7 @@ pub async fn start(config: SandboxConfig, listen: SocketAddr) -> anyhow::Result<
         config.search_misses,
         config.record_contacts.as_deref(),
     )?;
-    let uploads = uploads::Store::open(&config.uploads).context("opening the uploads folder")?;
+    let uploads = assets::Store::open(&config.uploads).context("opening the uploads folder")?;
     let shared = Arc::new(state::Shared::new(&config, recorder, book, uploads));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -80,7 +80,7 @@ pub struct Shared {
     /// The OAuth endpoints' tokens (`oauth`); `None` when they are off.
     pub tokens: Option<Tokens>,
     /// The files uploaded (`uploads`).
-    pub uploads: super::uploads::Store,
+    pub uploads: super::assets::Store,
     /// Every `emailMessageId` given out and its thread (`threads`), read back from the record.
     pub(super) threads: super::threads::EmailThreads,
 }
@@ -91,7 +91,7 @@ impl Shared {
         config: &SandboxConfig,
         recorder: Option<Recorder>,
         book: Book,
-        uploads: super::uploads::Store,
+        uploads: super::assets::Store,
     ) -> Self {
         let budget = Budget::new(config.rate, config.daily).with_day(config.day);
         Shared {

@@ -45,6 +45,7 @@ use serde::Deserialize;
 use crate::message::InboundMessage;
 use crate::resolve::{Call, Env, Failure, gated_call};
 use crate::retry::StopReason;
+pub use crate::validate::shown;
 use crate::validate::{AttachmentSource, check_attachment, upload_type};
 
 pub use files::Files;
@@ -100,23 +101,6 @@ fn type_of_mime(content_type: &str) -> Option<&'static str> {
     })
 }
 
-/// An attachment as the tool names it in errors and logs: a URL without its query string
-/// (a signed link's signature is a credential of sorts).
-pub fn shown(item: &str) -> String {
-    match url::Url::parse(item) {
-        Ok(mut url) if matches!(url.scheme(), "http" | "https") => {
-            let had_query = url.query().is_some();
-            url.set_query(None);
-            let _ = url.set_password(None);
-            match had_query {
-                true => format!("{url}?…"),
-                false => url.to_string(),
-            }
-        }
-        _ => item.to_owned(),
-    }
-}
-
 /// The body of a 2xx answer of the upload endpoint (`UploadFilesResponseDto`).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -157,6 +141,22 @@ pub struct Uploader {
     downloaded: AtomicU64,
 }
 
+/// A download follows at most [`REDIRECTS`] redirects, never from https to plain http off this
+/// machine (the link's query string, its signature, would cross the network in clear).
+fn follow_redirect(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    if attempt.previous().len() >= REDIRECTS {
+        attempt.error(format!("more than {REDIRECTS} redirects"))
+    } else if attempt.url().scheme() == "http" && !crate::sender::is_loopback(attempt.url()) {
+        attempt
+            .error("a redirect to plain http, refused (the link would cross the network in clear)")
+    } else {
+        attempt.follow()
+    }
+}
+
+/// How many redirects a download follows.
+const REDIRECTS: usize = 5;
+
 impl Uploader {
     /// An uploader posting to `base` + the upload path, with the journal beside `results`.
     pub fn new(
@@ -170,7 +170,7 @@ impl Uploader {
         let fetch = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .read_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(reqwest::redirect::Policy::custom(follow_redirect))
             .build()
             .context("building the HTTP client for downloads")?;
         let mut url = base.clone();

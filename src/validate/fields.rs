@@ -203,7 +203,7 @@ pub fn check_attachment(value: &str) -> Result<AttachmentSource, Invalid> {
             format!(
                 "attachment {} {why}: expected an absolute http(s) URL such as https://files.example.com/photo.jpg, or a local file (a path relative to the input's folder, or absolute) of type {}",
                 // A signed link's query string (its signature) is never printed.
-                quote(&crate::upload::shown(value)),
+                quote(&shown(value)),
                 UPLOAD_TYPES.join(", ")
             ),
         ))
@@ -215,10 +215,15 @@ pub fn check_attachment(value: &str) -> Result<AttachmentSource, Invalid> {
                 if url.host_str().is_none_or(str::is_empty) {
                     return bad("has no host");
                 }
-                return Ok(match url.query() {
-                    Some(_) => AttachmentSource::Fetch,
-                    None => AttachmentSource::Url,
-                });
+                return match url.query() {
+                    // This tool downloads it: a signature sent in clear could be replayed by
+                    // anyone on the way (plain http only to this machine, like --base-url).
+                    Some(_) if url.scheme() == "http" && !crate::sender::is_loopback(&url) => bad(
+                        "is a signed link over plain http (this tool downloads it, and its signature would cross the network in clear): give its https:// form",
+                    ),
+                    Some(_) => Ok(AttachmentSource::Fetch),
+                    None => Ok(AttachmentSource::Url),
+                };
             }
             "file" => match url.to_file_path() {
                 Ok(path) => path,
@@ -340,6 +345,23 @@ pub fn check_message(m: &InboundMessage) -> Vec<Invalid> {
     problems
 }
 
+/// An attachment as the tool names it in errors and logs: a URL without its query string
+/// (a signed link's signature is a credential of sorts).
+pub fn shown(item: &str) -> String {
+    match url::Url::parse(item) {
+        Ok(mut url) if matches!(url.scheme(), "http" | "https") => {
+            let had_query = url.query().is_some();
+            url.set_query(None);
+            let _ = url.set_password(None);
+            match had_query {
+                true => format!("{url}?…"),
+                false => url.to_string(),
+            }
+        }
+        _ => item.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +471,12 @@ mod tests {
             ("https://files.example.com/a.jpg", Ok(Url)),
             ("http://files.example.com/path/to/b.pdf", Ok(Url)),
             ("https://files.example.com/a.jpg?alt=media", Ok(Fetch)),
+            // A signed link is downloaded by this tool: over plain http only from this machine.
+            ("http://127.0.0.1:8080/a.jpg?sig=1", Ok(Fetch)),
+            (
+                "http://files.example.com/a.jpg?sig=1",
+                Err("is a signed link over plain http"),
+            ),
             ("files.example.com/a.jpg", file("files.example.com/a.jpg")),
             ("scans/Invoice 7.PDF", file("scans/Invoice 7.PDF")),
             ("/srv/export/a.png", file("/srv/export/a.png")),

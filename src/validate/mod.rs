@@ -14,7 +14,7 @@ use std::fmt;
 pub use date::{DateFormat, DateReader};
 pub use fields::{
     AttachmentSource, UPLOAD_TYPES, check_attachment, check_id, check_message, needs_upload,
-    normalize_email, normalize_phone, split_addresses, split_list, upload_type,
+    normalize_email, normalize_phone, shown, split_addresses, split_list, upload_type,
 };
 
 /// The kind of a row error, for grouping in the summary.

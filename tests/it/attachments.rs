@@ -544,6 +544,9 @@ async fn verify_says_which_sent_rows_it_could_not_check() {
             && said.contains("1 row(s) recorded sent were not checked"),
         "{said}"
     );
+    // A check that is not whole is not a clean bill: exit 1, as for a difference.
+    out.expect_code(1);
+    out.expect_stdout("every row checked landed as it was sent");
     s.finish().await;
 }
 

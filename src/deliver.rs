@@ -7,7 +7,8 @@
 //! 504 (in doubt: a gateway may have given up on a server that stored the message) is first
 //! checked by one read of the conversation (`readback`): found → sent, not found → as the
 //! policy says, a read that cannot tell → unknown. A thread's start, once sent, has its
-//! `emailMessageId` synced to the thread store before its `sent` line goes to the journal.
+//! `emailMessageId` synced to the thread store before its `sent` line goes to the journal
+//! (a start found by that read: the id the read gives, `Reader::thread_email_id`).
 //!
 //! A row whose first request never left is not recorded: the next run sends it. Once its
 //! `sending` line is written, the row always ends with an outcome line (or, after a crash, is
@@ -296,10 +297,17 @@ impl Deliver {
             };
             let settles = matches!(decision.next, Next::Retry { .. } | Next::Failed(_));
             if let (Some(status), Some(reader), true) = (ambiguous, &self.reader, settles) {
-                let checked = Box::pin(self.check_stored(reader, &body, attempt_left)).await;
+                let checked = Box::pin(self.check_stored(
+                    reader,
+                    &body,
+                    attempt_left,
+                    starts_thread.is_some(),
+                ))
+                .await;
                 let settled = match checked {
                     Checked::NotStored => None,
-                    Checked::Stored(found) => {
+                    Checked::Stored(found, thread_email_id) => {
+                        email_message_id = thread_email_id;
                         line.message_id = found.id;
                         if let Some(c) = found.conversation_id.filter(|c| !c.is_empty()) {
                             line.conversation_id = c;
@@ -323,11 +331,16 @@ impl Deliver {
                     )),
                 };
                 if let Some((status, why)) = settled {
-                    if let (Status::Sent, Some(thread), Some(log)) =
-                        (status, &starts_thread, &self.threads)
-                    {
-                        // Found by read-back: stored, but its answer (and id) never came.
-                        log.sent_without_id(thread.id);
+                    if let (Status::Sent, Some(thread)) = (status, &starts_thread) {
+                        // Found by read-back: its answer never came, the read gave its id.
+                        Box::pin(self.thread_started(
+                            &job.conversation_id,
+                            thread,
+                            &line,
+                            std::mem::take(&mut email_message_id),
+                            "read back after its answer was lost, it has no meta.email.messageIds",
+                        ))
+                        .await;
                     }
                     self.finish(&mut line, status, why);
                     if let Some(reason) = decision.stop {
@@ -376,6 +389,7 @@ impl Deliver {
                     thread,
                     &line,
                     std::mem::take(&mut email_message_id),
+                    "the API's answer to it has no emailMessageId",
                 ))
                 .await;
             }
@@ -443,12 +457,14 @@ impl Deliver {
     /// The row of `line` started `thread` in `lane`: the `emailMessageId` the API answered goes
     /// in the thread store, on disk, before the row's `sent` line is written. A store that cannot
     /// be written stops the run (the row is sent all the same; its thread's replies then wait).
+    /// An empty id (`without` says why there is none) leaves its replies waiting.
     async fn thread_started(
         &self,
         lane: &Arc<str>,
         thread: &ThreadRef,
         line: &ResultLine,
         email_message_id: String,
+        without: &str,
     ) {
         let Some(log) = self.threads.clone() else {
             return;
@@ -456,7 +472,7 @@ impl Deliver {
         if email_message_id.is_empty() {
             log.sent_without_id(thread.id);
             tracing::warn!(
-                "row {}: the API's answer to the first message of thread {:?} has no emailMessageId: the thread's other messages cannot be sent into it, and wait",
+                "row {}, the first message of thread {:?}: {without}: the thread's other messages cannot be sent into it, and wait",
                 line.row,
                 thread.thread
             );
@@ -616,12 +632,14 @@ impl Deliver {
 
     /// Whether the message `body` that was just answered 500/502/504 was stored after all:
     /// one read of its conversation, matched as `--verify-unknown` matches (the request left
-    /// at `left`).
+    /// at `left`). For a thread's start (`start`), a message found has its thread's
+    /// `emailMessageId` read too (empty when the API gives none).
     async fn check_stored(
         &self,
         reader: &crate::readback::Reader,
         body: &Bytes,
         left: jiff::Timestamp,
+        start: bool,
     ) -> Checked {
         use crate::readback::ReadError;
         use crate::readback::matching::{Expected, Out};
@@ -653,7 +671,14 @@ impl Deliver {
         match found {
             Ok(found) => match expected.candidates(&found, &Default::default()).as_slice() {
                 [] => Checked::NotStored,
-                [one] => Checked::Stored((*one).clone()),
+                [one] if start => match reader.thread_email_id(&env, one).await {
+                    Ok(id) => Checked::Stored(Box::new((*one).clone()), id.unwrap_or_default()),
+                    Err(e) => {
+                        tracing::warn!("reading the emailMessageId of message {}: {e}", one.id);
+                        Checked::Stored(Box::new((*one).clone()), String::new())
+                    }
+                },
+                [one] => Checked::Stored(Box::new((*one).clone()), String::new()),
                 several => Checked::InDoubt(format!(
                     "read-back found {} messages like it ({})",
                     several.len(),
@@ -699,8 +724,9 @@ impl Deliver {
 enum Checked {
     /// Not there: retried as any 5xx.
     NotStored,
-    /// There: the row is sent, under this message.
-    Stored(crate::readback::Found),
+    /// There: the row is sent, under this message (and, for a thread's start, with its
+    /// thread's `emailMessageId`, or empty).
+    Stored(Box<crate::readback::Found>, String),
     /// The read could not tell (refused, failed, several alike): the row is `unknown`.
     InDoubt(String),
 }

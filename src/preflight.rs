@@ -448,6 +448,7 @@ impl Pass<'_> {
                         key,
                         message: row.message,
                         offset: p.offset,
+                        thread: place.clone(),
                     });
                 }
                 return Ok(None);

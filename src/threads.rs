@@ -106,7 +106,7 @@ fn wait_reason(r: &ThreadRef) -> String {
             "{start} was not sent in this run; this row goes into that thread after it, on the next run"
         ),
         StartState::SentEarlier => format!(
-            "{start} is recorded sent, but the emailMessageId the API answered for it is not in the thread store (no answer carried it: sent by a version without threads, confirmed by read-back, or answered without one): give this row's emailMessageId column the thread's id to send it into that thread"
+            "{start} is recorded sent, but the emailMessageId the API answered for it is not in the thread store (no answer carried it: sent by a version without threads, answered without one, or confirmed by a read-back that gave none): give this row's emailMessageId column the thread's id to send it into that thread"
         ),
         StartState::UnknownEarlier => format!(
             "{start} is unknown (its request got no answer): settle it with --verify-unknown; this row waits so as not to open a new thread"

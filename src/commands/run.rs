@@ -262,7 +262,8 @@ pub async fn import(settings: Settings, shutdown: &Shutdown) -> Result<Report> {
                 policy: &deliver.policy,
                 auth: &deliver.auth,
             };
-            readback::settle::settle(doubts, reader, &env, &journal, settings.settle).await
+            let threads = deliver.threads.as_deref().zip(thread_starts.as_ref());
+            readback::settle::settle(doubts, reader, &env, &journal, settings.settle, threads).await
         }
         _ => Settled::default(),
     };

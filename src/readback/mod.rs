@@ -70,12 +70,39 @@ pub struct Found {
     /// `contactId`.
     #[serde(default)]
     pub contact_id: Option<String>,
+    /// `meta.email.messageIds` (`MessageMeta`: "list of all email message ids under the message
+    /// thread"), when the answer carries it; a `meta` of another shape reads as none.
+    #[serde(default, rename = "meta", deserialize_with = "email_message_ids")]
+    pub email_message_ids: Vec<String>,
+}
+
+/// `meta.email.messageIds`, read leniently: whatever else `meta` holds is not read-back's.
+fn email_message_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let meta = Value::deserialize(d)?;
+    Ok(meta["email"]["messageIds"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 impl Found {
     /// `dateAdded`, if it reads as a date.
     pub fn added(&self) -> Option<Timestamp> {
         self.date_added.as_deref()?.parse().ok()
+    }
+
+    /// The `emailMessageId` a reply names to join this e-mail's thread: the first of
+    /// `meta.email.messageIds`. Read-back asks it only of a thread's start, a message sent
+    /// without an `emailMessageId`, so its thread's first id is its own; and any id of the
+    /// thread would thread a reply into it (the API threads a reply "for which" id it names).
+    pub fn thread_email_id(&self) -> Option<&str> {
+        self.email_message_ids.first().map(String::as_str)
     }
 }
 
@@ -293,6 +320,21 @@ impl Reader {
         )))
     }
 
+    /// The `emailMessageId` a reply names to join the thread of `found`, an e-mail read back:
+    /// from its `meta` if the read that found it carried one, else from one read of it by ID.
+    /// `Ok(None)` when the API gives none.
+    pub async fn thread_email_id(
+        &self,
+        env: &Env<'_>,
+        found: &Found,
+    ) -> Result<Option<String>, ReadError> {
+        if let Some(id) = found.thread_email_id() {
+            return Ok(Some(id.to_owned()));
+        }
+        let read = self.message(env, &found.id).await?;
+        Ok(read.and_then(|m| m.thread_email_id().map(str::to_owned)))
+    }
+
     /// One message by ID; `None` when the API has no such message.
     pub async fn message(&self, env: &Env<'_>, id: &str) -> Result<Option<Found>, ReadError> {
         let url = self.url(&format!("/conversations/messages/{id}"));
@@ -361,6 +403,29 @@ fn messages_of(list: Option<&Value>) -> Result<Vec<Found>, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_emails_thread_id_is_the_first_of_its_meta_message_ids() {
+        let read = |v: Value| serde_json::from_value::<Found>(v).unwrap();
+        let email = read(serde_json::json!({
+            "id": "m1",
+            "meta": {"email": {"messageIds": ["E-root", "E-reply"]}},
+        }));
+        assert_eq!(email.thread_email_id(), Some("E-root"));
+        for meta in [
+            serde_json::json!({"callDuration": "120"}),
+            serde_json::json!(null),
+            serde_json::json!({"email": {"messageIds": "E-root"}}),
+            serde_json::json!({"email": {"messageIds": []}}),
+        ] {
+            let other = read(serde_json::json!({"id": "m2", "meta": meta}));
+            assert_eq!(other.thread_email_id(), None, "{meta}");
+        }
+        assert_eq!(
+            read(serde_json::json!({"id": "m3"})).thread_email_id(),
+            None
+        );
+    }
 
     #[test]
     fn a_conversation_list_reads_flat_and_nested() {

@@ -4,7 +4,9 @@
 //!
 //! - exactly one message read back can be it ([`Expected::candidates`], not counting messages
 //!   other rows of the results file are recorded under) → `sent` with that ID, "confirmed by
-//!   read-back" in the error column;
+//!   read-back" in the error column; a thread's start has its thread's `emailMessageId` read
+//!   ([`Reader::thread_email_id`]) and synced to the thread store before that line, so its
+//!   replies go into its thread in this run (none read: they wait, saying so);
 //! - none, and its request left longer ago than `--settle` → sent now, as a new row;
 //! - none, but younger (the API queues messages: it may not show yet) → stays `unknown`, and
 //!   the summary says when to run again;
@@ -22,11 +24,14 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::matching::{Expected, Out};
 use super::{ReadError, Reader, Span};
+use crate::mapping::ThreadPlace;
 use crate::message::InboundMessage;
 use crate::resolve::Env;
 use crate::results::line::{left_at, now_rfc3339, with_left_at, without_left_at};
+use crate::results::threads::{Started, ThreadLog};
 use crate::results::{Journal, ResultLine, Status};
 use crate::retry::StopReason;
+use crate::threads::Starts;
 
 /// `--settle`'s default: how long after its request left a row not found is taken as not
 /// stored.
@@ -43,6 +48,8 @@ pub struct Doubt {
     pub message: InboundMessage,
     /// Where its `unknown` line is in the results file.
     pub offset: u64,
+    /// Its thread, when it is an e-mail of one.
+    pub thread: Option<ThreadPlace>,
 }
 
 /// What became of a row in doubt.
@@ -114,13 +121,15 @@ struct Case {
 
 /// Settles `doubts` (in row order) by reading their conversations with `reader`; writes each
 /// settled row's new line to `journal`. A journal that cannot be written stops the run (the
-/// verdicts given so far stand).
+/// verdicts given so far stand). With a thread column, `threads` are the thread store and the
+/// threads' starts.
 pub async fn settle(
     doubts: Vec<Doubt>,
     reader: &Reader,
     env: &Env<'_>,
     journal: &Journal,
     settle: Duration,
+    threads: Option<(&ThreadLog, &Starts)>,
 ) -> Settled {
     let mut settled = Settled::default();
     let now = Timestamp::now();
@@ -229,6 +238,9 @@ pub async fn settle(
                         finished_at: now_rfc3339(),
                         ..Default::default()
                     };
+                    if let (Some(place), Some((log, starts))) = (&case.doubt.thread, threads) {
+                        started(reader, env, log, starts, place, one, &line).await;
+                    }
                     write(journal, env, &line);
                     settled
                         .verdicts
@@ -280,6 +292,53 @@ pub async fn settle(
     }
     settled.reads = reader.reads();
     settled
+}
+
+/// The row of `line`, found stored as `found`, is an e-mail of the thread at `place`: if it is
+/// the thread's start and the store does not have the thread yet, the thread's `emailMessageId`
+/// (read back) goes in the store, synced, before `line` is written; none read, its replies
+/// wait, saying the start is sent without one. A store that cannot be written stops the run.
+async fn started(
+    reader: &Reader,
+    env: &Env<'_>,
+    log: &ThreadLog,
+    starts: &Starts,
+    place: &ThreadPlace,
+    found: &super::Found,
+    line: &ResultLine,
+) {
+    let thread = starts.thread_ref(&place.lane, place.thread.clone(), line.row);
+    if thread.start_row != line.row || log.get(thread.id).is_some() {
+        return;
+    }
+    let why = match reader.thread_email_id(env, found).await {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err("read back without its thread's emailMessageId".to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    let email_message_id = match why {
+        Ok(id) => id,
+        Err(why) => {
+            log.sent_without_id(thread.id);
+            tracing::warn!(
+                "row {}, the first message of thread {:?}, is stored, but {why}: the thread's other messages cannot be sent into it, and wait",
+                line.row,
+                thread.thread
+            );
+            return;
+        }
+    };
+    let started = Started {
+        email_message_id,
+        key: line.key.clone(),
+        row: line.row,
+    };
+    if let Err(e) = log.record(&place.lane, &place.thread, started, &line.message_id) {
+        env.gate.stop_with(StopReason::ResultsFile(format!(
+            "{}: {e}",
+            log.path().display()
+        )));
+    }
 }
 
 /// `--settle` as a person writes it: `5m`, `90s`.

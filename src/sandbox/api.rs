@@ -163,12 +163,9 @@ impl Shared {
             _ => received_at,
         };
         if let Some(messages) = &self.messages {
-            messages.add(StoredMessage::new(
-                message_id.clone(),
-                body,
-                location,
-                date_added,
-            ));
+            let mut stored = StoredMessage::new(message_id.clone(), body, location, date_added);
+            stored.email_message_id = email_message_id.clone();
+            messages.add(stored);
         }
         Ok(Created {
             success: true,

@@ -29,6 +29,8 @@ pub struct StoredMessage {
     pub attachments: Vec<String>,
     pub conversation_provider_id: Option<String>,
     pub date_added: Timestamp,
+    /// An e-mail's `emailMessageId` (the one its answer gave it).
+    pub email_message_id: Option<String>,
     /// Arrival order: ties of `date_added` are broken by it.
     seq: u64,
 }
@@ -61,6 +63,7 @@ impl StoredMessage {
                 .unwrap_or_default(),
             conversation_provider_id: text("conversationProviderId"),
             date_added,
+            email_message_id: None,
             seq: 0,
         }
     }

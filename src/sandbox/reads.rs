@@ -3,7 +3,10 @@
 //! read spends the burst window and the daily budget like a message:
 //!
 //! - `GET /conversations/messages/{id}`: `GetMessageResponseDto`, as the spec gives it (flat);
-//!   404 `{statusCode, message}` for an ID it never stored.
+//!   for an e-mail with `meta` (`MessageMeta`): `{"email": {"messageIds": […]}}`, every id of
+//!   its thread, the root (the thread's first message) first (`threads`). The lists below
+//!   leave `meta` out, so the client's read by ID is what learns a thread's id. 404
+//!   `{statusCode, message}` for an ID it never stored.
 //! - `GET /conversations/messages/export?locationId&conversationId&contactId&channel&startDate&
 //!   endDate&cursor&limit&sortBy&sortOrder`: `ExportMessagesResponseDto` `{messages, nextCursor,
 //!   total}`, `limit` 10–500 (default 100), newest first unless `sortOrder=asc`; e-mails only
@@ -45,6 +48,7 @@ pub async fn by_id(
     uri: Uri,
     Path(id): Path<String>,
 ) -> Response {
+    let threads = shared.clone();
     shared
         .read(
             &headers,
@@ -52,7 +56,13 @@ pub async fn by_id(
             uri,
             Counted::ReadById,
             |messages, _| match messages.get(&id) {
-                Some(m) => Ok(m.to_json()),
+                Some(m) => {
+                    let mut v = m.to_json();
+                    if let Some(own) = &m.email_message_id {
+                        v["meta"] = json!({"email": {"messageIds": threads.threads.ids_of(own)}});
+                    }
+                    Ok(v)
+                }
                 None => Err((
                     StatusCode::NOT_FOUND,
                     json!(format!("Message with id {id} not found")),

@@ -9,6 +9,10 @@
 //! what it does with an unknown id, and an import that names one has a bug a test must see,
 //! which the counter shows without making the row fail the way no one knows the API would.
 //!
+//! It also keeps each thread's ids in the order given out (its root first), which
+//! `GET /conversations/messages/{id}` answers as `meta.email.messageIds` ("list of all email
+//! message ids under the message thread", `MessageMeta` in the spec).
+//!
 //! The record (`--record`) carries each e-mail's `emailMessageId` and `thread` (its root), so a
 //! test reads threads from it; a sandbox started again on the same record reads them back, so
 //! a run resumed against it still finds the ids given before.
@@ -29,6 +33,8 @@ struct Given {
 #[derive(Debug, Default)]
 pub struct EmailThreads {
     given: Mutex<HashMap<String, Given>>,
+    /// Each thread's ids by its root, in the order given out (the root first).
+    members: Mutex<HashMap<String, Vec<String>>>,
     /// E-mails stored that started a thread.
     pub started: AtomicU64,
     /// E-mails stored into a thread by an id it gave out.
@@ -59,6 +65,7 @@ impl EmailThreads {
             };
             if let (Some(id), Some(root)) = (v["emailMessageId"].as_str(), v["thread"].as_str()) {
                 let location = v["locationId"].as_str().unwrap_or_default().to_owned();
+                threads.member(root, id);
                 given.insert(
                     id.to_owned(),
                     Given {
@@ -104,7 +111,31 @@ impl EmailThreads {
                 location: location.to_owned(),
             },
         );
+        drop(given);
+        self.member(&root, own);
         root
+    }
+
+    /// Every id of the thread `own` is in, its root first (`meta.email.messageIds`); none for
+    /// an id never given out.
+    pub fn ids_of(&self, own: &str) -> Vec<String> {
+        let root = {
+            let given = self.given.lock().unwrap_or_else(|p| p.into_inner());
+            match given.get(own) {
+                Some(g) => g.root.clone(),
+                None => return Vec::new(),
+            }
+        };
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.get(&root).cloned().unwrap_or_default()
+    }
+
+    fn member(&self, root: &str, own: &str) {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members
+            .entry(root.to_owned())
+            .or_default()
+            .push(own.to_owned());
     }
 }
 
@@ -128,6 +159,13 @@ mod tests {
             ),
             (3, 2, 2)
         );
+        assert_eq!(
+            t.ids_of("c"),
+            ["a", "b", "c"],
+            "the thread's ids, its root first"
+        );
+        assert_eq!(t.ids_of("d"), ["d"]);
+        assert!(t.ids_of("never").is_empty());
     }
 
     #[test]
@@ -142,5 +180,6 @@ mod tests {
         let t = EmailThreads::from_record(Some(&path));
         assert_eq!(t.join("b", Some("a"), "L"), "a");
         assert_eq!(t.unknown.load(Relaxed), 0);
+        assert_eq!(t.ids_of("a"), ["a", "b"]);
     }
 }

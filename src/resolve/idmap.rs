@@ -87,6 +87,25 @@ pub struct Known {
     pub origin: Origin,
 }
 
+/// What a lookup in the map asks for.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A contact, by its external key.
+    Contact,
+    /// A contact's conversation, by the contact's ID.
+    Conversation,
+}
+
+impl Kind {
+    /// The field of a line that names what was asked (`key`, `contact_id`).
+    fn field(self) -> usize {
+        match self {
+            Kind::Contact => 1,
+            Kind::Conversation => 2,
+        }
+    }
+}
+
 /// The `<results>.ids.csv` path for a results file.
 pub fn path_for(results: &Path) -> PathBuf {
     crate::results::line::beside(results, ".ids.csv")
@@ -208,40 +227,45 @@ impl IdMap {
 
     /// The contact an external key resolved to earlier.
     pub fn contact(&self, location: &str, key: &str) -> Result<Option<Known>> {
-        let h = contact_hash(location, key);
-        let mut inner = self.inner.lock().expect("id map lock");
-        if let Some(known) = inner.recent_contacts.get(h) {
-            return Ok(Some(known));
-        }
-        let Some(value) = inner.contacts.get(h).map_err(|e| self.unreadable(e))? else {
-            return Ok(None);
-        };
-        let line = inner.line(value).map_err(|e| self.unreadable(e))?;
-        let found = line
-            .filter(|l| l.names(location, 1, key))
-            .and_then(|l| l.contact());
-        if let Some(known) = &found {
-            inner.recent_contacts.put(h, known.clone());
-        }
-        Ok(found)
+        self.known(Kind::Contact, location, key)
     }
 
     /// The conversation of a contact, if known.
     pub fn conversation(&self, location: &str, contact_id: &str) -> Result<Option<Known>> {
-        let h = conversation_hash(location, contact_id);
-        let mut inner = self.inner.lock().expect("id map lock");
-        if let Some(known) = inner.recent_conversations.get(h) {
+        self.known(Kind::Conversation, location, contact_id)
+    }
+
+    /// What the map knows of `name` (a contact's key, or a contact ID for its conversation):
+    /// from the cache, else the line the index points at, if that line names it.
+    fn known(&self, kind: Kind, location: &str, name: &str) -> Result<Option<Known>> {
+        let h = match kind {
+            Kind::Contact => contact_hash(location, name),
+            Kind::Conversation => conversation_hash(location, name),
+        };
+        let mut guard = self.inner.lock().expect("id map lock");
+        let inner = &mut *guard;
+        let (table, recent) = match kind {
+            Kind::Contact => (&inner.contacts, &mut inner.recent_contacts),
+            Kind::Conversation => (&inner.conversations, &mut inner.recent_conversations),
+        };
+        if let Some(known) = recent.get(h) {
             return Ok(Some(known));
         }
-        let Some(value) = inner.conversations.get(h).map_err(|e| self.unreadable(e))? else {
+        let Some(value) = table.get(h).map_err(|e| self.unreadable(e))? else {
             return Ok(None);
         };
         let line = inner.line(value).map_err(|e| self.unreadable(e))?;
         let found = line
-            .filter(|l| l.names(location, 2, contact_id))
-            .and_then(|l| l.conversation());
+            .filter(|l| l.names(location, kind.field(), name))
+            .and_then(|l| match kind {
+                Kind::Contact => l.contact(),
+                Kind::Conversation => l.conversation(),
+            });
         if let Some(known) = &found {
-            inner.recent_conversations.put(h, known.clone());
+            match kind {
+                Kind::Contact => inner.recent_contacts.put(h, known.clone()),
+                Kind::Conversation => inner.recent_conversations.put(h, known.clone()),
+            }
         }
         Ok(found)
     }

@@ -31,6 +31,16 @@ use crate::retry::Policy;
 use crate::summary::{Ending, say};
 
 /// One sent row to read back.
+/// The rows to read back, and what the check must know of the import.
+struct Rows {
+    sent: Vec<Sent>,
+    /// Rows recorded sent that the input no longer maps: not checked.
+    unchecked: u64,
+    /// The import sent each conversation in date order (`--order date`, or a thread column's
+    /// default), not in the file's.
+    date_order: bool,
+}
+
 struct Sent {
     row: u64,
     key: String,
@@ -48,18 +58,20 @@ struct Seen {
     /// `None`: the row has no date, or the answer none.
     date_kept: Option<bool>,
     added: Option<Timestamp>,
+    /// The conversation it reads back in (a row looked up by phone or e-mail maps to none).
+    conversation: Option<String>,
 }
 
 /// `lc-import verify`.
 pub fn run(args: VerifyArgs) -> Result<Ending> {
     let sample = args.sample;
     let settings = Settings::new(as_run(args), None)?;
-    let (sent, unchecked) = sent_rows(&settings, sample)?;
+    let rows = sent_rows(&settings, sample)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(verify(&settings, sent, unchecked))
+    runtime.block_on(verify(&settings, rows))
 }
 
 /// `verify`'s options as `run`'s, so they are read and checked the same way (`--config`, the
@@ -76,7 +88,7 @@ fn as_run(args: VerifyArgs) -> RunArgs {
 
 /// The rows the results file records `sent` (its last line per key), mapped from the input
 /// as the import mapped them; with `sample`, that many spread evenly over the file.
-fn sent_rows(settings: &Settings, sample: Option<u64>) -> Result<(Vec<Sent>, u64)> {
+fn sent_rows(settings: &Settings, sample: Option<u64>) -> Result<Rows> {
     let path = &settings.results;
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
@@ -156,12 +168,21 @@ fn sent_rows(settings: &Settings, sample: Option<u64>) -> Result<(Vec<Sent>, u64
             settings.input.display()
         );
     }
-    Ok((sent, unmapped))
+    Ok(Rows {
+        sent,
+        unchecked: unmapped,
+        date_order: mapping.order == crate::mapping::Order::Date,
+    })
 }
 
-/// Reads `sent` back; `unchecked` rows recorded sent could not be mapped, so not checked: they
+/// Reads the rows back; rows recorded sent that could not be mapped were not checked: they
 /// need attention as a difference does (the check is not whole).
-async fn verify(settings: &Settings, sent: Vec<Sent>, unchecked: u64) -> Result<Ending> {
+async fn verify(settings: &Settings, rows: Rows) -> Result<Ending> {
+    let Rows {
+        sent,
+        unchecked,
+        date_order,
+    } = rows;
     let reader = Reader::new(&settings.base_url, settings.timeout, None)?;
     // One read at a time.
     let gate = Gate::new(settings.rate, None, 1, CancellationToken::new());
@@ -191,7 +212,7 @@ async fn verify(settings: &Settings, sent: Vec<Sent>, unchecked: u64) -> Result<
         describe(&mut out, s, found.as_ref(), &v);
         seen.push(v);
     }
-    let (orders_kept, orders) = order(&sent, &seen, &mut out);
+    let (orders_kept, orders) = order(&sent, &seen, date_order, &mut out);
     let differ = seen
         .iter()
         .filter(|v| !(v.found && v.direction && v.kind && v.body && v.date_kept != Some(false)))
@@ -240,6 +261,7 @@ fn compare(m: &InboundMessage, found: Option<&Found>) -> Seen {
         body: same_body(m, f.body.as_deref().unwrap_or("")),
         date_kept: date.zip(added).map(|(d, a)| same_date(d, a)),
         added,
+        conversation: f.conversation_id.clone(),
     }
 }
 
@@ -304,12 +326,26 @@ fn offset(date: &str, added: Timestamp) -> String {
 
 /// Per conversation: whether `dateAdded` runs in the order the input sent the rows. Returns
 /// (conversations in order, conversations with two rows or more read back).
-fn order(sent: &[Sent], seen: &[Seen], out: &mut String) -> (u64, u64) {
+fn order(sent: &[Sent], seen: &[Seen], date_order: bool, out: &mut String) -> (u64, u64) {
     let mut by_conversation: HashMap<&str, Vec<(u64, Timestamp)>> = HashMap::new();
-    for (s, v) in sent.iter().zip(seen) {
+    // In the order the import sent them: the file's, or by date (rows of one instant in the
+    // file's order) when it sent each conversation oldest first.
+    let mut in_send_order: Vec<(&Sent, &Seen)> = sent.iter().zip(seen).collect();
+    if date_order {
+        in_send_order.sort_by_key(|(s, _)| {
+            let date = s
+                .message
+                .date
+                .as_deref()
+                .and_then(|d| d.parse::<Timestamp>().ok());
+            (date, s.row)
+        });
+    }
+    for (s, v) in in_send_order {
         if let Some(a) = v.added {
+            let conversation = v.conversation.as_deref();
             by_conversation
-                .entry(s.message.conversation_id.as_str())
+                .entry(conversation.unwrap_or(s.message.conversation_id.as_str()))
                 .or_default()
                 .push((s.row, a));
         }

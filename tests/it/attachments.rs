@@ -519,24 +519,7 @@ async fn verify_says_which_sent_rows_it_could_not_check() {
     let s = Scenario::prepared(w, config).await;
     s.run(&["--location-id", "L1"]).await.expect_code(0);
     // Without the --location-id the run had, the row with a file no longer maps.
-    let dir = s.path("");
-    let token = s.sandbox_token().to_owned();
-    let args: Vec<String> = [
-        "verify",
-        "in.csv",
-        "--base-url",
-        &s.base_url(),
-        "--rate",
-        "none",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let out = tokio::task::spawn_blocking(move || {
-        crate::support::run_in(&dir, &args, &[("LC_TOKEN".to_owned(), token)])
-    })
-    .await
-    .unwrap();
+    let out = crate::readback::verify(&s, &[]).await;
     let said = format!("{out:?}");
     assert!(
         said.contains("row 1 (key r0) is recorded sent but not checked")

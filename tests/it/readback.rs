@@ -392,7 +392,7 @@ async fn rows_in_flight_at_sigkills_are_settled_by_verify_unknown() {
 }
 
 /// `lc-import verify INPUT --base-url … --rate none`, with the sandbox's token.
-async fn verify(s: &Scenario, extra: &[&str]) -> support::Output {
+pub(crate) async fn verify(s: &Scenario, extra: &[&str]) -> support::Output {
     let mut args: Vec<String> = [
         "verify",
         "in.csv",

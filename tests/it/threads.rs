@@ -184,6 +184,10 @@ async fn an_email_export_out_of_file_order_lands_as_its_threads() {
     // A second run sends nothing.
     s.run(&MAP).await.expect_code(0);
     assert_eq!(s.record().len(), mails.len());
+    // Read back, each conversation is in the order it was sent, the dates' (not the file's).
+    let out = crate::readback::verify(&s, &MAP).await;
+    out.expect_code(0);
+    out.expect_stdout("every row read back landed as it was sent");
     s.finish().await;
 }
 

@@ -54,7 +54,15 @@ async fn signed_link_server(body: Vec<u8>) -> std::net::SocketAddr {
             }
         }
     };
-    let app = axum::Router::new().route("/signed/scan.pdf", axum::routing::get(route));
+    // A link that moved to plain http on another host: a download must not follow it.
+    let moved = || async {
+        axum::response::Redirect::temporary(
+            "http://files.example.invalid/scan.pdf?X-Goog-Signature=moved",
+        )
+    };
+    let app = axum::Router::new()
+        .route("/signed/scan.pdf", axum::routing::get(route))
+        .route("/signed/moved.pdf", axum::routing::get(moved));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -502,6 +510,34 @@ async fn a_signed_links_signature_is_in_no_error_and_not_in_the_uploads_journal(
     assert_eq!(s.stats().uploads, 1, "the signed link is uploaded once");
     let stored = stored_attachments(&s);
     assert_eq!(stored["r2"], stored["r0"]);
+    s.finish().await;
+}
+
+/// A download follows no redirect to plain http off this machine (the link's signature would
+/// cross the network in clear): the row fails saying so, and nothing is uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_follows_no_redirect_to_plain_http_elsewhere() {
+    let w = WorkDir::new();
+    let signed = signed_link_server(b"%PDF-1.4 scanned".to_vec()).await;
+    let link = format!("http://{signed}/signed/moved.pdf?X-Goog-Signature=good");
+    w.write(
+        "in.csv",
+        format!("{HEADER}\nr0,c1,k1,SMS,inbound,a scan,{link}\n"),
+    );
+    let config = uploads_config(&w);
+    let s = Scenario::prepared(w, config).await;
+    let run = s.run(&["--location-id", "L1"]).await;
+    run.expect_code(1);
+    let rows = by_key(&s);
+    assert_eq!(rows["r0"]["status"], "failed", "{run:?}");
+    let error = &rows["r0"]["error"];
+    assert!(error.contains("redirect to plain http"), "{error}");
+    assert!(
+        !error.contains("Signature=moved") && !error.contains("Signature=good"),
+        "{error}"
+    );
+    assert_eq!(s.stats().uploads, 0);
+    assert!(s.record().is_empty());
     s.finish().await;
 }
 

@@ -290,11 +290,22 @@ async fn sigkills_mid_thread_never_split_a_thread() {
     }
     let sent = results.iter().filter(|r| r["status"] == "sent").count();
     assert!(stored.values().sum::<usize>() >= sent);
-    // Some thread was cut by a kill and went on, in the same thread, after a resume.
+    // The rows left unknown are settled by reading back (a start found stored gives its thread's
+    // id): then every thread is whole, each message once, and every thread a kill cut went on
+    // in the same thread.
+    let out = s
+        .run(&[&MAP[..], &["--verify-unknown", "--settle", "0s"]].concat())
+        .await;
+    out.expect_code(0);
+    s.assert_all_sent(mails.len());
+    // Threads held back behind an unknown start land after later messages of their
+    // conversation (README "Threads"): the date order is not asked of this run.
+    let stored = assert_threads(&s, &mails, true);
+    assert_eq!(stored, sizes);
     assert!(
         cut.iter()
-            .any(|(t, n)| stored.get(t).is_some_and(|now| now > n)),
-        "no thread continued across a kill: cut {cut:?}, stored {stored:?}"
+            .all(|(t, n)| stored.get(t).is_some_and(|now| now > n)),
+        "a thread did not continue across a kill: cut {cut:?}, stored {stored:?}"
     );
     s.finish().await;
 }

@@ -23,14 +23,7 @@ impl Mapping {
         let mut call = CallData::default();
         let mut lookup = crate::resolve::Lookup::default();
         let mut thread = None;
-        let direction = self
-            .by_direction
-            .then(|| self.row_direction(cells))
-            .flatten();
-        let mut row = RowState {
-            direction,
-            overrides: Vec::new(),
-        };
+        let mut row = self.row_state(cells);
         for field in Field::ALL {
             let before = errors.len();
             let Some(value) = self.read_field(cells, line, *field, &mut row, &mut errors) else {
@@ -127,14 +120,7 @@ impl Mapping {
         let mut call = CallData::default();
         let mut lookup = crate::resolve::Lookup::default();
         let mut thread = None;
-        let direction = self
-            .by_direction
-            .then(|| self.row_direction(cells))
-            .flatten();
-        let mut row = RowState {
-            direction,
-            overrides: Vec::new(),
-        };
+        let mut row = self.row_state(cells);
         let mut typed = false;
         for field in PLACE {
             if let Some(value) = self.read_field(cells, line, field, &mut row, &mut errors) {
@@ -230,6 +216,18 @@ impl Mapping {
                     field.name()
                 ),
             ),
+        }
+    }
+
+    /// A row's state before its fields are read: its direction, when some field is read by
+    /// direction.
+    fn row_state(&self, cells: &ByteRecord) -> RowState<'_> {
+        RowState {
+            direction: self
+                .by_direction
+                .then(|| self.row_direction(cells))
+                .flatten(),
+            overrides: Vec::new(),
         }
     }
 

@@ -230,26 +230,7 @@ async fn a_resume_looks_up_only_what_the_id_map_lacks() {
     let before = s.stats();
 
     // What the second run still has to look up, from the ID map the first one left.
-    let mut known: HashMap<String, (bool, bool)> = HashMap::new();
-    for l in s.w.results("in.results.csv.ids.csv") {
-        let e = known.entry(l["key"].clone()).or_default();
-        e.0 |= !l["contact_id"].is_empty();
-        e.1 |= !l["conversation_id"].is_empty();
-    }
-    let expected: u64 = (0..10usize)
-        .map(|c| {
-            let key = if !c.is_multiple_of(3) {
-                format!("email:person{c}@example.com")
-            } else {
-                format!("phone:+1503555{c:04}")
-            };
-            match known.get(&key) {
-                Some((true, true)) => 0,
-                Some((true, false)) => 2,
-                _ => 4,
-            }
-        })
-        .sum();
+    let expected = lookups_owed(&id_map(&s, "in.results.csv.ids.csv"), 10);
     assert!(expected < 40, "the first run resolved some contacts");
 
     let out = run(&s, INPUT, &args).await;
@@ -592,6 +573,26 @@ async fn a_missing_contact_is_counted_and_searched_once() {
 }
 
 /// What the ID map records, by contact key: (contact known, conversation known).
+/// The lookups a run still owes contacts `0..contacts` (person c: by e-mail, every third by
+/// phone) given what the ID map `known` holds: all four for a contact it lacks, the
+/// conversation's two for one whose conversation it lacks, none for the rest.
+fn lookups_owed(known: &HashMap<String, (bool, bool)>, contacts: usize) -> u64 {
+    (0..contacts)
+        .map(|c| {
+            let key = if !c.is_multiple_of(3) {
+                format!("email:person{c}@example.com")
+            } else {
+                format!("phone:+1503555{c:04}")
+            };
+            match known.get(&key) {
+                Some((true, true)) => 0,
+                Some((true, false)) => 2,
+                _ => 4,
+            }
+        })
+        .sum()
+}
+
 fn id_map(s: &Scenario, name: &str) -> HashMap<String, (bool, bool)> {
     let mut known: HashMap<String, (bool, bool)> = HashMap::new();
     for l in s.w.results(name) {
@@ -710,21 +711,7 @@ async fn a_sigkill_mid_run_then_a_resume_creates_no_contact_or_conversation_twic
     );
     // What the resume may still look up: all four lookups for a contact the map lacks, the
     // conversation's two for one whose conversation it lacks, nothing for the rest.
-    let known = id_map(&s, "in.results.csv.ids.csv");
-    let most: u64 = (0..CONTACTS)
-        .map(|c| {
-            let key = if !c.is_multiple_of(3) {
-                format!("email:person{c}@example.com")
-            } else {
-                format!("phone:+1503555{c:04}")
-            };
-            match known.get(&key) {
-                Some((true, true)) => 0,
-                Some((true, false)) => 2,
-                _ => 4,
-            }
-        })
-        .sum();
+    let most = lookups_owed(&id_map(&s, "in.results.csv.ids.csv"), CONTACTS);
 
     let out = run(&s, INPUT, &args[4..]).await;
     // Rows in flight at the kill are `unknown` (exit 1), stored at most once.

@@ -211,6 +211,26 @@ pub fn file_len(path: &Path) -> u64 {
 /// Runs the binary with `args` (logged to `log`) and SIGKILLs it once `journal` has grown by
 /// `growth` bytes: `None` when it was killed, else how it ended by itself first. `Child::kill`
 /// is SIGKILL on Unix: no handler runs, nothing is flushed.
+/// Waits, on the calling (blocking) thread, for `child` to end or for `path` to reach `len`
+/// bytes, then SIGKILLs it (`Child::kill` is SIGKILL on Unix: no handler runs, nothing is
+/// flushed). Polled often, so the kill lands between a write and the sync that covers it as
+/// often as anywhere else. `true`: the child ended by itself. `what` names it in a failure.
+pub fn kill_at_len(mut child: Child, path: &Path, len: u64, what: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("poll the child").is_some() {
+            return true;
+        }
+        if file_len(path) >= len {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap the killed child");
+            return false;
+        }
+        assert!(Instant::now() < deadline, "{what} made no progress");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 pub async fn run_killed_at_growth(
     w: &WorkDir,
     args: &[String],

@@ -102,25 +102,10 @@ async fn a_power_cut_at_random_points_sends_no_row_twice() {
         let log = s.path(&format!("synclog-{round}.txt"));
         let log_name = log.to_string_lossy().into_owned();
         let env = synclog.env(&log_name, &[]);
-        let mut child = s.spawn_logged(&args, &env, &format!("run-{round}.log"));
-        // Polled often, on a thread of its own: the kill should land between a write and the
-        // sync that covers it as often as anywhere else.
+        let child = s.spawn_logged(&args, &env, &format!("run-{round}.log"));
         let path = results.clone();
         let finished = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if child.try_wait().expect("poll the child").is_some() {
-                    return true;
-                }
-                if fixture::file_len(&path) >= before + growth {
-                    // `Child::kill` is SIGKILL on Unix: no handler runs, nothing is flushed.
-                    child.kill().expect("SIGKILL");
-                    child.wait().expect("reap the killed child");
-                    return false;
-                }
-                assert!(Instant::now() < deadline, "round {round} made no progress");
-                std::thread::sleep(Duration::from_micros(200));
-            }
+            fixture::kill_at_len(child, &path, before + growth, &format!("round {round}"))
         })
         .await
         .expect("the round ends");

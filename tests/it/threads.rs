@@ -483,26 +483,11 @@ async fn after_any_power_cut_a_start_recorded_sent_has_its_thread_on_disk() {
         let log = s.path(&format!("synclog-{round}.txt"));
         let log_name = log.to_string_lossy().into_owned();
         let env = synclog.env(&log_name, &[]);
-        let mut child = s.spawn_logged(&args, &env, &format!("run-{round}.log"));
+        let child = s.spawn_logged(&args, &env, &format!("run-{round}.log"));
         let growth = rng.u64(100..1200);
         let path = journal.clone();
         let finished = tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            loop {
-                if child.try_wait().expect("poll the child").is_some() {
-                    return true;
-                }
-                if fixture::file_len(&path) >= before + growth {
-                    child.kill().expect("SIGKILL");
-                    child.wait().expect("reap the killed child");
-                    return false;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "round {round} made no progress"
-                );
-                std::thread::sleep(std::time::Duration::from_micros(200));
-            }
+            fixture::kill_at_len(child, &path, before + growth, &format!("round {round}"))
         })
         .await
         .expect("the round ends");
